@@ -1,0 +1,1 @@
+"""The edge side: preprocessing, the XNOR-popcount engine and the edge CLI. Never imports torch."""

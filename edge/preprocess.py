@@ -1,0 +1,93 @@
+"""Camera frame -> model input: the one preprocessing both the trainer and the edge use.
+
+A frame of any size, grey (H, W) or colour (H, W, 3|4) uint8, becomes a (height, width) uint8 grey
+image: integer luma, a centre crop to the model's aspect ratio, then an area-average resize.
+Every step is exact integer arithmetic, so the model sees the same bytes on every machine
+(the resize runs through float64 BLAS, which is exact here because every partial sum is an
+integer below 2**53, whatever order the library adds in). The format of the `preprocess`
+metadata that names these parameters is in docs/format.md, section "Metadata".
+"""
+
+from functools import lru_cache
+
+import numpy as np
+
+from protocol.errors import BinsortError
+
+PREPROCESS_KIND = "grey-centre-crop-area"
+
+
+def to_grey(frame: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma, rounded: (299 R + 587 G + 114 B + 500) // 1000. Grey input passes."""
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        raise BinsortError("frame must be uint8 pixels, got %s" % frame.dtype)
+    if frame.ndim == 2:
+        return frame
+    if frame.ndim == 3 and frame.shape[2] in (3, 4):
+        rgb = frame[:, :, :3].astype(np.int32)
+        luma = (299 * rgb[:, :, 0] + 587 * rgb[:, :, 1] + 114 * rgb[:, :, 2] + 500) // 1000
+        return luma.astype(np.uint8)
+    raise BinsortError(
+        "frame must be (H, W) grey or (H, W, 3|4) colour, got shape %s" % (frame.shape,)
+    )
+
+
+def centre_crop(grey: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The largest centred window of the frame with the aspect ratio height:width."""
+    h, w = grey.shape
+    if h * width > w * height:  # frame is taller than the model input
+        ch = (w * height) // width
+        top = (h - ch) // 2
+        return grey[top : top + ch, :]
+    cw = (h * width) // height
+    left = (w - cw) // 2
+    return grey[:, left : left + cw]
+
+
+@lru_cache(maxsize=16)
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) integer overlaps of output cell i, [i*n_in, (i+1)*n_in), with input pixel j,
+    [j*n_out, (j+1)*n_out), in units of 1/n_out input pixel. Each row sums to n_in."""
+    i = np.arange(n_out)[:, None]
+    j = np.arange(n_in)[None, :]
+    lo = np.maximum(i * n_in, j * n_out)
+    hi = np.minimum((i + 1) * n_in, (j + 1) * n_out)
+    return np.maximum(hi - lo, 0).astype(np.float64)
+
+
+def area_resize(grey: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Average each output cell's exact footprint, rounding half up."""
+    h, w = grey.shape
+    if (h, w) == (height, width):
+        return grey
+    total = _area_weights(h, height) @ grey.astype(np.float64) @ _area_weights(w, width).T
+    d = h * w
+    return ((2 * total.astype(np.int64) + d) // (2 * d)).astype(np.uint8)
+
+
+def preprocess(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Frame (any size, grey or colour uint8) -> (height, width) uint8 model input."""
+    grey = to_grey(frame)
+    if grey.shape[0] < 1 or grey.shape[1] < 1:
+        raise BinsortError("frame is empty")
+    return area_resize(centre_crop(grey, height, width), height, width)
+
+
+def load_image(path) -> np.ndarray:
+    """Read an image file into a uint8 array (grey stays grey, anything else becomes RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L") if im.mode in ("L", "I;16", "I", "F", "1") else im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise BinsortError("cannot read image %s: %s" % (path, e)) from None
+
+
+def load_inputs(paths, height: int, width: int) -> np.ndarray:
+    """Image files -> (N, height, width) uint8 model inputs."""
+    if not paths:
+        return np.zeros((0, height, width), dtype=np.uint8)
+    return np.stack([preprocess(load_image(p), height, width) for p in paths])

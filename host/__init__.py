@@ -1,0 +1,1 @@
+"""The host side: synthetic data, training, packing and evaluation (PyTorch)."""

@@ -1,0 +1,197 @@
+"""binsort: the host command line (synthesise data, train, pack, evaluate, demo)."""
+
+import argparse
+import json
+import os
+import sys
+
+from protocol.errors import BinsortError
+
+
+def _synth(args) -> int:
+    from tqdm import tqdm
+
+    from host.synth import synthesise
+
+    codes = [c.strip() for c in args.codes.split(",") if c.strip()]
+    if not codes:
+        raise BinsortError("--codes needs at least one code")
+    if args.count < 2 or args.size < 16:
+        raise BinsortError("--count must be at least 2 and --size at least 16")
+    total = args.count * (len(codes) + 1)
+    with tqdm(total=total, desc="synthesising", unit="img", disable=args.quiet) as bar:
+        info = synthesise(args.out, args.count, args.size, codes, args.seed, progress=bar.update)
+    print("wrote %d images of %s to %s" % (total, ", ".join(info["labels"]), args.out))
+    return 0
+
+
+def _train(args) -> int:
+    from host.train import train
+
+    data = args.data
+    if data == "synth":
+        from host.synth import synthesise
+
+        data = os.path.join(args.out, "data")
+        if not os.path.exists(os.path.join(data, "labels.json")):
+            print("synthesising a data set into %s" % data)
+            synthesise(data, seed=args.seed)
+    metrics = train(
+        data,
+        args.out,
+        args.arch,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.estimator,
+        args.window,
+        args.seed,
+        args.device,
+        not args.quiet,
+    )
+    if "test_accuracy" in metrics:
+        print(
+            "test accuracy %.4f after %d epochs (%.0f s); wrote %s"
+            % (
+                metrics["test_accuracy"],
+                args.epochs,
+                metrics["train_seconds"],
+                os.path.join(args.out, "checkpoint.pt"),
+            )
+        )
+    return 0
+
+
+def _pack(args) -> int:
+    from host.pack import float_state_bytes, pack_model
+    from host.train import load_checkpoint
+
+    path = args.checkpoint
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
+    ckpt, model = load_checkpoint(path)
+    data = pack_model(ckpt, model, args.version)
+    _write_atomically(args.out, data)
+    float_bytes = float_state_bytes(model)
+    print(
+        "packed %s: %d bytes (float32 state dict %d bytes, %.1fx smaller)"
+        % (args.out, len(data), float_bytes, float_bytes / len(data))
+    )
+    return 0
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename: a crash never leaves half a model at `path`."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise BinsortError("cannot write %s: %s" % (path, e)) from None
+
+
+def _eval(args) -> int:
+    from host.evaluate import evaluate, format_report
+
+    result = evaluate(args.model, args.data)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def _demo(args) -> int:
+    from host.demo import run_demo
+
+    report = run_demo(args.out, args.arch, args.count, args.epochs, args.seed, quiet=args.json)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="binsort", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data sets").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser("synth", help="synthesise box-code images")
+    p.add_argument("--out", required=True, help="folder to write train/, test/ and labels.json")
+    p.add_argument("--count", type=int, default=1500, help="images per label (default 1500)")
+    p.add_argument("--size", type=int, default=100, help="image side in pixels (default 100)")
+    p.add_argument("--codes", default="F06,K11,S19,V22", help="comma-separated box codes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_synth)
+
+    p = sub.add_parser("train", help="train a binary net")
+    p.add_argument(
+        "--data", required=True, help="a data folder, or 'synth' for a fresh synthetic set"
+    )
+    p.add_argument("--arch", default="bcnn", help="architecture: bcnn (default) or tiny")
+    p.add_argument("--epochs", type=int, default=None, help="default: the architecture's own")
+    p.add_argument(
+        "--out", required=True, help="run folder for checkpoint.pt, metrics.json, curves.png"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--estimator",
+        choices=("ste", "approx"),
+        default="ste",
+        help="gradient of sign: straight-through (default) or approx-sign",
+    )
+    p.add_argument(
+        "--window", type=float, default=1.0, help="STE window: gradient passes where |x| <= window"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("pack", help="pack a trained checkpoint into a .bnn file")
+    p.add_argument("checkpoint", help="RUN/checkpoint.pt (or the RUN folder)")
+    p.add_argument("--out", required=True, help="the .bnn file to write")
+    p.add_argument("--version", type=int, default=1, help="monotonic model version (default 1)")
+    p.set_defaults(run=_pack)
+
+    p = sub.add_parser("eval", help="accuracy and confusion of a .bnn through the edge engine")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="a folder of label sub-folders, e.g. DATA/test")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_eval)
+
+    p = sub.add_parser("demo", help="synthesise, train, pack and evaluate on the edge engine")
+    p.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")
+    p.add_argument("--arch", default="bcnn")
+    p.add_argument("--count", type=int, default=None, help="images per label")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if (
+            getattr(args, "epochs", None) is None
+            and hasattr(args, "arch")
+            and args.command == "train"
+        ):
+            from host.models import arch_spec
+
+            args.epochs = arch_spec(args.arch)["epochs"]
+        return args.run(args)
+    except BinsortError as e:
+        print("binsort: error: %s" % e, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

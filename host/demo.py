@@ -1,0 +1,108 @@
+"""`binsort demo`: the whole host-to-edge story on one machine, on built-in defaults.
+
+Synthesise box-code images, train a binary net, pack it into a `.bnn`, then classify the held-out
+images with the edge engine and check that the engine computes exactly what the host's reference
+of the deployed model computes.
+"""
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from edge.engine import load_engine
+from edge.imagefolder import dataset_splits
+from host.evaluate import evaluate, format_report
+from host.models import arch_spec
+from host.pack import float_state_bytes, pack_model
+from host.reference import reference_scores
+from host.synth import synthesise
+from host.train import load_checkpoint, load_split, to_input, train
+
+
+def run_demo(
+    out_dir: str = "demo-out",
+    arch: str = "bcnn",
+    count: int | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+) -> dict:
+    """Run the demo in out_dir and return its report (also printed unless quiet)."""
+    say = (lambda *a: None) if quiet else print
+    spec = arch_spec(arch)
+    count = count or spec["demo_count"]
+    epochs = epochs or spec["epochs"]
+    timings = {}
+    started = time.time()
+
+    data_dir = os.path.join(out_dir, "data")
+    say("1/4 synthesising %d images per label into %s" % (count, data_dir))
+    synthesise(data_dir, count=count, seed=seed)
+    timings["synth_s"] = round(time.time() - started, 1)
+
+    run_dir = os.path.join(out_dir, "run")
+    say("2/4 training %s for %d epochs" % (arch, epochs))
+    t = time.time()
+    train(data_dir, run_dir, arch, epochs, seed=seed, progress=not quiet, log=say)
+    timings["train_s"] = round(time.time() - t, 1)
+
+    say("3/4 packing")
+    ckpt, model = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    model_path = os.path.join(out_dir, "model.bnn")
+    with open(model_path, "wb") as f:
+        f.write(pack_model(ckpt, model))
+    model_bytes = os.path.getsize(model_path)
+    float_bytes = float_state_bytes(model)
+
+    say("4/4 classifying the held-out images with the edge engine")
+    t = time.time()
+    result = evaluate(model_path, os.path.join(data_dir, "test"))
+    timings["edge_eval_s"] = round(time.time() - t, 1)
+
+    # parity: edge engine == host reference of the deployed model, and label agreement with
+    # the trained float model, on the whole test set
+    engine = load_engine(model_path)
+    labels, _, test_items = dataset_splits(data_dir)
+    images, _ = load_split(test_items, spec["input"])
+    edge_scores = engine.scores(images.numpy())
+    exact = bool(np.array_equal(edge_scores, reference_scores(engine.model, images.numpy())))
+    with torch.no_grad():
+        float_pred = model(to_input(images)).argmax(1).numpy()
+    agreement = float((float_pred == edge_scores.argmax(1)).mean())
+
+    report = {
+        "arch": arch,
+        "accuracy": result["accuracy"],
+        "n": result["n"],
+        "confusion": result["confusion"],
+        "labels": result["labels"],
+        "model_bytes": model_bytes,
+        "float32_bytes": float_bytes,
+        "size_ratio": round(float_bytes / model_bytes, 2),
+        "edge_equals_host_reference": exact,
+        "label_agreement_with_float_model": agreement,
+        "model": model_path,
+        **timings,
+        "total_s": round(time.time() - started, 1),
+    }
+    say("")
+    say(format_report(result))
+    say(
+        "model %s: %d bytes, float32 state dict %d bytes (%.1fx smaller)"
+        % (model_path, model_bytes, float_bytes, report["size_ratio"])
+    )
+    say(
+        "edge engine scores equal the host reference on all %d test images: %s"
+        % (result["n"], exact)
+    )
+    say(
+        "edge labels agree with the trained float model on %.2f%% of test images"
+        % (100 * agreement)
+    )
+    say(
+        "time: synth %.0f s, train %.0f s, edge eval %.1f s, total %.0f s"
+        % (report["synth_s"], report["train_s"], report["edge_eval_s"], report["total_s"])
+    )
+    return report

@@ -1,0 +1,47 @@
+"""Accuracy and confusion of a deployed model, computed through the edge engine itself."""
+
+import numpy as np
+
+from edge.engine import load_engine
+from edge.imagefolder import labelled_images, relabel
+from edge.preprocess import load_inputs
+
+
+def evaluate(model_path: str, data_dir: str) -> dict:
+    """Run every image of a folder of label sub-folders through the edge engine."""
+    engine = load_engine(model_path)
+    labels = engine.model.labels
+    folder_labels, items = labelled_images(data_dir)
+    items = relabel(items, folder_labels, labels)
+    h, w = engine.model.input_shape
+    truth = np.array([label for _, label in items])
+    predicted = []
+    for i in range(0, len(items), 256):
+        best, _, _ = engine.classify(load_inputs([p for p, _ in items[i : i + 256]], h, w))
+        predicted.append(best)
+    predicted = np.concatenate(predicted)
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    return {
+        "model": model_path,
+        "data": data_dir,
+        "engine": engine.name,
+        "n": int(len(truth)),
+        "accuracy": float((truth == predicted).mean()),
+        "labels": labels,
+        "confusion": confusion.tolist(),
+    }
+
+
+def format_report(result: dict) -> str:
+    """Accuracy line and a confusion matrix (rows: true label, columns: predicted)."""
+    labels = result["labels"]
+    width = max(8, *(len(lb) + 1 for lb in labels))
+    lines = [
+        "accuracy %.4f on %d images (%s engine)"
+        % (result["accuracy"], result["n"], result["engine"]),
+        "true \\ predicted".ljust(width + 2) + "".join(lb.rjust(width) for lb in labels),
+    ]
+    for lb, row in zip(labels, result["confusion"], strict=True):
+        lines.append(lb.ljust(width + 2) + "".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)

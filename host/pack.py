@@ -1,0 +1,194 @@
+"""Trained checkpoint -> deployed `.bnn`: pack binary weights, fold BatchNorm + sign into integer
+thresholds, quantise the first and last layers, and record golden self-test inputs.
+
+The deployed model differs from the trained float model only where a float BatchNorm output
+lands within rounding of zero; the parity tests measure how often that changes a label.
+"""
+
+import numpy as np
+import torch
+
+from edge.engine import pack_signs
+from edge.preprocess import PREPROCESS_KIND, preprocess
+from host.models import BinaryNet, arch_spec
+from protocol import bnn
+from protocol.fold import fold_thresholds
+
+GOLDEN_COUNT = 2
+
+
+def _bn_params(bn) -> tuple:
+    return (
+        bn.weight.detach().double().tolist(),
+        bn.bias.detach().double().tolist(),
+        bn.running_mean.double().tolist(),
+        bn.running_var.double().tolist(),
+        bn.eps,
+    )
+
+
+def _thresholds(a, b, bn) -> "tuple[bytes, bytes]":
+    """Fold `y = a * acc + b` and the next block's BatchNorm + sign (protocol.fold)."""
+    gamma, beta, mean, var, eps = _bn_params(bn)
+    ts, flips = fold_thresholds(a, b, gamma, beta, mean, var, eps)
+    packed_flips = np.packbits(np.array(flips, dtype=bool), bitorder="little").tobytes()
+    return np.array(ts, dtype="<i4").tobytes(), packed_flips
+
+
+def _alpha(w: torch.Tensor) -> list:
+    """The XNOR-Net scale the trainer used, mean|W| per output channel (host.layers)."""
+    return w.detach().abs().flatten(1).mean(1).clamp(min=1e-8).double().tolist()
+
+
+def _sign_bits(w: np.ndarray) -> bytes:
+    """+-1 weights with the channel axis last -> packed bytes (bit 1 = -1, sign(0) = +1)."""
+    return pack_signs(w < 0).tobytes()
+
+
+def _hwc_order(w: torch.Tensor, channels: int, h: int, wdt: int) -> np.ndarray:
+    """Dense weights over a flattened (C, H, W) map -> the engine's (H, W, C) input order."""
+    return (
+        w.detach()
+        .reshape(w.shape[0], channels, h, wdt)
+        .permute(0, 2, 3, 1)
+        .reshape(w.shape[0], -1)
+        .numpy()
+    )
+
+
+def deployed_layers(model: BinaryNet) -> list:
+    """The model's layers in deployed form (protocol.bnn.Layer), in execution order."""
+    spec = arch_spec(model.arch)
+    size = spec["input"]
+    # the BatchNorm that follows each producing layer
+    consumers = [*model.convs, *model.dense, model.head]
+    layers = []
+
+    stem = model.stem.conv
+    w = stem.weight.detach()
+    scale = w.abs().flatten(1).amax(1).clamp(min=1e-8) / 127  # as fake_quant(w, 8, per channel)
+    wq = torch.round(w / scale.view(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8)
+    k, s = stem.kernel_size[0], stem.stride[0]
+    a = (scale.double() / 255).tolist()
+    ts, flips = _thresholds(a, stem.bias.detach().double().tolist(), consumers[0].bn)
+    weights = wq.permute(0, 2, 3, 1).contiguous().numpy().tobytes()  # (cout, k, k, cin)
+    layer = bnn.Layer(
+        bnn.CONV_U8,
+        k,
+        s,
+        k // 2,
+        1,
+        stem.out_channels,
+        size,
+        size,
+        model.stem.pool,
+        weights,
+        ts,
+        flips,
+    )
+    layers.append(layer)
+
+    for i, conv in enumerate(model.convs):
+        h, wd = layers[-1].out_shape()
+        w = conv.weight.detach()
+        ts, flips = _thresholds(_alpha(w), [0.0] * w.shape[0], consumers[i + 1].bn)
+        bits = _sign_bits(w.permute(0, 2, 3, 1).contiguous().numpy())  # (cout, k, k, cin)
+        layers.append(
+            bnn.Layer(
+                bnn.BCONV,
+                w.shape[2],
+                conv.stride,
+                conv.pad,
+                w.shape[1],
+                w.shape[0],
+                h,
+                wd,
+                conv.pool,
+                bits,
+                ts,
+                flips,
+            )
+        )
+
+    for i, dense in enumerate(model.dense):
+        w = dense.weight.detach()
+        prev = layers[-1]
+        if prev.is_conv:
+            oh, ow = prev.out_shape()
+            w_np = _hwc_order(w, prev.cout, oh, ow)
+        else:
+            w_np = w.numpy()
+        ts, flips = _thresholds(
+            _alpha(w), [0.0] * w.shape[0], consumers[len(model.convs) + i + 1].bn
+        )
+        layers.append(
+            bnn.Layer(
+                bnn.BDENSE, 1, 1, 0, w.shape[1], w.shape[0], 1, 1, 1, _sign_bits(w_np), ts, flips
+            )
+        )
+
+    lin = model.head.linear
+    prev = layers[-1]
+    w = lin.weight.detach()
+    scale_t = w.abs().amax().clamp(min=1e-8) / 32767  # float32, exactly as fake_quant(w, 16)
+    wq = torch.round(w / scale_t).clamp(-32767, 32767)
+    wq = _hwc_order(wq, prev.cout, *prev.out_shape()) if prev.is_conv else wq.numpy()
+    out_scale = float(scale_t)
+    bias = np.round(lin.bias.detach().double().numpy() / out_scale).astype("<i4")
+    layers.append(
+        bnn.Layer(
+            bnn.DENSE_OUT,
+            1,
+            1,
+            0,
+            w.shape[1],
+            w.shape[0],
+            1,
+            1,
+            1,
+            wq.astype("<i2").tobytes(),
+            bias=bias.tobytes(),
+            scale=out_scale,
+        )
+    )
+    return layers
+
+
+def golden_inputs(labels: list, size: int, count: int = GOLDEN_COUNT) -> np.ndarray:
+    """Self-test inputs: synthetic frames of the first labels, through the edge preprocessing."""
+    from host.synth import render
+
+    frames = [np.asarray(render(1234, "golden", labels[i % len(labels)], i)) for i in range(count)]
+    return np.stack([preprocess(f, size, size) for f in frames])
+
+
+def pack_model(ckpt: dict, model: BinaryNet, version: int = 1) -> bytes:
+    """The whole `.bnn` for a trained model, golden scores computed by the host reference."""
+    from host.reference import reference_scores
+
+    layers = deployed_layers(model)
+    size = arch_spec(model.arch)["input"]
+    meta = {
+        "format": "binsort-bnn",
+        "arch": ckpt["arch"],
+        "labels": list(ckpt["labels"]),
+        "input": {"height": size, "width": size, "channels": 1, "preprocess": PREPROCESS_KIND},
+        "model_id": ckpt["model_id"],
+        "version": version,
+        "created": ckpt["created"],
+        "metrics": ckpt.get("metrics", {}),
+    }
+    draft = bnn.BnnModel(meta, layers, [], b"")
+    gold_x = golden_inputs(meta["labels"], size)
+    gold_scores = reference_scores(draft, gold_x)
+    golden = [(x.tobytes(), [int(v) for v in s]) for x, s in zip(gold_x, gold_scores, strict=True)]
+    return bnn.write_bnn(meta, layers, golden)
+
+
+def float_state_bytes(model: BinaryNet) -> int:
+    """Size of the model's float32 state dict as torch saves it: the baseline for the ratio."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({k: v.float() for k, v in model.state_dict().items()}, buf)
+    return buf.tell()

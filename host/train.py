@@ -1,0 +1,254 @@
+"""Training a binary net: data -> model -> loop -> checkpoint.
+
+Runs on one CPU or GPU, or under `torchrun --nproc_per_node=N` with DistributedDataParallel
+(gloo on CPU, nccl on GPU); only rank 0 evaluates and writes. The run folder gets
+checkpoint.pt, metrics.json (per-epoch loss, accuracy, saturation of every sign layer) and
+curves.png.
+"""
+
+import json
+import math
+import os
+import time
+import uuid
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from edge.imagefolder import dataset_splits
+from edge.preprocess import load_inputs
+from host.models import BinaryNet, arch_spec
+from protocol.errors import BinsortError
+
+
+def load_split(items: list, size: int) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Images through the edge's own preprocessing: (N, size, size) uint8 and (N,) labels."""
+    images = load_inputs([path for path, _ in items], size, size)
+    labels = np.array([label for _, label in items], dtype=np.int64)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def to_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) -> float (N, 1, H, W) centred as (2p - 255) / 255, the model's input."""
+    return ((2.0 * pixels.float() - 255.0) / 255.0).unsqueeze(1)
+
+
+def augment(pixels: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
+    """Random shift, contrast and brightness on uint8 images; the result is uint8 again so the
+    model only ever sees pixels the camera could deliver."""
+    n, h, w = pixels.shape
+    padded = F.pad(pixels.float().unsqueeze(1), (shift,) * 4, mode="replicate").squeeze(1)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, :]
+    out = padded[torch.arange(n)[:, None, None], rows, cols]
+    contrast = torch.empty(n, 1, 1).uniform_(0.75, 1.25, generator=gen)
+    bright = torch.empty(n, 1, 1).uniform_(-25, 25, generator=gen)
+    return ((out - 128) * contrast + 128 + bright).round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def accuracy(model, pixels, labels, batch=512) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(labels), batch):
+        logits = model(to_input(pixels[i : i + batch]).to(device))
+        correct += int((logits.argmax(1).cpu() == labels[i : i + batch]).sum())
+    return correct / max(len(labels), 1)
+
+
+def plot_curves(metrics: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [e["epoch"] for e in metrics["epochs"]]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
+    a.plot(epochs, [e["loss"] for e in metrics["epochs"]])
+    a.set(title="training loss", xlabel="epoch")
+    b.plot(epochs, [e["train_accuracy"] for e in metrics["epochs"]], label="train")
+    b.plot(epochs, [e["test_accuracy"] for e in metrics["epochs"]], label="test")
+    b.set(title="accuracy", xlabel="epoch")
+    b.legend()
+    for name in metrics["epochs"][0]["saturation"]:
+        c.plot(epochs, [e["saturation"][name] for e in metrics["epochs"]], label=name)
+    c.set(title="saturated fraction per sign layer", xlabel="epoch", ylim=(0, 1))
+    c.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _distributed() -> "tuple[int, int]":
+    """(rank, world size), initialising the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def train(
+    data_dir: str,
+    out_dir: str,
+    arch: str = "bcnn",
+    epochs: int = 12,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    estimator: str = "ste",
+    window: float = 1.0,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Train on a data folder; write the run folder; return metrics."""
+    rank, world = _distributed()
+    if device == "auto":
+        device = (
+            ("cuda:%d" % (rank % torch.cuda.device_count())) if torch.cuda.is_available() else "cpu"
+        )
+    size = arch_spec(arch)["input"]
+
+    # data: every image through the same preprocessing the edge uses
+    labels, train_items, test_items = dataset_splits(data_dir)
+    if not train_items or not test_items:
+        raise BinsortError("%s needs images for both training and testing" % data_dir)
+    train_x, train_y = load_split(train_items, size)
+    test_x, test_y = load_split(test_items, size)
+    if rank == 0:
+        log(
+            "data: %d train / %d test images, labels %s, input %dx%d"
+            % (len(train_y), len(test_y), labels, size, size)
+        )
+
+    # model
+    torch.manual_seed(seed)
+    model = BinaryNet(arch, len(labels), estimator, window).to(device)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=None if device == "cpu" else [device]
+        )
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(train_y) / world / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15, anneal_strategy="cos"
+    )
+
+    # loop
+    gen = torch.Generator().manual_seed(seed)
+    metrics = {"arch": arch, "labels": labels, "epochs": [], "world_size": world}
+    started = time.time()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_y), generator=gen)[rank::world]
+        bar = _progress(steps_per_epoch, "epoch %d/%d" % (epoch, epochs), progress and rank == 0)
+        total_loss, total_correct, seen = 0.0, 0, 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            x = to_input(augment(train_x[idx], gen)).to(device)
+            y = train_y[idx].to(device)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.item() * len(idx)
+            total_correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+            if bar:
+                bar.set_postfix(
+                    loss="%.3f" % (total_loss / seen), acc="%.3f" % (total_correct / seen)
+                )
+                bar.update(1)
+        if bar:
+            bar.close()
+        saturation = {name: round(m.take_saturation(), 4) for name, m in model.sign_layers()}
+        if rank == 0:
+            test_acc = accuracy(model, test_x, test_y)
+            row = {
+                "epoch": epoch,
+                "loss": total_loss / seen,
+                "train_accuracy": total_correct / seen,
+                "test_accuracy": test_acc,
+                "saturation": saturation,
+                "seconds": round(time.time() - started, 1),
+            }
+            metrics["epochs"].append(row)
+            log(
+                "epoch %d: loss %.4f train %.4f test %.4f max saturation %.2f (%s)"
+                % (
+                    epoch,
+                    row["loss"],
+                    row["train_accuracy"],
+                    test_acc,
+                    max(saturation.values()),
+                    max(saturation, key=saturation.get),
+                )
+            )
+
+    # checkpoint
+    if rank == 0:
+        metrics["test_accuracy"] = metrics["epochs"][-1]["test_accuracy"]
+        metrics["train_seconds"] = round(time.time() - started, 1)
+        os.makedirs(out_dir, exist_ok=True)
+        checkpoint = {
+            "format": "binsort-checkpoint-1",
+            "arch": arch,
+            "labels": labels,
+            "input": size,
+            "estimator": estimator,
+            "window": window,
+            "model_id": uuid.uuid4().hex[:12],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "metrics": {k: v for k, v in metrics.items() if k != "epochs"},
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        }
+        torch.save(checkpoint, os.path.join(out_dir, "checkpoint.pt"))
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+        plot_curves(metrics, os.path.join(out_dir, "curves.png"))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+def load_checkpoint(path: str) -> "tuple[dict, BinaryNet]":
+    """Read a checkpoint written by train(); clean errors for anything else."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BinsortError("no such checkpoint: %s" % path) from None
+    except Exception as e:  # torch raises many types for foreign or damaged files
+        raise BinsortError(
+            "cannot read checkpoint %s: %s" % (path, str(e).splitlines()[0])
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "binsort-checkpoint-1":
+        raise BinsortError("%s is not a binsort training checkpoint" % path)
+    model = BinaryNet(ckpt["arch"], len(ckpt["labels"]), ckpt["estimator"], ckpt["window"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise BinsortError(
+            "checkpoint %s does not match architecture %r: %s"
+            % (path, ckpt["arch"], str(e).splitlines()[0])
+        ) from None
+    model.eval()
+    return ckpt, model

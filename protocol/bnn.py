@@ -1,0 +1,317 @@
+"""The `.bnn` container: reader and writer (layout in docs/format.md, section ".bnn container").
+
+A file is a 12-byte header, sections of (tag, length, payload, CRC32), and a final HASH section
+holding the SHA-256 of every byte before it. Sections: META (UTF-8 JSON), one LAYR per layer in
+execution order, GOLD (self-test inputs with their expected integer scores), HASH.
+The reader checks everything it is given and raises FormatError, never anything else, so a
+corrupted or truncated file can never turn into a half-loaded model. Standard library only, in
+the subset MicroPython runs.
+"""
+
+import binascii
+import hashlib
+import json
+import struct
+
+from protocol.errors import FormatError
+
+MAGIC = b"BSNN"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+
+CONV_U8 = 1  # real-weight (int8) convolution on 8-bit pixels: the first layer
+BCONV = 2  # binary convolution, packed weights, integer thresholds
+BDENSE = 3  # binary fully connected, packed weights, integer thresholds
+DENSE_OUT = 4  # last layer: int16 weights on binary inputs, int32 bias, one float scale
+KIND_NAMES = {CONV_U8: "conv_u8", BCONV: "bconv", BDENSE: "bdense", DENSE_OUT: "dense_out"}
+
+_HEADER = "<4sHHI"  # magic, major, minor, section count
+_SECTION = "<4sI"  # tag, payload length; payload; then u32 CRC32 of tag+length+payload
+_LAYER = "<BBBBIIHHBB2x"  # kind, k, stride, pad, cin, cout, in_h, in_w, pool, flags
+_GOLD = "<HHHH"  # count, height, width, classes
+_MAX_SECTIONS = 4096
+
+
+class Layer:
+    """One deployed layer. Weights, thresholds and flips stay as bytes in the file's layout."""
+
+    def __init__(
+        self,
+        kind,
+        k,
+        stride,
+        pad,
+        cin,
+        cout,
+        in_h,
+        in_w,
+        pool,
+        weights,
+        thresholds=None,
+        flips=None,
+        bias=None,
+        scale=1.0,
+    ):
+        self.kind = kind
+        self.k = k
+        self.stride = stride
+        self.pad = pad
+        self.cin = cin
+        self.cout = cout
+        self.in_h = in_h
+        self.in_w = in_w
+        self.pool = pool
+        self.weights = weights
+        self.thresholds = thresholds
+        self.flips = flips
+        self.bias = bias
+        self.scale = scale
+
+    @property
+    def is_conv(self) -> bool:
+        return self.kind in (CONV_U8, BCONV)
+
+    def conv_out(self) -> "tuple[int, int]":
+        """Spatial size after the convolution, before pooling."""
+        return (
+            (self.in_h + 2 * self.pad - self.k) // self.stride + 1,
+            (self.in_w + 2 * self.pad - self.k) // self.stride + 1,
+        )
+
+    def out_shape(self) -> "tuple[int, int]":
+        """Spatial size of the layer's output (after pooling); (1, 1) for dense layers."""
+        if not self.is_conv:
+            return (1, 1)
+        h, w = self.conv_out()
+        return (h // self.pool, w // self.pool)
+
+    def out_bits(self) -> int:
+        h, w = self.out_shape()
+        return h * w * self.cout
+
+    def weight_bytes(self) -> int:
+        if self.kind == CONV_U8:
+            return self.cout * self.k * self.k * self.cin
+        if self.kind == BCONV:
+            return self.cout * self.k * self.k * self.cin // 8
+        if self.kind == BDENSE:
+            return self.cout * self.cin // 8
+        return self.cout * self.cin * 2
+
+
+class BnnModel:
+    """A parsed `.bnn`: metadata dict, layers, golden (input bytes, expected scores) pairs."""
+
+    def __init__(self, meta, layers, golden, sha256):
+        self.meta = meta
+        self.layers = layers
+        self.golden = golden
+        self.sha256 = sha256
+
+    @property
+    def labels(self) -> list:
+        return self.meta["labels"]
+
+    @property
+    def input_shape(self) -> "tuple[int, int]":
+        return (self.meta["input"]["height"], self.meta["input"]["width"])
+
+
+def _section(tag: bytes, payload: bytes) -> bytes:
+    head = struct.pack(_SECTION, tag, len(payload))
+    return head + payload + struct.pack("<I", binascii.crc32(head + payload) & 0xFFFFFFFF)
+
+
+def _layer_payload(layer: Layer) -> bytes:
+    head = struct.pack(
+        _LAYER,
+        layer.kind,
+        layer.k,
+        layer.stride,
+        layer.pad,
+        layer.cin,
+        layer.cout,
+        layer.in_h,
+        layer.in_w,
+        layer.pool,
+        0,
+    )
+    if layer.kind == DENSE_OUT:
+        return head + bytes(layer.weights) + bytes(layer.bias) + struct.pack("<f", layer.scale)
+    return head + bytes(layer.weights) + bytes(layer.thresholds) + bytes(layer.flips)
+
+
+def write_bnn(meta: dict, layers: list, golden: list) -> bytes:
+    """Serialise a model. `golden` is a list of (input image bytes, list of int scores)."""
+    sections = [_section(b"META", json.dumps(meta, sort_keys=True).encode("utf-8"))]
+    sections.extend(_section(b"LAYR", _layer_payload(layer)) for layer in layers)
+    h, w = meta["input"]["height"], meta["input"]["width"]
+    gold = [struct.pack(_GOLD, len(golden), h, w, len(meta["labels"]))]
+    for image, scores in golden:
+        gold.append(bytes(image))
+        gold.append(struct.pack("<%dq" % len(scores), *scores))
+    sections.append(_section(b"GOLD", b"".join(gold)))
+    body = struct.pack(_HEADER, MAGIC, VERSION_MAJOR, VERSION_MINOR, len(sections) + 1)
+    body += b"".join(sections)
+    return body + _section(b"HASH", hashlib.sha256(body).digest())
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise FormatError("not a valid .bnn model: " + what)
+
+
+def _parse_layer(payload: bytes, index: int) -> Layer:
+    n = struct.calcsize(_LAYER)
+    _check(len(payload) >= n, "layer %d header truncated" % index)
+    kind, k, stride, pad, cin, cout, in_h, in_w, pool, flags = struct.unpack_from(_LAYER, payload)
+    _check(kind in KIND_NAMES, "layer %d has unknown kind %d" % (index, kind))
+    _check(flags == 0, "layer %d has unsupported flags 0x%02x" % (index, flags))
+    _check(cin > 0 and cout > 0, "layer %d has an empty shape" % index)
+    layer = Layer(kind, k, stride, pad, cin, cout, in_h, in_w, pool, b"")
+    if layer.is_conv:
+        _check(
+            k > 0 and stride > 0 and pad < k and pool in (1, 2),
+            "layer %d has bad convolution geometry" % index,
+        )
+        oh, ow = layer.out_shape()
+        _check(oh > 0 and ow > 0, "layer %d has an empty output" % index)
+    else:
+        _check(
+            k == 1 and stride == 1 and pad == 0 and pool == 1 and in_h == 1 and in_w == 1,
+            "layer %d is dense but carries convolution geometry" % index,
+        )
+    if kind in (BCONV, BDENSE):
+        _check(cin % 8 == 0, "layer %d has %d binary inputs, not a multiple of 8" % (index, cin))
+    wb = layer.weight_bytes()
+    tail = 4 if kind == DENSE_OUT else (cout + 7) // 8  # output scale, or packed flips
+    expect = n + wb + 4 * cout + tail
+    _check(
+        len(payload) == expect, "layer %d is %d bytes, expected %d" % (index, len(payload), expect)
+    )
+    mv = memoryview(payload)
+    layer.weights = bytes(mv[n : n + wb])
+    rest = n + wb
+    if kind == DENSE_OUT:
+        layer.bias = bytes(mv[rest : rest + 4 * cout])
+        layer.scale = struct.unpack_from("<f", payload, rest + 4 * cout)[0]
+        _check(layer.scale == layer.scale and layer.scale > 0, "output scale is not positive")
+    else:
+        layer.thresholds = bytes(mv[rest : rest + 4 * cout])
+        layer.flips = bytes(mv[rest + 4 * cout :])
+    return layer
+
+
+def _check_meta(meta) -> None:
+    _check(isinstance(meta, dict), "META is not a JSON object")
+    labels = meta.get("labels")
+    _check(
+        isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels),
+        "META has no list of labels",
+    )
+    inp = meta.get("input")
+    _check(isinstance(inp, dict), "META has no input description")
+    for key in ("height", "width"):
+        v = inp.get(key)
+        _check(isinstance(v, int) and 0 < v <= 4096, "META input %s is invalid" % key)
+
+
+def _check_chain(meta: dict, layers: list) -> None:
+    _check(len(layers) >= 2, "a model needs at least an input and an output layer")
+    first, last = layers[0], layers[-1]
+    _check(first.kind == CONV_U8 and first.cin == 1, "the first layer must read 8-bit grey pixels")
+    _check(
+        (first.in_h, first.in_w) == (meta["input"]["height"], meta["input"]["width"]),
+        "the first layer's input size differs from META",
+    )
+    _check(last.kind == DENSE_OUT, "the last layer must be the output layer")
+    _check(last.cout == len(meta["labels"]), "the output layer's width differs from the labels")
+    for i in range(1, len(layers)):
+        prev, layer = layers[i - 1], layers[i]
+        _check(layer.kind != CONV_U8 and prev.kind != DENSE_OUT, "layer %d is out of place" % i)
+        if layer.kind == BCONV:
+            _check(
+                prev.is_conv
+                and (layer.in_h, layer.in_w) == prev.out_shape()
+                and layer.cin == prev.cout,
+                "layer %d does not fit its input" % i,
+            )
+        else:
+            _check(layer.cin == prev.out_bits(), "layer %d does not fit its input" % i)
+
+
+def _parse_gold(payload: bytes, meta: dict) -> list:
+    n = struct.calcsize(_GOLD)
+    _check(len(payload) >= n, "GOLD truncated")
+    count, h, w, classes = struct.unpack_from(_GOLD, payload)
+    _check((h, w) == (meta["input"]["height"], meta["input"]["width"]), "GOLD input size differs")
+    _check(classes == len(meta["labels"]), "GOLD class count differs")
+    entry = h * w + 8 * classes
+    _check(len(payload) == n + count * entry, "GOLD has the wrong length")
+    golden = []
+    for i in range(count):
+        at = n + i * entry
+        image = bytes(payload[at : at + h * w])
+        scores = list(struct.unpack_from("<%dq" % classes, payload, at + h * w))
+        golden.append((image, scores))
+    return golden
+
+
+def read_bnn(data: bytes) -> BnnModel:
+    """Parse and verify a whole `.bnn`; raises FormatError for anything that is not one."""
+    data = bytes(data)
+    hn = struct.calcsize(_HEADER)
+    _check(len(data) >= hn, "file is %d bytes, too short for a header" % len(data))
+    magic, major, minor, count = struct.unpack_from(_HEADER, data)
+    _check(magic == MAGIC, "wrong magic %r (is this a .bnn file?)" % (magic,))
+    if major != VERSION_MAJOR:
+        raise FormatError(
+            "unsupported .bnn format version %d.%d (this binsort reads %d.x); "
+            "upgrade binsort" % (major, minor, VERSION_MAJOR)
+        )
+    _check(0 < count <= _MAX_SECTIONS, "implausible section count %d" % count)
+    sn = struct.calcsize(_SECTION)
+    at = hn
+    sections = []
+    for i in range(count):
+        _check(at + sn <= len(data), "truncated in section %d of %d" % (i + 1, count))
+        tag, length = struct.unpack_from(_SECTION, data, at)
+        end = at + sn + length
+        _check(end + 4 <= len(data), "truncated in section %d of %d" % (i + 1, count))
+        crc = struct.unpack_from("<I", data, end)[0]
+        _check(
+            binascii.crc32(data[at:end]) & 0xFFFFFFFF == crc,
+            "CRC mismatch in section %d (%r)" % (i + 1, tag),
+        )
+        sections.append((tag, at, data[at + sn : end]))
+        at = end + 4
+    _check(at == len(data), "%d stray bytes after the last section" % (len(data) - at))
+    tag, hash_at, digest = sections[-1]
+    _check(tag == b"HASH" and len(digest) == 32, "the last section is not the SHA-256")
+    _check(hashlib.sha256(data[:hash_at]).digest() == digest, "SHA-256 mismatch")
+    tags = [s[0] for s in sections]
+    _check(tags[0] == b"META", "the first section is not META")
+    _check(tags.count(b"GOLD") == 1 and tags[-2] == b"GOLD", "GOLD must come just before HASH")
+    _check(all(t == b"LAYR" for t in tags[1:-2]), "unknown sections between META and GOLD")
+    try:
+        meta = json.loads(sections[0][2].decode("utf-8"))
+    except (ValueError, UnicodeError):
+        raise FormatError("not a valid .bnn model: META is not UTF-8 JSON") from None
+    _check_meta(meta)
+    layers = [_parse_layer(s[2], i) for i, s in enumerate(sections[1:-2])]
+    _check_chain(meta, layers)
+    golden = _parse_gold(sections[-2][2], meta)
+    return BnnModel(meta, layers, golden, digest)
+
+
+def read_bnn_file(path: str) -> BnnModel:
+    """read_bnn on a file, with a clean error when the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FormatError("cannot read model %s: %s" % (path, e)) from None
+    try:
+        return read_bnn(data)
+    except FormatError as e:
+        raise FormatError("%s: %s" % (path, e)) from None

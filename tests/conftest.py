@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from host.models import BinaryNet
+from host.pack import pack_model
+
+LABELS = ["F06", "K11", "S19", "V22", "empty"]
+
+
+def random_bn_model(arch: str, seed: int = 1) -> BinaryNet:
+    """An untrained net whose BatchNorms have random statistics, including negative and zero
+    gamma, so packing exercises flipped and constant thresholds."""
+    torch.manual_seed(seed)
+    model = BinaryNet(arch, len(LABELS))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.randn(n)
+            m.weight.data[::7] = 0
+            m.bias.data = torch.randn(n) * 0.5
+            m.running_mean = torch.randn(n) * 3
+            m.running_var = torch.rand(n) * 5 + 0.1
+    return model.eval()
+
+
+def checkpoint_for(arch: str) -> dict:
+    return {
+        "arch": arch,
+        "labels": LABELS,
+        "model_id": "test",
+        "created": "2026-01-01T00:00:00Z",
+        "metrics": {},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    model = random_bn_model("tiny")
+    return model, pack_model(checkpoint_for("tiny"), model)
+
+
+@pytest.fixture(scope="session")
+def bcnn_model():
+    model = random_bn_model("bcnn")
+    return model, pack_model(checkpoint_for("bcnn"), model)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny synthetic data set and a one-epoch tiny run on it (seconds, not minutes)."""
+    from host.synth import synthesise
+    from host.train import train
+
+    root = tmp_path_factory.mktemp("run")
+    synthesise(str(root / "data"), count=15, seed=3, workers=1)
+    train(
+        str(root / "data"), str(root / "run"), "tiny", epochs=1, progress=False, log=lambda s: None
+    )
+    return root
+
+
+def random_inputs(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size), dtype=np.uint8)

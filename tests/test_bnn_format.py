@@ -1,0 +1,98 @@
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol import bnn
+from protocol.errors import FormatError
+
+
+def test_round_trip_keeps_metadata_layers_and_golden(tiny_model):
+    _, data = tiny_model
+    model = bnn.read_bnn(data)
+    assert model.labels == ["F06", "K11", "S19", "V22", "empty"]
+    assert model.input_shape == (32, 32)
+    assert [layer.kind for layer in model.layers] == [
+        bnn.CONV_U8,
+        bnn.BCONV,
+        bnn.BCONV,
+        bnn.BDENSE,
+        bnn.DENSE_OUT,
+    ]
+    assert len(model.golden) == 2
+    assert bnn.write_bnn(model.meta, model.layers, model.golden) == data
+
+
+def test_wrong_magic_is_named(tiny_model):
+    _, data = tiny_model
+    with pytest.raises(FormatError, match="wrong magic"):
+        bnn.read_bnn(b"PK\x03\x04" + data[4:])
+
+
+def test_future_major_version_asks_for_an_upgrade(tiny_model):
+    _, data = tiny_model
+    future = data[:4] + struct.pack("<H", bnn.VERSION_MAJOR + 1) + data[6:]
+    with pytest.raises(FormatError, match="unsupported .bnn format version 2.0.*upgrade"):
+        bnn.read_bnn(future)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 12, 100, -40, -1])
+def test_truncated_file_is_rejected(tiny_model, cut):
+    _, data = tiny_model
+    with pytest.raises(FormatError):
+        bnn.read_bnn(data[:cut])
+
+
+def test_flipped_weight_bit_fails_the_section_crc(tiny_model):
+    _, data = tiny_model
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0x10
+    with pytest.raises(FormatError, match="CRC mismatch"):
+        bnn.read_bnn(bytes(damaged))
+
+
+def test_consistent_rewrite_of_a_section_still_fails_the_file_hash(tiny_model):
+    _, data = tiny_model
+    model = bnn.read_bnn(data)
+    forged = bnn.write_bnn(model.meta, model.layers, model.golden)
+    # replace the HASH section by a CRC-valid one over the wrong digest
+    body = forged[: -(8 + 32 + 4)]
+    bad = body + bnn._section(b"HASH", bytes(32))
+    with pytest.raises(FormatError, match="SHA-256 mismatch"):
+        bnn.read_bnn(bad)
+
+
+def test_layer_that_does_not_fit_its_input_is_rejected(tiny_model):
+    _, data = tiny_model
+    model = bnn.read_bnn(data)
+    model.layers[2].in_h += 1
+    with pytest.raises(FormatError, match="does not fit its input"):
+        bnn.read_bnn(bnn.write_bnn(model.meta, model.layers, model.golden))
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data())
+def test_random_byte_mutations_give_clean_errors_or_a_valid_model(tiny_model, data):
+    _, blob = tiny_model
+    mutated = bytearray(blob)
+    for _ in range(data.draw(st.integers(1, 8))):
+        op = data.draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
+        at = data.draw(st.integers(0, max(len(mutated) - 1, 0)))
+        if op == "flip" and mutated:
+            mutated[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "set" and mutated:
+            mutated[at] = data.draw(st.integers(0, 255))
+        elif op == "insert":
+            mutated[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+        elif op == "delete":
+            del mutated[at : at + data.draw(st.integers(1, 16))]
+        else:
+            del mutated[at:]
+    try:
+        model = bnn.read_bnn(bytes(mutated))
+    except FormatError:
+        return
+    assert model.layers[-1].kind == bnn.DENSE_OUT  # anything accepted is a whole model

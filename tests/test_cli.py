@@ -1,0 +1,101 @@
+"""The command lines: outputs on good input, one-line errors and status 2 on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from host.synth import render
+
+
+def run(*args, module="host.cli"):
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_clean_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def packed(trained_run):
+    out = trained_run / "model.bnn"
+    code, stdout, _ = run("pack", str(trained_run / "run" / "checkpoint.pt"), "--out", str(out))
+    assert code == 0 and "smaller" in stdout
+    return out
+
+
+def test_classify_prints_one_json_object_per_image(packed, trained_run):
+    folder = trained_run / "data" / "test"
+    code, out, _ = run("classify", "--model", str(packed), str(folder), module="edge.cli")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == 15  # 3 test images for each of 5 labels
+    labels = ["F06", "K11", "S19", "V22", "empty"]
+    for row in rows:
+        assert set(row) == {"path", "label", "confidence", "scores"}
+        assert row["label"] in labels and set(row["scores"]) == set(labels)
+        assert 0 < row["confidence"] <= 1
+
+
+def test_eval_json_reports_accuracy_n_and_confusion(packed, trained_run):
+    code, out, _ = run(
+        "eval", "--model", str(packed), "--data", str(trained_run / "data" / "test"), "--json"
+    )
+    result = json.loads(out)
+    assert code == 0 and result["n"] == 15 and 0 <= result["accuracy"] <= 1
+    assert sum(map(sum, result["confusion"])) == 15
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic", "flip"])
+def test_damaged_model_is_a_one_line_error(packed, tmp_path, damage):
+    data = bytearray(packed.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "magic":
+        data[:4] = b"XXXX"
+    else:
+        data[200] ^= 1
+    bad = tmp_path / "bad.bnn"
+    bad.write_bytes(bytes(data))
+    img = tmp_path / "a.png"
+    render(0, "t", "F06", 0).save(img)
+    code, _, err = run("classify", "--model", str(bad), str(img), module="edge.cli")
+    assert_clean_error(code, err, "bad.bnn")
+
+
+def test_unreadable_image_is_a_one_line_error(packed, tmp_path):
+    img = tmp_path / "nope.png"
+    img.write_text("not an image")
+    code, _, err = run("classify", "--model", str(packed), str(img), module="edge.cli")
+    assert_clean_error(code, err, "cannot read image", "nope.png")
+
+
+def test_data_folder_without_classes_is_a_one_line_error(packed, tmp_path):
+    code, _, err = run("eval", "--model", str(packed), "--data", str(tmp_path))
+    assert_clean_error(code, err, "no class folders")
+
+
+def test_checkpoint_of_another_architecture_is_a_one_line_error(trained_run, tmp_path):
+    ckpt = torch.load(trained_run / "run" / "checkpoint.pt", weights_only=True)
+    ckpt["arch"] = "bcnn"
+    torch.save(ckpt, tmp_path / "other.pt")
+    code, _, err = run("pack", str(tmp_path / "other.pt"), "--out", str(tmp_path / "m.bnn"))
+    assert_clean_error(code, err, "does not match architecture 'bcnn'")
+    assert not (tmp_path / "m.bnn").exists()
+
+
+def test_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    code, _, err = run("pack", str(tmp_path / "x.pt"), "--out", str(tmp_path / "m.bnn"))
+    assert_clean_error(code, err, "cannot read checkpoint")
+
+
+def test_unknown_architecture_is_a_one_line_error(tmp_path):
+    code, _, err = run("train", "--data", str(tmp_path), "--arch", "resnet", "--out", str(tmp_path))
+    assert_clean_error(code, err, "unknown architecture 'resnet'")

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+import edge.engine as engine_mod
+from edge.engine import Engine, pack_signs, unpack_signs
+from host.reference import reference_scores
+from protocol.bnn import read_bnn
+from tests.conftest import random_inputs
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "bcnn_model"])
+def test_engine_scores_equal_the_host_reference_exactly_on_1000_random_inputs(fixture, request):
+    _, data = request.getfixturevalue(fixture)
+    model = read_bnn(data)
+    x = random_inputs(1000, model.input_shape[0], seed=7)
+    assert np.array_equal(Engine(model).scores(x), reference_scores(model, x))
+
+
+def test_byte_table_popcount_fallback_for_numpy_1_24_gives_the_same_scores(tiny_model, monkeypatch):
+    _, data = tiny_model
+    model = read_bnn(data)
+    x = random_inputs(200, 32, seed=3)
+    fast = Engine(model).scores(x)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert np.array_equal(Engine(model).scores(x), fast)
+
+
+def test_deployed_labels_match_the_float_model_on_random_inputs(bcnn_model):
+    float_model, data = bcnn_model
+    x = random_inputs(500, 64, seed=11)
+    scores = Engine(read_bnn(data)).scores(x)
+    with torch.no_grad():
+        float_pred = float_model(((2 * torch.from_numpy(x).float() - 255) / 255).unsqueeze(1))
+    agree = (float_pred.argmax(1).numpy() == scores.argmax(1)).mean()
+    assert agree >= 0.99
+
+
+def test_golden_self_test_passes_and_catches_an_engine_computing_a_different_layer(tiny_model):
+    _, data = tiny_model
+    model = read_bnn(data)
+    assert Engine(model).self_test() == []
+    model.layers[1].weights = bytes(b ^ 0xFF for b in model.layers[1].weights)
+    assert Engine(model).self_test() != []
+
+
+def test_pooling_uses_and_for_normal_channels_and_or_for_flipped_ones(tiny_model):
+    _, data = tiny_model
+    prepared = Engine(read_bnn(data)).layers[0]
+    flips = prepared.flips
+    assert flips.any() and not flips.all()
+    maps = np.zeros((1, 2, 2, 32), dtype=bool)
+    maps[0, 0, 0, :] = True  # one of four inputs is -1 in every channel
+    pooled = unpack_signs(prepared.pool(pack_signs(maps)), 32)[0, 0, 0]
+    assert list(pooled == -1) == list(flips)
+
+
+def test_pack_and_unpack_signs_follow_the_documented_bit_order():
+    negative = np.zeros(16, dtype=bool)
+    negative[[0, 9]] = True  # element 0 -> bit 0 of byte 0, element 9 -> bit 1 of byte 1
+    assert pack_signs(negative).tolist() == [0x01, 0x02]
+    assert unpack_signs(pack_signs(negative), 16).tolist() == [-1 if v else 1 for v in negative]
+
+
+def test_engine_module_never_imports_torch():
+    with open(engine_mod.__file__) as f:
+        source = f.read()
+    assert "import torch" not in source
