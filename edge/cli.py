@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from protocol.errors import BinsortError
+from protocol.errors import BinsortError, run_cli
 
 
 def _classify(args) -> int:
@@ -44,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except BinsortError as e:
-        print("binsort-edge: error: %s" % e, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_cli("binsort-edge", args.run, args)
 
 
 if __name__ == "__main__":

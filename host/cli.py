@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from protocol.errors import BinsortError
+from protocol.errors import BinsortError, run_cli
 
 
 def _synth(args) -> int:
@@ -174,23 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_default_epochs(args) -> int:
+    if args.command == "train" and args.epochs is None:
+        from host.models import arch_spec
+
+        args.epochs = arch_spec(args.arch)["epochs"]
+    return args.run(args)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if (
-            getattr(args, "epochs", None) is None
-            and hasattr(args, "arch")
-            and args.command == "train"
-        ):
-            from host.models import arch_spec
-
-            args.epochs = arch_spec(args.arch)["epochs"]
-        return args.run(args)
-    except BinsortError as e:
-        print("binsort: error: %s" % e, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_cli("binsort", _with_default_epochs, args)
 
 
 if __name__ == "__main__":

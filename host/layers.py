@@ -26,13 +26,7 @@ class _SteSign(torch.autograd.Function):
         return grad * (x.abs() <= ctx.window).to(grad.dtype), None
 
 
-class _ApproxSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, window):
-        ctx.save_for_backward(x)
-        ctx.window = window
-        return binarize(x)
-
+class _ApproxSign(_SteSign):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors

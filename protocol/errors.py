@@ -7,3 +7,16 @@ class BinsortError(Exception):
 
 class FormatError(BinsortError):
     """A model file or stream is not what it claims to be (bad magic, CRC, hash, layout)."""
+
+
+def run_cli(prog: str, command, args) -> int:
+    """Run a CLI command: a BinsortError becomes one line on stderr and exit status 2."""
+    import sys
+
+    try:
+        return command(args)
+    except BinsortError as e:
+        print("%s: error: %s" % (prog, e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
