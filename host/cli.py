@@ -39,15 +39,16 @@ def _train(args) -> int:
     metrics = train(
         data,
         args.out,
-        args.arch,
-        args.epochs,
-        args.batch_size,
-        args.lr,
-        args.estimator,
-        args.window,
-        args.seed,
-        args.device,
-        not args.quiet,
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        estimator=args.estimator,
+        window=args.window,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        binarize_ramp=args.binarize_ramp,
     )
     if "test_accuracy" in metrics:
         print(
@@ -136,15 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="run folder for checkpoint.pt, metrics.json, curves.png"
     )
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
     p.add_argument(
         "--estimator",
         choices=("ste", "approx"),
-        default="ste",
-        help="gradient of sign: straight-through (default) or approx-sign",
+        default="approx",
+        help="gradient of sign: approx-sign (default) or straight-through",
     )
     p.add_argument(
         "--window", type=float, default=1.0, help="STE window: gradient passes where |x| <= window"
+    )
+    p.add_argument(
+        "--binarize-ramp",
+        type=float,
+        default=0.25,
+        help="fraction of training over which activations go from clamp to sign (default 0.25)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")

@@ -64,20 +64,29 @@ def fake_quant(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
 
 
 class SignActivation(nn.Module):
-    """sign with a chosen gradient estimator; counts how many inputs fall outside its window."""
+    """sign with a chosen gradient estimator; counts how many inputs fall outside its window.
+
+    Gradual binarisation: while training with `mix` < 1 the forward is
+    mix * sign(x) + (1 - mix) * clamp(x, -1, 1), so magnitudes still flow while the net finds
+    its features; the trainer raises mix to 1 early in training. In eval mode it is always sign.
+    """
 
     def __init__(self, estimator: str = "ste", window: float = 1.0):
         super().__init__()
         self.quantize = ESTIMATORS[estimator]
         self.window = window
+        self.mix = 1.0
         self.saturated = 0
         self.seen = 0
 
     def forward(self, x):
+        y = self.quantize(x, self.window)
         if self.training:
             self.saturated += int((x.detach().abs() > self.window).sum())
             self.seen += x.numel()
-        return self.quantize(x, self.window)
+            if self.mix < 1.0:
+                y = self.mix * y + (1.0 - self.mix) * x.clamp(-1.0, 1.0)
+        return y
 
     def take_saturation(self) -> float:
         """Fraction of inputs with zero gradient since the last call, then reset."""

@@ -16,7 +16,7 @@ ARCHS = {
         "input": 64,
         "stem": {"cout": 32, "k": 3, "stride": 2, "pool": 2},
         # (cout, pool) per binary conv, 3x3 stride 1; stage 1 then stage 2
-        "convs": [(32, 1), (32, 1), (32, 2), (64, 1), (64, 1), (64, 2), (64, 1), (64, 1), (64, 2)],
+        "convs": [(32, 1), (32, 1), (32, 2), (64, 1), (64, 1), (64, 2), (64, 1), (64, 1), (64, 1)],
         "dense": [128, 128],  # binary hidden widths; the real output layer follows
         "epochs": 12,
         "demo_count": 1500,  # synthetic images per label in `binsort demo`

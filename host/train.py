@@ -100,15 +100,20 @@ def train(
     arch: str = "bcnn",
     epochs: int = 12,
     batch_size: int = 64,
-    lr: float = 3e-3,
-    estimator: str = "ste",
+    lr: float = 1e-2,
+    estimator: str = "approx",
     window: float = 1.0,
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
     log=print,
+    binarize_ramp: float = 0.25,
 ) -> dict:
-    """Train on a data folder; write the run folder; return metrics."""
+    """Train on a data folder; write the run folder; return metrics.
+
+    `binarize_ramp`: fraction of the steps over which the activations go from clamp to sign
+    (0 binarises from the first step).
+    """
     rank, world = _distributed()
     if device == "auto":
         device = (
@@ -146,6 +151,8 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     metrics = {"arch": arch, "labels": labels, "epochs": [], "world_size": world}
     started = time.time()
+    step, ramp_steps = 0, binarize_ramp * epochs * steps_per_epoch
+    signs = [m for _, m in model.sign_layers()]
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(train_y), generator=gen)[rank::world]
@@ -153,6 +160,10 @@ def train(
         total_loss, total_correct, seen = 0.0, 0, 0
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
+            mix = min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
+            for m in signs:
+                m.mix = mix
+            step += 1
             x = to_input(augment(train_x[idx], gen)).to(device)
             y = train_y[idx].to(device)
             logits = net(x)
@@ -180,6 +191,7 @@ def train(
                 "train_accuracy": total_correct / seen,
                 "test_accuracy": test_acc,
                 "saturation": saturation,
+                "binarized": mix,
                 "seconds": round(time.time() - started, 1),
             }
             metrics["epochs"].append(row)
@@ -207,6 +219,7 @@ def train(
             "input": size,
             "estimator": estimator,
             "window": window,
+            "binarize_ramp": binarize_ramp,
             "model_id": uuid.uuid4().hex[:12],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "metrics": {k: v for k, v in metrics.items() if k != "epochs"},
