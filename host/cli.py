@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = data.add_parser("synth", help="synthesise box-code images")
     p.add_argument("--out", required=True, help="folder to write train/, test/ and labels.json")
-    p.add_argument("--count", type=int, default=1500, help="images per label (default 1500)")
+    p.add_argument("--count", type=int, default=3000, help="images per label (default 3000)")
     p.add_argument("--size", type=int, default=100, help="image side in pixels (default 100)")
     p.add_argument("--codes", default="F06,K11,S19,V22", help="comma-separated box codes")
     p.add_argument("--seed", type=int, default=0)

@@ -19,7 +19,7 @@ ARCHS = {
         "convs": [(32, 1), (32, 1), (32, 2), (64, 1), (64, 1), (64, 2), (64, 1), (64, 1), (64, 1)],
         "dense": [128, 128],  # binary hidden widths; the real output layer follows
         "epochs": 12,
-        "demo_count": 1500,  # synthetic images per label in `binsort demo`
+        "demo_count": 3000,  # synthetic images per label in `binsort demo`
     },
     "tiny": {
         "input": 32,

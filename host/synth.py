@@ -181,7 +181,7 @@ def _write_one(job):
 
 def synthesise(
     out_dir: str,
-    count: int = 1000,
+    count: int = 3000,
     size: int = 100,
     codes=DEFAULT_CODES,
     seed: int = 0,

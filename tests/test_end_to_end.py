@@ -39,3 +39,55 @@ def test_demo_trains_packs_and_the_edge_engine_computes_exactly_the_host_referen
     assert (tmp_path / "run" / "metrics.json").exists() and (
         tmp_path / "run" / "curves.png"
     ).exists()
+
+
+@pytest.mark.slow
+def test_default_demo_meets_the_accuracy_and_size_targets(tmp_path):
+    """The main job on its built-in defaults: bcnn on the synthetic box codes."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "host.cli", "demo", "--out", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["arch"] == "bcnn" and report["n"] == 3000
+    assert report["accuracy"] >= 0.995
+    assert report["size_ratio"] >= 25
+    assert report["edge_equals_host_reference"] is True
+    assert report["label_agreement_with_float_model"] >= 0.999
+
+
+@pytest.mark.slow
+def test_training_runs_under_torchrun_with_two_gloo_processes(tmp_path):
+    from host.synth import synthesise
+
+    synthesise(str(tmp_path / "data"), count=20, seed=2, workers=1)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "-m",
+            "host.cli",
+            "train",
+            "--data",
+            str(tmp_path / "data"),
+            "--arch",
+            "tiny",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and len(metrics["epochs"]) == 1
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
