@@ -47,6 +47,14 @@ def _as_words(packed: np.ndarray) -> np.ndarray:
     return packed
 
 
+def _pad_to_bytes(bits: np.ndarray) -> np.ndarray:
+    """Pad the last axis of a boolean array with False (+1) to a multiple of 8."""
+    extra = (-bits.shape[-1]) % 8
+    if not extra:
+        return bits
+    return np.concatenate([bits, np.zeros(bits.shape[:-1] + (extra,), dtype=bool)], axis=-1)
+
+
 class _Prepared:
     """One layer's arrays, decoded once at load time."""
 
@@ -73,22 +81,11 @@ class _Prepared:
             self.flips = np.unpackbits(
                 np.frombuffer(layer.flips, dtype=np.uint8), count=cout, bitorder="little"
             ).astype(bool)
-            self.flip_bytes = pack_signs(self._padded(self.flips))
-
-    def _padded(self, bits):
-        extra = (-len(bits)) % 8
-        return np.concatenate([bits, np.zeros(extra, dtype=bool)]) if extra else bits
+            self.flip_bytes = pack_signs(_pad_to_bytes(self.flips))
 
     def threshold(self, acc: np.ndarray) -> np.ndarray:
         """Integer accumulators (..., cout) -> packed output bits (..., ceil(cout / 8))."""
-        return pack_signs(self._padded_last((acc < self.thresholds) ^ self.flips))
-
-    def _padded_last(self, bits):
-        extra = (-bits.shape[-1]) % 8
-        if not extra:
-            return bits
-        pad = np.zeros(bits.shape[:-1] + (extra,), dtype=bool)
-        return np.concatenate([bits, pad], axis=-1)
+        return pack_signs(_pad_to_bytes((acc < self.thresholds) ^ self.flips))
 
     def pool(self, packed: np.ndarray) -> np.ndarray:
         """2x2 stride-2 max-pool on packed maps (N, H, W, B): AND, or OR in flipped channels."""
