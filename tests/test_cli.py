@@ -99,3 +99,15 @@ def test_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
 def test_unknown_architecture_is_a_one_line_error(tmp_path):
     code, _, err = run("train", "--data", str(tmp_path), "--arch", "resnet", "--out", str(tmp_path))
     assert_clean_error(code, err, "unknown architecture 'resnet'")
+
+
+def test_synth_with_too_few_images_is_a_one_line_error(tmp_path):
+    code, _, err = run("data", "synth", "--out", str(tmp_path / "d"), "--count", "1", "--quiet")
+    assert_clean_error(code, err, "--count")
+
+
+def test_pack_into_a_missing_folder_is_a_one_line_error_and_writes_nothing(trained_run, tmp_path):
+    target = tmp_path / "no" / "such" / "m.bnn"
+    code, _, err = run("pack", str(trained_run / "run"), "--out", str(target))
+    assert_clean_error(code, err, "cannot write", "m.bnn")
+    assert not (tmp_path / "no").exists()
