@@ -12,13 +12,12 @@ import numpy as np
 import torch
 
 from edge.engine import load_engine
-from edge.imagefolder import dataset_splits
-from host.evaluate import evaluate, format_report
+from host.evaluate import format_report, load_labelled, summarise
 from host.models import arch_spec
 from host.pack import float_state_bytes, pack_model
 from host.reference import reference_scores
 from host.synth import synthesise
-from host.train import load_checkpoint, load_split, to_input, train
+from host.train import load_checkpoint, to_input, train
 
 
 def run_demo(
@@ -58,18 +57,18 @@ def run_demo(
 
     say("4/4 classifying the held-out images with the edge engine")
     t = time.time()
-    result = evaluate(model_path, os.path.join(data_dir, "test"))
+    engine = load_engine(model_path)
+    images, truth = load_labelled(engine, os.path.join(data_dir, "test"))
+    edge_scores = engine.scores(images)
+    result = summarise(engine.model.labels, truth, edge_scores)
+    result["engine"] = engine.name
     timings["edge_eval_s"] = round(time.time() - t, 1)
 
-    # parity: edge engine == host reference of the deployed model, and label agreement with
-    # the trained float model, on the whole test set
-    engine = load_engine(model_path)
-    labels, _, test_items = dataset_splits(data_dir)
-    images, _ = load_split(test_items, spec["input"])
-    edge_scores = engine.scores(images.numpy())
-    exact = bool(np.array_equal(edge_scores, reference_scores(engine.model, images.numpy())))
+    # parity on the whole test set: edge engine == host reference of the deployed model, and
+    # label agreement with the trained float model
+    exact = bool(np.array_equal(edge_scores, reference_scores(engine.model, images)))
     with torch.no_grad():
-        float_pred = model(to_input(images)).argmax(1).numpy()
+        float_pred = model(to_input(torch.from_numpy(images))).argmax(1).numpy()
     agreement = float((float_pred == edge_scores.argmax(1)).mean())
 
     report = {

@@ -7,30 +7,34 @@ from edge.imagefolder import labelled_images, relabel
 from edge.preprocess import load_inputs
 
 
-def evaluate(model_path: str, data_dir: str) -> dict:
-    """Run every image of a folder of label sub-folders through the edge engine."""
-    engine = load_engine(model_path)
-    labels = engine.model.labels
+def load_labelled(engine, data_dir: str) -> "tuple[np.ndarray, np.ndarray]":
+    """A folder of label sub-folders -> (model inputs (N, H, W) uint8, label indices in the
+    model's label order)."""
     folder_labels, items = labelled_images(data_dir)
-    items = relabel(items, folder_labels, labels)
-    h, w = engine.model.input_shape
-    truth = np.array([label for _, label in items])
-    predicted = []
-    for i in range(0, len(items), 256):
-        best, _, _ = engine.classify(load_inputs([p for p, _ in items[i : i + 256]], h, w))
-        predicted.append(best)
-    predicted = np.concatenate(predicted)
+    items = relabel(items, folder_labels, engine.model.labels)
+    images = load_inputs([path for path, _ in items], *engine.model.input_shape)
+    return images, np.array([label for _, label in items], dtype=np.int64)
+
+
+def summarise(labels: list, truth: np.ndarray, scores: np.ndarray) -> dict:
+    """n, accuracy and confusion (rows: true label, columns: predicted) from integer scores."""
+    predicted = scores.argmax(axis=1)
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)
     return {
-        "model": model_path,
-        "data": data_dir,
-        "engine": engine.name,
         "n": int(len(truth)),
         "accuracy": float((truth == predicted).mean()),
         "labels": labels,
         "confusion": confusion.tolist(),
     }
+
+
+def evaluate(model_path: str, data_dir: str) -> dict:
+    """Run every image of a folder of label sub-folders through the edge engine."""
+    engine = load_engine(model_path)
+    images, truth = load_labelled(engine, data_dir)
+    result = summarise(engine.model.labels, truth, engine.scores(images))
+    return {"model": model_path, "data": data_dir, "engine": engine.name, **result}
 
 
 def format_report(result: dict) -> str:
