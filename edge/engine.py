@@ -171,12 +171,25 @@ class Engine:
         return bad
 
 
-def load_engine(path: str) -> Engine:
-    """Read, verify, prepare and self-test a `.bnn` file; FormatError if it is not a valid model
-    or this engine does not reproduce the golden scores recorded when it was packed."""
+def load_engine(path: str, prefix_bytes=None) -> Engine:
+    """Read, verify, prepare and self-test a model file; FormatError if it is not a valid model
+    or this engine does not reproduce what the host packed.
+
+    A `.bnn` must reproduce its golden scores. A `.pranc` stream is rebuilt here (edge.pranc)
+    and must reproduce the host's CRC32 of the packed layers; `prefix_bytes` uses only the
+    stream's longest prefix of at most that many bytes that ends on a chunk boundary."""
     from protocol.bnn import read_bnn_file
     from protocol.errors import FormatError
 
+    if _magic(path) == b"BSPR":
+        from edge.pranc import read_pranc_file
+
+        model, decoder = read_pranc_file(path, prefix_bytes)
+        engine = Engine(model)
+        engine.stream = decoder
+        return engine
+    if prefix_bytes is not None:
+        raise FormatError("%s: --prefix-bytes applies to .pranc streams only" % path)
     engine = Engine(read_bnn_file(path))
     failed = engine.self_test()
     if failed:
@@ -185,3 +198,11 @@ def load_engine(path: str) -> Engine:
             "compute what the host packed)" % (path, failed)
         )
     return engine
+
+
+def _magic(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""  # the reader reports the error with the path

@@ -29,12 +29,28 @@ def summarise(labels: list, truth: np.ndarray, scores: np.ndarray) -> dict:
     }
 
 
-def evaluate(model_path: str, data_dir: str) -> dict:
-    """Run every image of a folder of label sub-folders through the edge engine."""
-    engine = load_engine(model_path)
+def evaluate(model_path: str, data_dir: str, prefix_bytes=None) -> dict:
+    """Run every image of a folder of label sub-folders through the edge engine. For a
+    `.pranc` stream, `prefix_bytes` evaluates its longest prefix within that many bytes."""
+    engine = load_engine(model_path, prefix_bytes)
     images, truth = load_labelled(engine, data_dir)
     result = summarise(engine.model.labels, truth, engine.scores(images))
-    return {"model": model_path, "data": data_dir, "engine": engine.name, **result}
+    out = {"model": model_path, "data": data_dir, "engine": engine.name, **result}
+    stream = getattr(engine, "stream", None)
+    if stream is not None:
+        out["stream"] = stream_summary(stream)
+    return out
+
+
+def stream_summary(decoder) -> dict:
+    """What part of a .pranc stream a model was built from."""
+    last = decoder.last_chunk
+    return {
+        "bytes": decoder.bytes_used,
+        "chunks": decoder.chunks,
+        "of_chunks": decoder.head["chunks"],
+        "host_accuracy": None if last is None else last.accuracy,
+    }
 
 
 def format_report(result: dict) -> str:
@@ -48,4 +64,11 @@ def format_report(result: dict) -> str:
     ]
     for lb, row in zip(labels, result["confusion"], strict=True):
         lines.append(lb.ljust(width + 2) + "".join(str(v).rjust(width) for v in row))
+    if "stream" in result:
+        s = result["stream"]
+        lines.insert(
+            1,
+            "model: the first %d of %d chunks of the stream (%d bytes)"
+            % (s["chunks"], s["of_chunks"], s["bytes"]),
+        )
     return "\n".join(lines)

@@ -161,28 +161,37 @@ def _check(cond: bool, what: str) -> None:
         raise FormatError("not a valid .bnn model: " + what)
 
 
-def _parse_layer(payload: bytes, index: int) -> Layer:
-    n = struct.calcsize(_LAYER)
-    _check(len(payload) >= n, "layer %d header truncated" % index)
-    kind, k, stride, pad, cin, cout, in_h, in_w, pool, flags = struct.unpack_from(_LAYER, payload)
-    _check(kind in KIND_NAMES, "layer %d has unknown kind %d" % (index, kind))
-    _check(flags == 0, "layer %d has unsupported flags 0x%02x" % (index, flags))
-    _check(cin > 0 and cout > 0, "layer %d has an empty shape" % index)
-    layer = Layer(kind, k, stride, pad, cin, cout, in_h, in_w, pool, b"")
+def check_geometry(layer: Layer, index: int) -> None:
+    """The shape rules of every layer: a known kind, non-empty, sane convolution geometry."""
+    _check(layer.kind in KIND_NAMES, "layer %d has unknown kind %d" % (index, layer.kind))
+    _check(layer.cin > 0 and layer.cout > 0, "layer %d has an empty shape" % index)
     if layer.is_conv:
         _check(
-            k > 0 and stride > 0 and pad < k and pool in (1, 2),
+            layer.k > 0 and layer.stride > 0 and layer.pad < layer.k and layer.pool in (1, 2),
             "layer %d has bad convolution geometry" % index,
         )
         oh, ow = layer.out_shape()
         _check(oh > 0 and ow > 0, "layer %d has an empty output" % index)
     else:
         _check(
-            k == 1 and stride == 1 and pad == 0 and pool == 1 and in_h == 1 and in_w == 1,
+            (layer.k, layer.stride, layer.pad, layer.pool, layer.in_h, layer.in_w)
+            == (1, 1, 0, 1, 1, 1),
             "layer %d is dense but carries convolution geometry" % index,
         )
-    if kind in (BCONV, BDENSE):
-        _check(cin % 8 == 0, "layer %d has %d binary inputs, not a multiple of 8" % (index, cin))
+    if layer.kind in (BCONV, BDENSE):
+        _check(
+            layer.cin % 8 == 0,
+            "layer %d has %d binary inputs, not a multiple of 8" % (index, layer.cin),
+        )
+
+
+def _parse_layer(payload: bytes, index: int) -> Layer:
+    n = struct.calcsize(_LAYER)
+    _check(len(payload) >= n, "layer %d header truncated" % index)
+    kind, k, stride, pad, cin, cout, in_h, in_w, pool, flags = struct.unpack_from(_LAYER, payload)
+    _check(flags == 0, "layer %d has unsupported flags 0x%02x" % (index, flags))
+    layer = Layer(kind, k, stride, pad, cin, cout, in_h, in_w, pool, b"")
+    check_geometry(layer, index)
     wb = layer.weight_bytes()
     tail = 4 if kind == DENSE_OUT else (cout + 7) // 8  # output scale, or packed flips
     expect = n + wb + 4 * cout + tail
