@@ -49,6 +49,8 @@ def _train(args) -> int:
         device=args.device,
         progress=not args.quiet,
         binarize_ramp=args.binarize_ramp,
+        param=args.param,
+        pranc=_pranc_options(args),
     )
     if "test_accuracy" in metrics:
         print(
@@ -63,6 +65,29 @@ def _train(args) -> int:
     return 0
 
 
+def _pranc_options(args) -> dict:
+    split = args.alpha_split
+    if "," in split or split.isdigit():
+        try:
+            split = [int(v) for v in split.split(",")]
+        except ValueError:
+            raise BinsortError(
+                "--alpha-split: %r is not size, sqrt or a list of counts" % split
+            ) from None
+    opts = {"split": split}
+    for key in ("alphas", "basis", "chunks"):
+        value = getattr(args, key)
+        if value is not None:
+            opts[key] = value
+    if args.param != "pranc" and any(
+        getattr(args, k) is not None for k in ("alphas", "basis", "chunks")
+    ):
+        raise BinsortError("--alphas, --basis and --chunks need --param pranc")
+    if opts.get("alphas", 1) < 1 or opts.get("chunks", 1) < 1:
+        raise BinsortError("--alphas and --chunks must be positive")
+    return opts
+
+
 def _pack(args) -> int:
     from host.pack import float_state_bytes, pack_model
     from host.train import load_checkpoint
@@ -71,14 +96,80 @@ def _pack(args) -> int:
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
     ckpt, model = load_checkpoint(path)
-    data = pack_model(ckpt, model, args.version)
+    stream = args.out.endswith(".pranc")
+    if ckpt.get("param", "bnn") == "pranc":
+        from host.pack_pranc import pack_pranc, pack_pranc_bnn
+
+        if stream:
+            test = _pack_test_data(args, ckpt, model)
+            data = pack_pranc(ckpt, model, test, args.version, log=print)
+        else:
+            data = pack_pranc_bnn(ckpt, model, args.version)
+    elif stream:
+        raise BinsortError(
+            "%s was trained with --param bnn; a .pranc stream needs a run trained with "
+            "--param pranc" % path
+        )
+    else:
+        data = pack_model(ckpt, model, args.version)
     _write_atomically(args.out, data)
+    if stream:
+        _print_stream_sizes(args.out, data, model)
+        return 0
+    if ckpt.get("param", "bnn") == "pranc":
+        from host.models import BinaryNet
+
+        model = BinaryNet(model.arch, model.classes)  # the float32 baseline: the same network
     float_bytes = float_state_bytes(model)
     print(
         "packed %s: %d bytes (float32 state dict %d bytes, %.1fx smaller)"
         % (args.out, len(data), float_bytes, float_bytes / len(data))
     )
     return 0
+
+
+def _pack_test_data(args, ckpt, model):
+    """The test images each prefix's accuracy is measured on: --data, else the run's data."""
+    from edge.imagefolder import dataset_splits
+    from edge.preprocess import load_inputs
+
+    data = args.data or ckpt.get("data")
+    if not data or not os.path.isdir(data):
+        raise BinsortError(
+            "no data folder to measure the stream's prefixes on (%s); give --data DIR" % data
+        )
+    labels, _, test_items = dataset_splits(data)
+    if list(labels) != list(ckpt["labels"]):
+        raise BinsortError("%s has labels %s, the run has %s" % (data, labels, ckpt["labels"]))
+    import numpy as np
+
+    from host.models import arch_spec
+
+    side = arch_spec(ckpt["arch"])["input"]
+    images = load_inputs([p for p, _ in test_items], side, side)
+    return images, np.array([lb for _, lb in test_items], dtype=np.int64)
+
+
+def _print_stream_sizes(path, data, model) -> None:
+    from host.models import BinaryNet
+    from host.pack import float_state_bytes
+
+    alpha_bytes = 2 * sum(model.ks)
+    float_bytes = float_state_bytes(BinaryNet(model.arch, model.classes))
+    print(
+        "packed %s: %d bytes in all, %d bytes of alphas (%d alphas in %d chunks), %d bytes "
+        "fixed part and framing; float32 state dict %d bytes (%.0fx the alphas)"
+        % (
+            path,
+            len(data),
+            alpha_bytes,
+            sum(model.ks),
+            model.chunks,
+            len(data) - alpha_bytes,
+            float_bytes,
+            float_bytes / alpha_bytes,
+        )
+    )
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -97,7 +188,7 @@ def _write_atomically(path: str, data: bytes) -> None:
 def _eval(args) -> int:
     from host.evaluate import evaluate, format_report
 
-    result = evaluate(args.model, args.data)
+    result = evaluate(args.model, args.data, args.prefix_bytes)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 
@@ -153,14 +244,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.25,
         help="fraction of training over which activations go from clamp to sign (default 0.25)",
     )
+    p.add_argument(
+        "--param",
+        choices=("bnn", "pranc"),
+        default="bnn",
+        help="train the weights (bnn, default) or PRANC alphas of a hash-drawn basis (pranc)",
+    )
+    p.add_argument("--alphas", type=int, default=None, help="pranc: alphas in all (default 4096)")
+    p.add_argument(
+        "--basis",
+        choices=("fastfood", "dense"),
+        default=None,
+        help="pranc: structured fastfood basis (default) or the paper's dense Rademacher basis",
+    )
+    p.add_argument(
+        "--alpha-split",
+        default="size",
+        help="pranc: alphas per layer by layer size (size, default), by its square root (sqrt), "
+        "or a comma-separated count per layer",
+    )
+    p.add_argument("--chunks", type=int, default=None, help="pranc: stream chunks (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_train)
 
-    p = sub.add_parser("pack", help="pack a trained checkpoint into a .bnn file")
+    p = sub.add_parser("pack", help="pack a trained run into a .bnn file or a .pranc stream")
     p.add_argument("checkpoint", help="RUN/checkpoint.pt (or the RUN folder)")
-    p.add_argument("--out", required=True, help="the .bnn file to write")
+    p.add_argument(
+        "--out", required=True, help="the .bnn file, or a .pranc stream (runs trained as pranc)"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help=".pranc: data folder whose test images every prefix is measured on "
+        "(default: the run's own data)",
+    )
     p.add_argument("--version", type=int, default=1, help="monotonic model version (default 1)")
     p.set_defaults(run=_pack)
 
@@ -168,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="a folder of label sub-folders, e.g. DATA/test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--prefix-bytes",
+        type=int,
+        default=None,
+        help="for a .pranc stream: use its longest prefix of at most N bytes that ends on a chunk",
+    )
     p.set_defaults(run=_eval)
 
     p = sub.add_parser("demo", help="synthesise, train, pack and evaluate on the edge engine")

@@ -131,12 +131,13 @@ class BinaryConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(cout, cin, k, k))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
         self.stride, self.pad, self.pool = stride, k // 2, pool
+        self.weight_fn = binary_weight  # PRANC swaps in plain sign (host.pranc)
 
     def forward(self, x):
         x = self.sign(self.bn(x))
         if self.pad:  # the engine pads binary maps with +1 (bit 0); train with the same
             x = F.pad(x, (self.pad,) * 4, value=1.0)
-        y = F.conv2d(x, binary_weight(self.weight), stride=self.stride)
+        y = F.conv2d(x, self.weight_fn(self.weight), stride=self.stride)
         return F.max_pool2d(y, self.pool) if self.pool > 1 else y
 
 
@@ -150,10 +151,11 @@ class BinaryLinear(nn.Module):
         self.sign = SignActivation(estimator, window)
         self.weight = nn.Parameter(torch.empty(fout, fin))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        self.weight_fn = binary_weight
 
     def forward(self, x):
         x = self.sign(self.bn(x)).flatten(1)
-        return F.linear(x, binary_weight(self.weight))
+        return F.linear(x, self.weight_fn(self.weight))
 
 
 class OutputLinear(nn.Module):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from edge.imagefolder import dataset_splits
 from edge.preprocess import load_inputs
 from host.models import BinaryNet, arch_spec
+from host.pranc import PrancNet
 from protocol.errors import BinsortError
 
 
@@ -51,14 +52,55 @@ def augment(pixels: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch
 
 
 @torch.no_grad()
-def accuracy(model, pixels, labels, batch=512) -> float:
+def accuracy(model, pixels, labels, batch=512, keep=None) -> float:
+    """Test accuracy in eval mode; `keep` evaluates a PRANC model's first `keep` chunks."""
     model.eval()
     device = next(model.parameters()).device
     correct = 0
+    extra = {} if keep is None else {"keep": keep}
     for i in range(0, len(labels), batch):
-        logits = model(to_input(pixels[i : i + batch]).to(device))
+        logits = model(to_input(pixels[i : i + batch]).to(device), **extra)
         correct += int((logits.argmax(1).cpu() == labels[i : i + batch]).sum())
     return correct / max(len(labels), 1)
+
+
+PRANC_DEFAULTS = {
+    "alphas": 4096,  # int16 coefficients in all: 8 KiB
+    "basis": "fastfood",
+    "split": "size",
+    "chunks": 16,
+    "seed": None,  # the basis seed; None uses the training seed
+    "final_frac": 0.25,  # last fraction of epochs: frozen BatchNorm statistics, int16 alphas
+    "prefix_prob": 0.5,  # probability that a step trains a random prefix, not the whole model
+    "alpha_init": 1.0,  # initial weights spread like a kaiming init times this
+}
+
+
+def prefix_sample(chunks: int, prob: float, gen: torch.Generator) -> int:
+    """Chunks to keep this step: all of them, or with probability `prob` a uniform prefix."""
+    if float(torch.rand((), generator=gen)) >= prob:
+        return chunks
+    return int(torch.randint(1, chunks, (), generator=gen))
+
+
+@torch.no_grad()
+def calibrate_bn(model, pixels, batch_size, device, gen, batches=40) -> None:
+    """Recompute every BatchNorm's running statistics on the whole model (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    order = torch.randperm(len(pixels), generator=gen)
+    for i in range(0, min(len(pixels), batches * batch_size), batch_size):
+        model(to_input(pixels[order[i : i + batch_size]]).to(device))
+
+
+def freeze_bn(model) -> None:
+    """BatchNorm layers use (and keep) their running statistics; gamma and beta still learn."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def plot_curves(metrics: dict, path: str) -> None:
@@ -108,11 +150,15 @@ def train(
     progress: bool = True,
     log=print,
     binarize_ramp: float = 0.25,
+    param: str = "bnn",
+    pranc: "dict | None" = None,
 ) -> dict:
     """Train on a data folder; write the run folder; return metrics.
 
     `binarize_ramp`: fraction of the steps over which the activations go from clamp to sign
-    (0 binarises from the first step).
+    (0 binarises from the first step). `param`: "bnn" trains the weights themselves, "pranc"
+    trains per-layer alphas of a hash-drawn basis (host.pranc); `pranc` holds its options
+    (PRANC_DEFAULTS).
     """
     rank, world = _distributed()
     if device == "auto":
@@ -135,26 +181,60 @@ def train(
 
     # model
     torch.manual_seed(seed)
-    model = BinaryNet(arch, len(labels), estimator, window).to(device)
+    popts = None
+    if param == "pranc":
+        popts = dict(PRANC_DEFAULTS, **(pranc or {}))
+        model = PrancNet(
+            arch,
+            len(labels),
+            popts["alphas"],
+            popts["basis"],
+            seed if popts["seed"] is None else popts["seed"],
+            popts["split"],
+            popts["chunks"],
+            estimator,
+            window,
+            popts["alpha_init"],
+        ).to(device)
+        popts["seed"] = model.seed
+        bnet = model.net
+    elif param == "bnn":
+        model = bnet = BinaryNet(arch, len(labels), estimator, window).to(device)
+    else:
+        raise BinsortError("unknown parameterisation %r (choose bnn or pranc)" % param)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=None if device == "cpu" else [device]
         )
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opts = [torch.optim.Adam(model.parameters(), lr=lr)]
     steps_per_epoch = math.ceil(len(train_y) / world / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15, anneal_strategy="cos"
-    )
+    scheds = [
+        torch.optim.lr_scheduler.OneCycleLR(
+            o,
+            max_lr=lr,
+            total_steps=epochs * steps_per_epoch,
+            pct_start=0.15,
+            anneal_strategy="cos",
+        )
+        for o in opts
+    ]
 
     # loop
     gen = torch.Generator().manual_seed(seed)
     metrics = {"arch": arch, "labels": labels, "epochs": [], "world_size": world}
     started = time.time()
     step, ramp_steps = 0, binarize_ramp * epochs * steps_per_epoch
-    signs = [m for _, m in model.sign_layers()]
+    signs = [m for _, m in bnet.sign_layers()]
+    final_phase = epochs - round(popts["final_frac"] * epochs) if popts else epochs + 1
     for epoch in range(1, epochs + 1):
         model.train()
+        if popts and epoch > final_phase:
+            if not model.quantize:
+                log("final phase: BatchNorm statistics frozen, int16 alphas in the loop")
+                calibrate_bn(model, train_x, batch_size, device, gen)
+                model.quantize = True
+            freeze_bn(model)
         order = torch.randperm(len(train_y), generator=gen)[rank::world]
         bar = _progress(steps_per_epoch, "epoch %d/%d" % (epoch, epochs), progress and rank == 0)
         total_loss, total_correct, seen = 0.0, 0, 0
@@ -166,12 +246,18 @@ def train(
             step += 1
             x = to_input(augment(train_x[idx], gen)).to(device)
             y = train_y[idx].to(device)
-            logits = net(x)
+            if popts:
+                keep = prefix_sample(model.chunks, popts["prefix_prob"], gen)
+                logits = net(x, keep=keep)
+            else:
+                logits = net(x)
             loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
+            for o, sch in zip(opts, scheds, strict=True):
+                o.step()
+                sch.step()
             total_loss += loss.item() * len(idx)
             total_correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
@@ -182,9 +268,11 @@ def train(
                 bar.update(1)
         if bar:
             bar.close()
-        saturation = {name: round(m.take_saturation(), 4) for name, m in model.sign_layers()}
+        saturation = {name: round(m.take_saturation(), 4) for name, m in bnet.sign_layers()}
         if rank == 0:
             test_acc = accuracy(model, test_x, test_y)
+            if popts:
+                quarter = accuracy(model, test_x, test_y, keep=max(1, model.chunks // 4))
             row = {
                 "epoch": epoch,
                 "loss": total_loss / seen,
@@ -194,6 +282,8 @@ def train(
                 "binarized": mix,
                 "seconds": round(time.time() - started, 1),
             }
+            if popts:
+                row["quarter_prefix_accuracy"] = quarter
             metrics["epochs"].append(row)
             log(
                 "epoch %d: loss %.4f train %.4f test %.4f max saturation %.2f (%s)"
@@ -220,6 +310,9 @@ def train(
             "estimator": estimator,
             "window": window,
             "binarize_ramp": binarize_ramp,
+            "param": param,
+            "data": os.path.abspath(data_dir),
+            "pranc": dict(popts, ks=list(model.ks)) if popts else None,
             "model_id": uuid.uuid4().hex[:12],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "metrics": {k: v for k, v in metrics.items() if k != "epochs"},
@@ -243,6 +336,25 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
+def build_model(ckpt: dict):
+    """The untrained module a checkpoint's state dict belongs to."""
+    classes = len(ckpt["labels"])
+    if ckpt.get("param", "bnn") == "pranc":
+        p = ckpt["pranc"]
+        return PrancNet(
+            ckpt["arch"],
+            classes,
+            sum(p["ks"]),
+            p["basis"],
+            p["seed"],
+            p["ks"],
+            p["chunks"],
+            ckpt["estimator"],
+            ckpt["window"],
+        )
+    return BinaryNet(ckpt["arch"], classes, ckpt["estimator"], ckpt["window"])
+
+
 def load_checkpoint(path: str) -> "tuple[dict, BinaryNet]":
     """Read a checkpoint written by train(); clean errors for anything else."""
     try:
@@ -255,7 +367,7 @@ def load_checkpoint(path: str) -> "tuple[dict, BinaryNet]":
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "binsort-checkpoint-1":
         raise BinsortError("%s is not a binsort training checkpoint" % path)
-    model = BinaryNet(ckpt["arch"], len(ckpt["labels"]), ckpt["estimator"], ckpt["window"])
+    model = build_model(ckpt)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
