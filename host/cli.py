@@ -67,22 +67,22 @@ def _train(args) -> int:
 
 def _pranc_options(args) -> dict:
     split = args.alpha_split
-    if "," in split or split.isdigit():
+    if split is not None and ("," in split or split.isdigit()):
         try:
             split = [int(v) for v in split.split(",")]
         except ValueError:
             raise BinsortError(
                 "--alpha-split: %r is not size, sqrt or a list of counts" % split
             ) from None
-    opts = {"split": split}
+    opts = {} if split is None else {"split": split}
     for key in ("alphas", "basis", "chunks"):
         value = getattr(args, key)
         if value is not None:
             opts[key] = value
     if args.param != "pranc" and any(
-        getattr(args, k) is not None for k in ("alphas", "basis", "chunks")
+        getattr(args, k) is not None for k in ("alphas", "basis", "chunks", "alpha_split")
     ):
-        raise BinsortError("--alphas, --basis and --chunks need --param pranc")
+        raise BinsortError("--alphas, --basis, --alpha-split and --chunks need --param pranc")
     if opts.get("alphas", 1) < 1 or opts.get("chunks", 1) < 1:
         raise BinsortError("--alphas and --chunks must be positive")
     return opts
@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--binarize-ramp",
         type=float,
-        default=0.25,
-        help="fraction of training over which activations go from clamp to sign (default 0.25)",
+        default=None,
+        help="fraction of training over which activations (and PRANC weights) go from clamp to "
+        "sign (default 0.25; 0.6 with --param pranc)",
     )
     p.add_argument(
         "--param",
@@ -259,9 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--alpha-split",
-        default="size",
-        help="pranc: alphas per layer by layer size (size, default), by its square root (sqrt), "
-        "or a comma-separated count per layer",
+        default=None,
+        help="pranc: alphas per layer in proportion to the square root of its size (sqrt, "
+        "default), to its size (size), or a comma-separated count per layer",
     )
     p.add_argument("--chunks", type=int, default=None, help="pranc: stream chunks (default 16)")
     p.add_argument("--seed", type=int, default=0)
@@ -307,10 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _with_default_epochs(args) -> int:
-    if args.command == "train" and args.epochs is None:
+    if args.command == "train":
         from host.models import arch_spec
+        from host.train import PRANC_DEFAULTS
 
-        args.epochs = arch_spec(args.arch)["epochs"]
+        pranc = args.param == "pranc"
+        if args.epochs is None:
+            args.epochs = PRANC_DEFAULTS["epochs"] if pranc else arch_spec(args.arch)["epochs"]
+        if args.binarize_ramp is None:
+            args.binarize_ramp = PRANC_DEFAULTS["binarize_ramp"] if pranc else 0.25
     return args.run(args)
 
 

@@ -34,9 +34,15 @@ def _as_is(w: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def binary_from_theta(theta: torch.Tensor) -> torch.Tensor:
-    """sign(theta), gradient straight through."""
-    return ste_sign(theta, math.inf)
+def binary_from_theta(theta: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
+    """sign(theta), gradient straight through. While `mix` < 1 (early training) the forward
+    blends in clamp(theta / std, -1, 1): the weights binarise gradually, like the activations,
+    so the alphas first learn a real-valued net in their subspace."""
+    w = ste_sign(theta, math.inf)
+    if mix >= 1.0:
+        return w
+    soft = (theta / theta.detach().std().clamp(min=1e-12)).clamp(-1.0, 1.0)
+    return mix * w + (1.0 - mix) * soft
 
 
 def weight_slots(net: BinaryNet) -> list:
@@ -111,6 +117,7 @@ class PrancNet(nn.Module):
         for m, _, kind in self.slots:
             if kind == "binary":
                 m.weight_fn = _as_is  # set_weights() binarises
+        self.mix = 1.0  # gradual binarisation of the weights, driven by the trainer
         sizes = [math.prod(s) for s in self.shapes]
         self.ks = split_budget(sizes, alphas, split)
         self.alphas = nn.ParameterList(nn.Parameter(torch.randn(k)) for k in self.ks)
@@ -152,7 +159,7 @@ class PrancNet(nn.Module):
         for i, ((module, attr, _), basis) in enumerate(zip(self.slots, self.bases(), strict=True)):
             theta = basis(self.coefficients(i, keep)) / basis.norm
             if self.slots[i][2] == "binary":
-                theta = binary_from_theta(theta)
+                theta = binary_from_theta(theta, self.mix if self.training else 1.0)
             setattr(module, attr, theta.view(self.shapes[i]))
 
     def forward(self, x, keep=None):

@@ -67,7 +67,9 @@ def accuracy(model, pixels, labels, batch=512, keep=None) -> float:
 PRANC_DEFAULTS = {
     "alphas": 4096,  # int16 coefficients in all: 8 KiB
     "basis": "fastfood",
-    "split": "size",
+    "split": "sqrt",  # "size" gives bcnn's input layer 4 alphas and its output layer 7
+    "epochs": 20,
+    "binarize_ramp": 0.6,  # weights and activations go from clamp to sign over 60% of training
     "chunks": 16,
     "seed": None,  # the basis seed; None uses the training seed
     "final_frac": 0.25,  # last fraction of epochs: frozen BatchNorm statistics, int16 alphas
@@ -149,17 +151,19 @@ def train(
     device: str = "auto",
     progress: bool = True,
     log=print,
-    binarize_ramp: float = 0.25,
+    binarize_ramp: "float | None" = None,
     param: str = "bnn",
     pranc: "dict | None" = None,
 ) -> dict:
     """Train on a data folder; write the run folder; return metrics.
 
-    `binarize_ramp`: fraction of the steps over which the activations go from clamp to sign
-    (0 binarises from the first step). `param`: "bnn" trains the weights themselves, "pranc"
-    trains per-layer alphas of a hash-drawn basis (host.pranc); `pranc` holds its options
-    (PRANC_DEFAULTS).
+    `binarize_ramp`: fraction of the steps over which the activations (and PRANC weights) go
+    from clamp to sign (0 binarises from the first step; default 0.25, or 0.6 for PRANC).
+    `param`: "bnn" trains the weights themselves, "pranc" trains per-layer alphas of a
+    hash-drawn basis (host.pranc); `pranc` holds its options (PRANC_DEFAULTS).
     """
+    if binarize_ramp is None:
+        binarize_ramp = PRANC_DEFAULTS["binarize_ramp"] if param == "pranc" else 0.25
     rank, world = _distributed()
     if device == "auto":
         device = (
@@ -243,6 +247,8 @@ def train(
             mix = min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
             for m in signs:
                 m.mix = mix
+            if popts:
+                model.mix = mix
             step += 1
             x = to_input(augment(train_x[idx], gen)).to(device)
             y = train_y[idx].to(device)
