@@ -233,12 +233,5 @@ def read_pranc(data: bytes, prefix_bytes=None) -> "tuple[bnn.BnnModel, PrancDeco
 
 
 def read_pranc_file(path: str, prefix_bytes=None):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise FormatError("cannot read model %s: %s" % (path, e)) from None
-    try:
-        return read_pranc(data, prefix_bytes)
-    except FormatError as e:
-        raise FormatError("%s: %s" % (path, e)) from None
+    """read_pranc on a file; errors carry the path."""
+    return bnn.read_model_file(path, lambda data: read_pranc(data, prefix_bytes))

@@ -313,14 +313,20 @@ def read_bnn(data: bytes) -> BnnModel:
     return BnnModel(meta, layers, golden, digest)
 
 
-def read_bnn_file(path: str) -> BnnModel:
-    """read_bnn on a file, with a clean error when the file cannot be read."""
+def read_model_file(path: str, parse):
+    """parse(the file's bytes), with a clean error when the file cannot be read and the path in
+    front of any FormatError the parser raises."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise FormatError("cannot read model %s: %s" % (path, e)) from None
     try:
-        return read_bnn(data)
+        return parse(data)
     except FormatError as e:
         raise FormatError("%s: %s" % (path, e)) from None
+
+
+def read_bnn_file(path: str) -> BnnModel:
+    """read_bnn on a file, with a clean error when the file cannot be read."""
+    return read_model_file(path, read_bnn)

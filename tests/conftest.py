@@ -12,7 +12,11 @@ def random_bn_model(arch: str, seed: int = 1) -> BinaryNet:
     """An untrained net whose BatchNorms have random statistics, including negative and zero
     gamma, so packing exercises flipped and constant thresholds."""
     torch.manual_seed(seed)
-    model = BinaryNet(arch, len(LABELS))
+    return randomise_batchnorm(BinaryNet(arch, len(LABELS)))
+
+
+def randomise_batchnorm(model):
+    """Random BatchNorm parameters and statistics, a seventh of the gammas zero; eval mode."""
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
             n = m.num_features

@@ -16,22 +16,14 @@ from host.reference import reference_scores
 from protocol import bnn
 from protocol import pranc as fmt
 from protocol.errors import FormatError
-from tests.conftest import LABELS, checkpoint_for, random_inputs
+from tests.conftest import LABELS, checkpoint_for, random_inputs, randomise_batchnorm
 
 
 def random_pranc(arch="tiny", basis="fastfood", alphas=700, chunks=8, seed=5) -> PrancNet:
     """An untrained PRANC net with random alphas and BatchNorm statistics."""
     torch.manual_seed(seed)
     model = PrancNet(arch, len(LABELS), alphas, basis, seed=seed, split="sqrt", chunks=chunks)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.randn(n)
-            m.weight.data[::7] = 0
-            m.bias.data = torch.randn(n) * 0.5
-            m.running_mean = torch.randn(n) * 3
-            m.running_var = torch.rand(n) * 5 + 0.1
-    return model.eval()
+    return randomise_batchnorm(model)
 
 
 @pytest.fixture(scope="module")
