@@ -142,6 +142,7 @@ class PrancDecoder:
         self.last_chunk = None
         self.good = None  # the last verified prefix model (BnnModel)
         self.good_chunks = 0
+        self.failed = None  # the FormatError that stopped the stream
 
     @property
     def head(self):
@@ -159,7 +160,17 @@ class PrancDecoder:
     def feed(self, data: bytes, on_chunk=None) -> list:
         """Parse what arrived; returns the chunk indices completed. With build="each",
         `on_chunk(model)` is called with each new prefix model as soon as it is verified.
-        FormatError on damage (the last good model stays)."""
+        FormatError on damage; the last good model stays, and once the stream has proved
+        damaged every later feed() raises the same error (nothing after it can be trusted)."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            return self._feed(data, on_chunk)
+        except FormatError as e:
+            self.failed = e
+            raise
+
+    def _feed(self, data: bytes, on_chunk) -> list:
         done = []
         self.reader.push(data)
         while True:
@@ -170,15 +181,23 @@ class PrancDecoder:
             if kind == "head":
                 self.alphas = [[] for _ in value["layers"]]
             elif kind == "chunk":
+                previous = self.last_chunk
                 for run, part in zip(self.alphas, value.alphas, strict=True):
                     run.append(np.array(part, dtype=np.int64))
                 self.chunks += 1
                 self.last_chunk = value
-                done.append(value.index)
                 if self.build == "each":
-                    model = self.model()
+                    try:
+                        model = self.model()
+                    except FormatError:  # back to the last good prefix
+                        for run in self.alphas:
+                            run.pop()
+                        self.chunks -= 1
+                        self.last_chunk = previous
+                        raise
                     if on_chunk is not None:
                         on_chunk(model)
+                done.append(value.index)
 
     def layer_alphas(self, i: int) -> np.ndarray:
         parts = self.alphas[i]

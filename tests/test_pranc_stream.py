@@ -114,6 +114,8 @@ def test_corrupted_chunk_is_refused_and_the_last_good_prefix_stays(stream):
         dec.feed(bad)
     assert dec.good_chunks == 4 and dec.model() is dec.good
     with pytest.raises(FormatError, match="CRC mismatch"):
+        dec.feed(b"")  # nothing after damage is trusted
+    with pytest.raises(FormatError, match="CRC mismatch"):
         read_pranc(bad)
 
 
@@ -164,6 +166,19 @@ def test_a_different_seed_is_caught_by_the_reconstruction_check(stream):
     _, data, _ = stream
     with pytest.raises(FormatError, match="does not match the host's"):
         read_pranc(_with_head(data, lambda h: h.update(seed=h["seed"] + 1)))
+
+
+def test_a_chunk_that_rebuilds_wrong_leaves_the_last_good_prefix(stream):
+    _, data, _ = stream
+    achk = [r for r in records(data) if r[0] == b"ACHK"]
+    tag, start, end = achk[2]
+    payload = bytearray(data[start + 8 : end - 4])
+    payload[-4] ^= 0xFF  # the host's CRC of the model after chunk 2, then a valid record CRC
+    bad = data[:start] + fmt.record(b"ACHK", bytes(payload)) + data[end:]
+    dec = PrancDecoder(build="each")
+    with pytest.raises(FormatError, match="does not match the host's"):
+        dec.feed(bad)
+    assert dec.chunks == dec.good_chunks == 2 and dec.model() is dec.good
 
 
 def test_chunks_out_of_order_are_refused(stream):
