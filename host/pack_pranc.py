@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from edge.pranc import build_layers, model_meta
+from edge.preprocess import PREPROCESS_KIND
 from host.pack import deployed_layers, golden_inputs
 from host.pranc import PrancNet
 from protocol import bnn
@@ -17,7 +18,6 @@ from protocol import pranc as fmt
 from protocol.fold import fold_thresholds
 from protocol.prng import HASH_ID, HASH_VERSION
 
-_GEOMETRY = ("k", "stride", "pad", "cin", "cout", "in_h", "in_w", "pool")
 _KIND_NAMES = {v: k for k, v in fmt.KINDS.items()}
 
 
@@ -31,7 +31,7 @@ def stream_head(ckpt: dict, model: PrancNet, version: int) -> "tuple[dict, list]
     shells = deployed_layers(model.net)
     layers = []
     for shell, k in zip(shells, model.ks, strict=True):
-        d = {g: getattr(shell, g) for g in _GEOMETRY}
+        d = {g: getattr(shell, g) for g in fmt.GEOMETRY}
         d.update(kind=_KIND_NAMES[shell.kind], alphas=k)
         layers.append(d)
     size = shells[0].in_h
@@ -39,7 +39,7 @@ def stream_head(ckpt: dict, model: PrancNet, version: int) -> "tuple[dict, list]
         "format": "binsort-pranc",
         "arch": ckpt["arch"],
         "labels": list(ckpt["labels"]),
-        "input": {"height": size, "width": size, "channels": 1, "preprocess": ckpt_preprocess()},
+        "input": {"height": size, "width": size, "channels": 1, "preprocess": PREPROCESS_KIND},
         "model_id": ckpt["model_id"],
         "version": version,
         "created": ckpt["created"],
@@ -51,12 +51,6 @@ def stream_head(ckpt: dict, model: PrancNet, version: int) -> "tuple[dict, list]
         "metrics": ckpt.get("metrics", {}),
     }
     return head, fmt.geometry_layers(head)
-
-
-def ckpt_preprocess() -> str:
-    from edge.preprocess import PREPROCESS_KIND
-
-    return PREPROCESS_KIND
 
 
 def fixed_entries(model: PrancNet) -> list:

@@ -38,7 +38,7 @@ KINDS = {
     "dense_out": bnn.DENSE_OUT,
 }
 MAX_RECORD = 1 << 24
-_GEOMETRY = ("k", "stride", "pad", "cin", "cout", "in_h", "in_w", "pool")
+GEOMETRY = ("k", "stride", "pad", "cin", "cout", "in_h", "in_w", "pool")
 
 
 def chunk_end(k: int, chunks: int, count: int) -> int:
@@ -65,7 +65,7 @@ def geometry_layers(head: dict) -> list:
     """bnn.Layer shells (no weights) for the header's layers, checked as a .bnn chain."""
     layers = []
     for d in head["layers"]:
-        layers.append(bnn.Layer(KINDS[d["kind"]], *[d[g] for g in _GEOMETRY], weights=b""))
+        layers.append(bnn.Layer(KINDS[d["kind"]], *[d[g] for g in GEOMETRY], weights=b""))
     return layers
 
 
@@ -114,7 +114,7 @@ def _check_head(head) -> None:
                 "architecture %r uses layer kind %r that this edge cannot run"
                 % (arch, d.get("kind"))
             )
-        for g in _GEOMETRY + ("alphas",):
+        for g in GEOMETRY + ("alphas",):
             v = d.get(g)
             _check(isinstance(v, int) and 0 <= v < 1 << 24, "layer %d has a bad %s" % (i, g))
     try:
