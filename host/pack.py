@@ -162,13 +162,9 @@ def golden_inputs(labels: list, size: int, count: int = GOLDEN_COUNT) -> np.ndar
     return np.stack([preprocess(f, size, size) for f in frames])
 
 
-def pack_model(ckpt: dict, model: BinaryNet, version: int = 1) -> bytes:
-    """The whole `.bnn` for a trained model, golden scores computed by the host reference."""
-    from host.reference import reference_scores
-
-    layers = deployed_layers(model)
-    size = arch_spec(model.arch)["input"]
-    meta = {
+def model_meta(ckpt: dict, size: int, version: int) -> dict:
+    """What every packed model says about itself (`.bnn` META, `.pranc` HEAD start from it)."""
+    return {
         "format": "binsort-bnn",
         "arch": ckpt["arch"],
         "labels": list(ckpt["labels"]),
@@ -178,11 +174,22 @@ def pack_model(ckpt: dict, model: BinaryNet, version: int = 1) -> bytes:
         "created": ckpt["created"],
         "metrics": ckpt.get("metrics", {}),
     }
-    draft = bnn.BnnModel(meta, layers, [], b"")
-    gold_x = golden_inputs(meta["labels"], size)
-    gold_scores = reference_scores(draft, gold_x)
+
+
+def write_with_golden(meta: dict, layers: list) -> bytes:
+    """The `.bnn` bytes, with golden inputs whose scores the host reference computes."""
+    from host.reference import reference_scores
+
+    gold_x = golden_inputs(meta["labels"], meta["input"]["height"])
+    gold_scores = reference_scores(bnn.BnnModel(meta, layers, [], b""), gold_x)
     golden = [(x.tobytes(), [int(v) for v in s]) for x, s in zip(gold_x, gold_scores, strict=True)]
     return bnn.write_bnn(meta, layers, golden)
+
+
+def pack_model(ckpt: dict, model: BinaryNet, version: int = 1) -> bytes:
+    """The whole `.bnn` for a trained model, golden scores computed by the host reference."""
+    size = arch_spec(model.arch)["input"]
+    return write_with_golden(model_meta(ckpt, size, version), deployed_layers(model))
 
 
 def float_state_bytes(model: BinaryNet) -> int:

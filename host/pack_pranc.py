@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from edge.pranc import build_layers, model_meta
-from edge.preprocess import PREPROCESS_KIND
-from host.pack import deployed_layers, golden_inputs
+from host.pack import deployed_layers, write_with_golden
+from host.pack import model_meta as host_meta
 from host.pranc import PrancNet
 from protocol import bnn
 from protocol import pranc as fmt
@@ -34,22 +34,17 @@ def stream_head(ckpt: dict, model: PrancNet, version: int) -> "tuple[dict, list]
         d = {g: getattr(shell, g) for g in fmt.GEOMETRY}
         d.update(kind=_KIND_NAMES[shell.kind], alphas=k)
         layers.append(d)
-    size = shells[0].in_h
-    head = {
-        "format": "binsort-pranc",
-        "arch": ckpt["arch"],
-        "labels": list(ckpt["labels"]),
-        "input": {"height": size, "width": size, "channels": 1, "preprocess": PREPROCESS_KIND},
-        "model_id": ckpt["model_id"],
-        "version": version,
-        "created": ckpt["created"],
-        "seed": model.seed,
-        "hash": {"id": HASH_ID, "version": HASH_VERSION},
-        "basis": model.basis_kind,
-        "chunks": model.chunks,
-        "layers": layers,
-        "metrics": ckpt.get("metrics", {}),
-    }
+    head = host_meta(ckpt, shells[0].in_h, version)
+    head.update(
+        {
+            "format": "binsort-pranc",
+            "seed": model.seed,
+            "hash": {"id": HASH_ID, "version": HASH_VERSION},
+            "basis": model.basis_kind,
+            "chunks": model.chunks,
+            "layers": layers,
+        }
+    )
     return head, fmt.geometry_layers(head)
 
 
@@ -137,16 +132,10 @@ def pack_pranc(ckpt: dict, model: PrancNet, test, version: int = 1, log=None) ->
 def pack_pranc_bnn(ckpt: dict, model: PrancNet, version: int = 1) -> bytes:
     """The `.bnn` of the complete model (what the edge rebuilds from the whole stream), with
     golden self-test inputs like any packed model."""
-    from host.reference import reference_scores
-
     model.eval()
     head, shells = stream_head(ckpt, model, version)
     fixed = fmt.fixed_payload(shells, fixed_entries(model))
     layers = prefix_layers(model, head, fixed, model.chunks)
     meta = model_meta(head, model.chunks)
     meta["metrics"] = ckpt.get("metrics", {})
-    draft = bnn.BnnModel(meta, layers, [], b"")
-    gold_x = golden_inputs(meta["labels"], head["input"]["height"])
-    gold = reference_scores(draft, gold_x)
-    golden = [(x.tobytes(), [int(v) for v in s]) for x, s in zip(gold_x, gold, strict=True)]
-    return bnn.write_bnn(meta, layers, golden)
+    return write_with_golden(meta, layers)
