@@ -1,0 +1,132 @@
+"""Signed manifests (docs/format.md "Manifest"): what a payload is, and who vouches for it.
+
+A manifest is JSON: {"signed": {...}, "signatures": [{"keyid": ..., "sig": ...}]}. The signature
+is Ed25519 over the canonical bytes of "signed" (keys sorted, no spaces, UTF-8). "signed" names
+the model, its kind and monotonic version, the payload's size and SHA-256, and the end offset and
+SHA-256 of every chunk, so a receiver can check each chunk as it lands and a prefix of a `.pranc`
+stream is verified before it is used. This module parses and checks the structure (standard
+library only); protocol.signing makes and checks the signatures.
+"""
+
+import hashlib
+import json
+
+from protocol.errors import FormatError
+
+FORMAT = "binsort-manifest/1"
+KINDS = ("bnn", "pranc")
+MAX_MANIFEST = 1 << 20
+BNN_CHUNK = 4096
+FIELDS = ("format", "model_id", "kind", "version", "size", "sha256", "chunks", "created")
+
+
+def canonical(obj) -> bytes:
+    """The bytes a signature covers: JSON with sorted keys and no spaces."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise FormatError("not a valid manifest: " + what)
+
+
+def _is_hex(s, n: int) -> bool:
+    if not isinstance(s, str) or len(s) != n:
+        return False
+    try:
+        int(s, 16)
+    except ValueError:
+        return False
+    return s == s.lower()
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class Manifest:
+    """A parsed manifest. `digest` (SHA-256 of the canonical signed part) names it: the edge
+    records the digests it installed so that a replayed manifest is refused."""
+
+    def __init__(self, signed: dict, signatures: list, raw: bytes):
+        self.signed = signed
+        self.signatures = signatures
+        self.raw = raw
+        self.body = canonical(signed)
+        self.digest = hashlib.sha256(self.body).hexdigest()
+        self.model_id, self.kind = signed["model_id"], signed["kind"]
+        self.version, self.size = signed["version"], signed["size"]
+        self.sha256, self.created = signed["sha256"], signed["created"]
+        self.rollback = bool(signed.get("rollback", False))
+
+    def chunk_ends(self) -> list:
+        return [c[0] for c in self.signed["chunks"]]
+
+    def accuracy(self, index: int):
+        """The host-measured accuracy of the prefix ending with chunk `index` (pranc), or None."""
+        c = self.signed["chunks"][index]
+        return c[2] if len(c) > 2 else None
+
+
+def check_signed(signed) -> None:
+    _check(isinstance(signed, dict), "'signed' is not an object")
+    for f in FIELDS:
+        _check(f in signed, "field %r is missing" % f)
+    fmt = signed["format"]
+    _check(fmt == FORMAT, "format %r, this binsort reads %s" % (fmt, FORMAT))
+    mid = signed["model_id"]
+    _check(isinstance(mid, str) and 0 < len(mid) <= 128, "model_id must be a short string")
+    _check(signed["kind"] in KINDS, "kind %r (choose from %s)" % (signed["kind"], ", ".join(KINDS)))
+    v, size = signed["version"], signed["size"]
+    _check(_is_int(v) and 1 <= v < 1 << 63, "version must be a positive integer")
+    _check(_is_int(size) and 0 < size < 1 << 32, "size must be a positive 32-bit integer")
+    _check(_is_int(signed["created"]) and signed["created"] >= 0, "created must be unix seconds")
+    _check(_is_hex(signed["sha256"], 64), "sha256 must be 64 lowercase hex digits")
+    _check(isinstance(signed.get("rollback", False), bool), "rollback must be true or false")
+    chunks = signed["chunks"]
+    _check(isinstance(chunks, list) and chunks, "chunks must be a non-empty list")
+    prev = 0
+    for c in chunks:
+        _check(isinstance(c, list) and len(c) in (2, 3), "each chunk is [end, sha256(, accuracy)]")
+        _check(_is_int(c[0]) and prev < c[0] <= size, "chunk ends must increase up to size")
+        _check(_is_hex(c[1], 64), "chunk sha256 must be 64 lowercase hex digits")
+        if len(c) == 3:
+            a = c[2]
+            _check(a is None or (isinstance(a, (int, float)) and 0 <= a <= 1), "chunk accuracy")
+        prev = c[0]
+    _check(prev == size, "the last chunk must end at size")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and check a manifest's structure (not its signature: see protocol.signing)."""
+    _check(len(data) <= MAX_MANIFEST, "%d bytes" % len(data))
+    try:
+        obj = json.loads(bytes(data).decode())
+    except (ValueError, UnicodeError) as e:
+        raise FormatError("not a valid manifest: not JSON (%s)" % e) from None
+    _check(isinstance(obj, dict), "not a JSON object")
+    signed, sigs = obj.get("signed"), obj.get("signatures", [])
+    check_signed(signed)
+    _check(isinstance(sigs, list), "'signatures' is not a list")
+    for s in sigs:
+        _check(
+            isinstance(s, dict) and _is_hex(s.get("keyid"), 16) and _is_hex(s.get("sig"), 128),
+            "each signature is {keyid: 16 hex digits, sig: 128 hex digits}",
+        )
+    return Manifest(signed, sigs, bytes(data))
+
+
+def chunk_table(payload: bytes, ends: list, accuracies=None) -> list:
+    """[[end, sha256(, accuracy)], ...] for the chunks of `payload` that end at `ends`."""
+    rows, start = [], 0
+    for i, end in enumerate(ends):
+        row = [end, hashlib.sha256(payload[start:end]).hexdigest()]
+        if accuracies is not None:
+            row.append(accuracies[i])
+        rows.append(row)
+        start = end
+    return rows
+
+
+def fixed_chunk_ends(size: int, chunk: int = BNN_CHUNK) -> list:
+    return list(range(chunk, size, chunk)) + [size]
