@@ -1,7 +1,9 @@
 """binsort-edge: the edge-side command line (no torch)."""
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
 from protocol.errors import BinsortError, run_cli
@@ -32,6 +34,132 @@ def _classify(args) -> int:
     return 0
 
 
+def _store(args) -> int:
+    from edge.store import DEFAULT_MAX_BYTES, SlotStore
+
+    if args.init:
+        store = SlotStore.init(args.store, args.trust, args.max_bytes or DEFAULT_MAX_BYTES)
+    elif args.trust or args.max_bytes:
+        raise BinsortError("--trust and --max-bytes go with --init")
+    else:
+        store = SlotStore(args.store)
+    summary = store.summary()
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    print("store %s, trusts %s" % (summary["store"], ", ".join(summary["trusted_keys"])))
+    for name, rec in sorted(summary["slots"].items()):
+        mark = "*" if name == summary["active"] else " "
+        if rec is None:
+            print("%s slot %s: empty" % (mark, name))
+        else:
+            part = (
+                ""
+                if rec["complete"]
+                else ", prefix of %d of %d bytes" % (rec["bytes"], rec["size"])
+            )
+            print(
+                "%s slot %s: %s version %d (%s%s) sha256 %s"
+                % (
+                    mark,
+                    name,
+                    rec["model_id"],
+                    rec["version"],
+                    rec["kind"],
+                    part,
+                    rec["sha256"][:16],
+                )
+            )
+    return 0
+
+
+def _open_store(args):
+    from edge.store import SlotStore
+
+    if args.trust:
+        return SlotStore.init(args.store, args.trust)
+    return SlotStore(args.store)
+
+
+def _log(quiet: bool):
+    def log(line: str) -> None:
+        if not quiet:
+            print(line, flush=True)
+
+    return log
+
+
+def _receive(args) -> int:
+    import time
+
+    from edge.receiver import serve_link
+
+    store = _open_store(args)
+    log = _log(args.quiet)
+    if args.serial:
+        from protocol.transports import serialport
+
+        link = serialport.open_link(args.serial)
+        log("receiving on %s into %s" % (args.serial, args.store))
+        try:
+            results = serve_link(link, store, args.pranc_min_accuracy, log, True, args.once)
+        finally:
+            link.close()
+        return 0 if results or not args.once else 1
+    from protocol.transports import scheme_of, tcp
+
+    if scheme_of(args.listen) != "tcp":
+        raise BinsortError("--listen takes tcp://HOST:PORT (use --serial for a serial line)")
+    listener = tcp.listen(args.listen)
+    log("listening on %s (port %d) into %s" % (args.listen, listener.port, args.store))
+    try:
+        while True:
+            link = listener.accept(1.0)
+            if link is None:
+                continue
+            log("connection from %s" % link.name)
+            results = []
+            try:
+                results = serve_link(link, store, args.pranc_min_accuracy, log)
+            except BinsortError as e:  # one bad peer does not stop the receiver
+                log("%s: %s" % (link.name, e))
+            finally:
+                link.close()
+            if results and args.once:
+                return 0
+            time.sleep(0)
+    finally:
+        listener.close()
+
+
+def _install(args) -> int:
+    from edge.store import Rejected, SlotStore
+
+    store = SlotStore(args.store)
+    try:
+        with open(args.manifest, "rb") as f:
+            manifest_bytes = f.read()
+    except OSError as e:
+        raise BinsortError("cannot read manifest %s: %s" % (args.manifest, e.strerror)) from None
+    manifest = store.verify(manifest_bytes)
+    if args.check_only:
+        print(json.dumps({"ok": True, "admitted": manifest.model_id, "version": manifest.version}))
+        return 0
+    if args.payload is None:
+        raise BinsortError("install needs --payload FILE (or --check-only)")
+    try:
+        slot = store.install(manifest, args.payload, move=args.move)
+    except Rejected:
+        if args.move:  # a payload that fails its hashes is not worth resuming
+            with contextlib.suppress(OSError):
+                os.remove(args.payload)
+        raise
+    result = {"ok": True, "slot": slot, "model_id": manifest.model_id, "version": manifest.version}
+    result["kind"] = manifest.kind
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +167,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a .bnn model file")
     p.add_argument("paths", nargs="+", help="image files or folders of images")
     p.set_defaults(run=_classify)
+
+    p = sub.add_parser("store", help="show a model store, or make one with --init")
+    p.add_argument("--store", required=True, help="the store folder")
+    p.add_argument("--init", action="store_true", help="make the store (or add --trust keys to it)")
+    p.add_argument("--trust", action="append", default=[], help="a signing.pub to trust (repeat)")
+    p.add_argument("--max-bytes", type=int, default=None, help="largest payload accepted (16 MiB)")
+    p.add_argument("--json", action="store_true", help="print the state as one JSON object")
+    p.set_defaults(run=_store)
+
+    p = sub.add_parser("receive", help="receive signed models over TCP or a serial line")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--listen", help="tcp://ADDRESS:PORT to listen on")
+    where.add_argument("--serial", help="serial:///dev/ttyX?baud=N (any pyserial URL)")
+    p.add_argument("--store", required=True, help="the store folder")
+    p.add_argument("--trust", action="append", default=[], help="also trust this signing.pub")
+    p.add_argument(
+        "--pranc-min-accuracy",
+        type=float,
+        default=None,
+        help="install each .pranc prefix whose host-measured accuracy is at least this "
+        "(default: only the complete stream)",
+    )
+    p.add_argument("--once", action="store_true", help="exit after one model is installed")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_receive)
+
+    p = sub.add_parser("install", help="verify and install a manifest + payload (the ssh:// path)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--payload", default=None)
+    p.add_argument("--check-only", action="store_true", help="only check the manifest")
+    p.add_argument("--move", action="store_true", help="move the payload into the slot")
+    p.set_defaults(run=_install)
     return parser
 
 

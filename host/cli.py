@@ -1,9 +1,10 @@
-"""binsort: the host command line (synthesise data, train, pack, evaluate, demo)."""
+"""binsort: the host command line (synthesise data, train, pack, evaluate, demo, keys, ship)."""
 
 import argparse
 import json
 import os
 import sys
+import time
 
 from protocol.errors import BinsortError, run_cli
 
@@ -202,6 +203,81 @@ def _demo(args) -> int:
     return 0
 
 
+def _keys_new(args) -> int:
+    from protocol.signing import key_id, new_key_pair, read_public
+
+    key_path, pub_path = new_key_pair(args.out, args.comment)
+    print(
+        "wrote %s (private, mode 0600) and %s (key id %s)"
+        % (key_path, pub_path, key_id(read_public(pub_path)))
+    )
+    print("provision a device with: binsort-edge store --store DIR --init --trust %s" % pub_path)
+    return 0
+
+
+def _ship(args) -> int:
+    from tqdm import tqdm
+
+    from host.ship import ship
+
+    bar = tqdm(
+        total=None,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="shipping",
+        disable=args.quiet,
+    )
+    started = time.monotonic()
+
+    def progress(acked, size):
+        if bar.total != size:
+            bar.reset(total=size)
+            bar.update(acked)
+        elif acked > bar.n:
+            bar.update(acked - bar.n)
+
+    def status(info):
+        if "installed" in info:
+            bar.write(
+                "device installed the first %d bytes (host accuracy %.4f) in slot %s"
+                % (info["installed"], info.get("accuracy") or 0.0, info.get("slot"))
+            )
+
+    def reconnect(count, why):
+        bar.write("link lost (%s); reconnecting (%d)" % (why, count))
+
+    options = {
+        "version": args.version,
+        "model_id": args.model_id,
+        "rollback": args.rollback,
+        "reconnects": args.reconnects,
+        "ssh_key": args.ssh_key,
+        "known_hosts": args.known_hosts,
+        "remote_command": args.remote_command,
+        "progress": progress,
+        "status": status,
+        "on_reconnect": reconnect,
+    }
+    try:
+        result = ship(args.model, args.to, args.key, options)
+    finally:
+        bar.close()
+    what = "rolled back to" if args.rollback else "installed"
+    print(
+        "%s %s version %d in slot %s on %s (%.1f s)"
+        % (
+            what,
+            result["model_id"],
+            result["version"],
+            result["slot"],
+            args.to,
+            time.monotonic() - started,
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +371,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a .pranc stream: use its longest prefix of at most N bytes that ends on a chunk",
     )
     p.set_defaults(run=_eval)
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    p = keys.add_parser("new", help="make an Ed25519 key pair: DIR/signing.key and DIR/signing.pub")
+    p.add_argument("--out", required=True, help="folder for the key pair")
+    p.add_argument("--comment", default="", help="a note stored in the public key line")
+    p.set_defaults(run=_keys_new)
+
+    p = sub.add_parser("ship", help="sign a model and send it to a device; exits 0 once installed")
+    p.add_argument("model", help="a .bnn file or a .pranc stream")
+    p.add_argument(
+        "--to",
+        required=True,
+        help="tcp://HOST:PORT, serial:///dev/ttyX?baud=N or ssh://USER@HOST[:PORT]/STORE_DIR",
+    )
+    p.add_argument("--key", required=True, help="the signing.key made by `binsort keys new`")
+    p.add_argument(
+        "--version", type=int, default=None, help="model version (default: now, in unix seconds)"
+    )
+    p.add_argument("--model-id", default=None, help="model name (default: the file name)")
+    p.add_argument("--rollback", action="store_true", help="sign a rollback to an older version")
+    p.add_argument(
+        "--reconnects", type=int, default=20, help="reconnect this often after drops (default 20)"
+    )
+    p.add_argument("--ssh-key", default=None, help="ssh:// private key (default: ~/.ssh keys)")
+    p.add_argument(
+        "--known-hosts", default=None, help="ssh:// host keys (default ~/.ssh/known_hosts)"
+    )
+    p.add_argument(
+        "--remote-command", default="binsort-edge", help="ssh:// the device's binsort-edge"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_ship)
 
     p = sub.add_parser("demo", help="synthesise, train, pack and evaluate on the edge engine")
     p.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")

@@ -1,0 +1,383 @@
+"""The model store on the device: trusted keys, two model slots (A/B), partial transfers, a log.
+
+Layout of a store directory (docs/format.md "Model store"):
+
+    store.json            state: active slot, what each slot holds, manifests installed, limits
+    trust/*.pub           the public keys whose manifests this device accepts
+    slots/a/, slots/b/    model.bnn or model.pranc and manifest.json of the model in that slot
+    partial/SHA.partial   bytes of a transfer in progress, named by the payload's SHA-256
+    partial/SHA.json      its manifest digest and how many bytes are durably in the file
+    log                   one line per install, rejection and rollback
+
+Every install path (the receiver, the SSH install command, the daemon) calls `admit()` before it
+writes any byte of a payload and `install()` after the payload is complete and checked, so they
+share one set of checks. An install writes to the inactive slot, fsyncs it, loads and self-tests
+it there, and only then switches `active` by atomically replacing store.json: a power cut at
+any point leaves the old model or the new one active, never a half-written one.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+
+from protocol.errors import BinsortError, FormatError
+from protocol.manifest import Manifest
+from protocol.signing import parse_public, verify_manifest
+
+STATE_FORMAT = "binsort-store/1"
+SLOTS = ("a", "b")
+DEFAULT_MAX_BYTES = 16 << 20
+SUFFIX = {"bnn": ".bnn", "pranc": ".pranc"}
+
+
+class Rejected(FormatError):
+    """A manifest or payload the device refuses; nothing was written to a slot."""
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, whole."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def file_sha256(path: str, limit=None) -> str:
+    h = hashlib.sha256()
+    left = limit
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            block = f.read(1 << 16 if left is None else min(1 << 16, left))
+            if not block:
+                break
+            h.update(block)
+            if left is not None:
+                left -= len(block)
+    return h.hexdigest()
+
+
+class SlotStore:
+    """A store directory. Methods that change it take an exclusive lock on it."""
+
+    def __init__(self, root: str):
+        self.root = root
+        if not os.path.isfile(self._path("store.json")):
+            raise BinsortError(
+                "%s is not a binsort model store (make one with: "
+                "binsort-edge store --store %s --init --trust KEY.pub)" % (root, root)
+            )
+
+    # -- provisioning -------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, root: str, trust: list, max_bytes: int = DEFAULT_MAX_BYTES) -> "SlotStore":
+        """Make a store that trusts the public key files `trust`, or add them to a store."""
+        if not trust:
+            raise BinsortError("a store needs at least one --trust public key")
+        keys = [(p, parse_public(_read_text(p), p)) for p in trust]
+        for d in ("", "trust", "partial", "slots/a", "slots/b"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        for path, raw in keys:
+            from protocol.signing import key_id, public_line
+
+            write_atomic(
+                os.path.join(root, "trust", key_id(raw) + ".pub"),
+                public_line(raw, os.path.basename(path)).encode(),
+            )
+        state_path = os.path.join(root, "store.json")
+        if not os.path.exists(state_path):
+            state = {
+                "format": STATE_FORMAT,
+                "active": None,
+                "slots": {s: None for s in SLOTS},
+                "installed": [],
+                "max_bytes": max_bytes,
+            }
+            write_atomic(state_path, _dump(state))
+        store = cls(root)
+        store.log("trust %s" % ", ".join(os.path.basename(p) for p in trust))
+        return store
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _path(self, *parts) -> str:
+        return os.path.join(self.root, *parts)
+
+    def state(self) -> dict:
+        try:
+            with open(self._path("store.json"), "rb") as f:
+                state = json.loads(f.read().decode())
+        except (OSError, ValueError, UnicodeError) as e:
+            raise BinsortError("cannot read %s: %s" % (self._path("store.json"), e)) from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise BinsortError("%s is not a %s file" % (self._path("store.json"), STATE_FORMAT))
+        return state
+
+    def trusted_keys(self) -> list:
+        keys = []
+        tdir = self._path("trust")
+        for name in sorted(os.listdir(tdir)):
+            if name.endswith(".pub"):
+                keys.append(parse_public(_read_text(os.path.join(tdir, name)), name))
+        if not keys:
+            raise BinsortError("store %s trusts no keys; add one with --init --trust" % self.root)
+        return keys
+
+    def active(self):
+        """(slot name, slot record) of the active model, or (None, None)."""
+        state = self.state()
+        name = state["active"]
+        return (name, state["slots"][name]) if name else (None, None)
+
+    def model_path(self, slot: str) -> "str | None":
+        rec = self.state()["slots"].get(slot)
+        return self._path("slots", slot, "model" + SUFFIX[rec["kind"]]) if rec else None
+
+    def summary(self) -> dict:
+        """The state as `binsort-edge store --json` prints it."""
+        state = self.state()
+        return {
+            "store": os.path.abspath(self.root),
+            "active": state["active"],
+            "slots": state["slots"],
+            "trusted_keys": sorted(n[:-4] for n in os.listdir(self._path("trust"))),
+            "max_bytes": state["max_bytes"],
+            "partial": sorted(
+                n.split(".")[0] for n in os.listdir(self._path("partial")) if n.endswith(".partial")
+            ),
+        }
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def verify(self, manifest_bytes: bytes) -> Manifest:
+        """Check the signature against the store's trusted keys, then admit()."""
+        try:
+            manifest = verify_manifest(manifest_bytes, self.trusted_keys())
+        except FormatError as e:
+            self.log("reject: %s" % e)
+            raise Rejected(str(e)) from None
+        self.admit(manifest)
+        return manifest
+
+    def admit(self, manifest: Manifest) -> None:
+        """Refuse, before any byte is written, a manifest this device must not install: too
+        big, already installed (a replay), or not newer than the active model unless it is a
+        signed rollback. A `.pranc` manifest whose prefix is active may continue."""
+        state = self.state()
+        why = None
+        _, active = self.active()
+        if manifest.size > state["max_bytes"]:
+            why = "payload of %d bytes is over this device's limit of %d bytes" % (
+                manifest.size,
+                state["max_bytes"],
+            )
+        elif active and active["manifest"] == manifest.digest and not active["complete"]:
+            return  # more of the active .pranc stream
+        elif manifest.digest in state["installed"]:
+            why = "replayed manifest: %s version %d was already installed" % (
+                manifest.model_id,
+                manifest.version,
+            )
+        elif active and manifest.version <= active["version"] and not manifest.rollback:
+            why = "version %d is not newer than the active version %d (ship a rollback)" % (
+                manifest.version,
+                active["version"],
+            )
+        if why:
+            self.log("reject %s v%d: %s" % (manifest.model_id, manifest.version, why))
+            raise Rejected(why)
+
+    # -- installing ---------------------------------------------------------------------------
+
+    def install(self, manifest: Manifest, payload_path: str, length=None, move=False) -> str:
+        """Install the first `length` bytes (all when None) of `payload_path` as `manifest`'s
+        model; `length` short of the size is a `.pranc` prefix and must end on a chunk of the
+        manifest. Checks every hash and self-tests the model before it touches a slot, then
+        writes the inactive slot, self-tests the copy and switches to it. Returns the slot.
+        `move` renames a complete payload into the slot instead of copying it."""
+        with self.locked():
+            self.admit(manifest)
+            size = manifest.size
+            length = size if length is None else length
+            complete = length == size
+            try:
+                self._check_payload(manifest, payload_path, length)
+                _self_test(payload_path, None if complete else length)
+            except Rejected as e:
+                self.log("reject %s v%d: %s" % (manifest.model_id, manifest.version, e))
+                raise
+            state = self.state()
+            slot = _other(state["active"])
+            if state["slots"][slot] is not None:  # its model is about to be overwritten
+                state["slots"][slot] = None
+                write_atomic(self._path("store.json"), _dump(state))
+            sdir = self._path("slots", slot)
+            for name in os.listdir(sdir):
+                os.remove(os.path.join(sdir, name))
+            target = os.path.join(sdir, "model" + SUFFIX[manifest.kind])
+            if move and complete:
+                os.replace(payload_path, target)
+            else:
+                _copy_prefix(payload_path, target, length)
+            write_atomic(os.path.join(sdir, "manifest.json"), manifest.raw)
+            fsync_dir(sdir)
+            _self_test(target, None)
+            state["slots"][slot] = {
+                "model_id": manifest.model_id,
+                "version": manifest.version,
+                "kind": manifest.kind,
+                "sha256": file_sha256(target),
+                "bytes": length,
+                "size": size,
+                "complete": complete,
+                "rollback": manifest.rollback,
+                "manifest": manifest.digest,
+                "installed_at": int(time.time()),
+            }
+            state["active"] = slot
+            if complete:
+                state["installed"].append(manifest.digest)
+            write_atomic(self._path("store.json"), _dump(state))
+            what = "rollback to" if manifest.rollback else "install"
+            self.log(
+                "%s %s v%d (%s, %d of %d bytes) in slot %s"
+                % (what, manifest.model_id, manifest.version, manifest.kind, length, size, slot)
+            )
+            return slot
+
+    def _check_payload(self, manifest: Manifest, path: str, length: int) -> None:
+        try:
+            have = os.path.getsize(path)
+        except OSError as e:
+            raise BinsortError("cannot read payload %s: %s" % (path, e.strerror)) from None
+        if have < length or (length == manifest.size and have != manifest.size):
+            raise Rejected("payload has %d bytes, the manifest says %d" % (have, manifest.size))
+        ends = manifest.chunk_ends()
+        if length not in ends:
+            raise Rejected("a prefix of %d bytes does not end on a chunk of the manifest" % length)
+        with open(path, "rb") as f:
+            start = 0
+            for end, digest in (c[:2] for c in manifest.signed["chunks"]):
+                if end > length:
+                    break
+                if hashlib.sha256(f.read(end - start)).hexdigest() != digest:
+                    raise Rejected("tampered payload: chunk ending at byte %d fails its hash" % end)
+                start = end
+        if length == manifest.size and file_sha256(path) != manifest.sha256:
+            raise Rejected("tampered payload: its SHA-256 does not match the manifest")
+
+    # -- partial transfers --------------------------------------------------------------------
+
+    def partial(self, manifest: Manifest) -> "tuple[str, int]":
+        """The `.partial` file for this payload and how many bytes of it are durable and
+        verified (whole chunks checked against the manifest, then the recorded tail)."""
+        base = self._path("partial", manifest.sha256)
+        path, progress = base + ".partial", base + ".json"
+        done = 0
+        with contextlib.suppress(OSError, ValueError, UnicodeError):
+            with open(progress, "rb") as f:
+                rec = json.loads(f.read().decode())
+            if rec.get("manifest") == manifest.digest:
+                done = int(rec["offset"])
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        done = max(0, min(done, size, manifest.size))
+        # whole chunks must match their hashes; the tail of an incomplete chunk is kept and is
+        # checked when that chunk completes
+        good = done
+        with open(path, "rb") if done else contextlib.nullcontext() as f:
+            start = 0
+            for end, digest in (c[:2] for c in manifest.signed["chunks"]):
+                if end > done:
+                    break
+                if hashlib.sha256(f.read(end - start)).hexdigest() != digest:
+                    good = start
+                    break
+                start = end
+        if size != good or not os.path.exists(path):
+            with open(path, "r+b" if os.path.exists(path) else "wb") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        return path, good
+
+    def record_progress(self, manifest: Manifest, offset: int) -> None:
+        """Persist that the first `offset` bytes of the `.partial` file are durable (the
+        caller fsynced them first)."""
+        base = self._path("partial", manifest.sha256)
+        write_atomic(base + ".json", _dump({"manifest": manifest.digest, "offset": offset}))
+
+    def drop_partial(self, manifest: Manifest) -> None:
+        base = self._path("partial", manifest.sha256)
+        for p in (base + ".partial", base + ".json"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self):
+        fd = os.open(self._path("store.json"), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def log(self, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(self._path("log"), "a") as f:
+            f.write("%s %s\n" % (stamp, line))
+
+
+def _self_test(path: str, prefix_bytes) -> None:
+    """Load the model as the engine will (golden inputs for a .bnn, the host's layer CRCs for
+    a .pranc prefix); Rejected if it does not load or does not compute what the host packed."""
+    from edge.engine import load_engine
+
+    try:
+        load_engine(path, prefix_bytes)
+    except FormatError as e:
+        raise Rejected("the model fails its self-test on this device: %s" % e) from None
+
+
+def _other(active) -> str:
+    return "b" if active == "a" else "a"
+
+
+def _dump(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeError) as e:
+        raise BinsortError("cannot read %s: %s" % (path, e)) from None
+
+
+def _copy_prefix(src: str, dst: str, length: int) -> None:
+    with open(src, "rb") as fi, open(dst + ".tmp", "wb") as fo:
+        left = length
+        while left:
+            block = fi.read(min(1 << 16, left))
+            if not block:
+                raise BinsortError("%s ended early" % src)
+            fo.write(block)
+            left -= len(block)
+        fo.flush()
+        os.fsync(fo.fileno())
+    os.replace(dst + ".tmp", dst)

@@ -1,0 +1,78 @@
+"""`binsort ship`: sign a manifest for a model file and send both to a device by URL.
+
+The model is read and checked here first (a damaged file is never shipped). Its manifest
+(protocol.manifest) cuts a `.bnn` into 4 KiB chunks and a `.pranc` stream at its chunk records,
+with the accuracy the host measured for each prefix, so the device can verify and use every
+prefix as it arrives. The transport is chosen by the URL's scheme (protocol.transports).
+"""
+
+import os
+import time
+
+from protocol import manifest as mf
+from protocol.errors import BinsortError
+from protocol.signing import load_private, sign_manifest
+
+
+def read_payload(path: str) -> "tuple[bytes, str, list, list]":
+    """(bytes, kind, chunk ends, chunk accuracies or None) of a model file, checked."""
+    from protocol.bnn import read_bnn, read_model_file
+
+    with_data = {}
+
+    def parse(data: bytes):
+        with_data["data"] = data
+        if data[:4] == b"BSPR":
+            from protocol.pranc import StreamReader
+
+            reader = StreamReader()
+            events = reader.feed(data)
+            if not reader.done or reader.buf:
+                raise BinsortError("%s is not a complete .pranc stream" % path)
+            chunks = [e[1] for e in events if e[0] == "chunk"]
+            ends = [c.end for c in chunks[:-1]] + [len(data)]
+            return "pranc", ends, [c.accuracy for c in chunks]
+        read_bnn(data)
+        return "bnn", mf.fixed_chunk_ends(len(data)), None
+
+    kind, ends, accuracies = read_model_file(path, parse)
+    return with_data["data"], kind, ends, accuracies
+
+
+def build_manifest(path: str, key_path: str, version=None, model_id=None, rollback=False):
+    """(signed manifest bytes, payload bytes, the signed dict)."""
+    key = load_private(key_path)
+    payload, kind, ends, accuracies = read_payload(path)
+    import hashlib
+
+    now = int(time.time())
+    signed = {
+        "format": mf.FORMAT,
+        "model_id": model_id or os.path.splitext(os.path.basename(path))[0],
+        "kind": kind,
+        "version": now if version is None else version,
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "chunks": mf.chunk_table(payload, ends, accuracies),
+        "created": now,
+    }
+    if rollback:
+        signed["rollback"] = True
+    mf.check_signed(signed)
+    return sign_manifest(signed, key), payload, signed
+
+
+def ship(path: str, url: str, key_path: str, options: dict) -> dict:
+    """Ship a model file; returns the device's verdict. Raises BinsortError on refusal."""
+    from protocol.transports import transport
+
+    module = transport(url)
+    version = options.get("version")
+    if version is not None and version < 1:
+        raise BinsortError("--version must be a positive integer")
+    manifest, payload, signed = build_manifest(
+        path, key_path, version, options.get("model_id"), options.get("rollback", False)
+    )
+    result = module.ship(url, manifest, payload, options)
+    result.setdefault("version", signed["version"])
+    return result

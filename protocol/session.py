@@ -1,0 +1,219 @@
+"""The transfer session: one signed payload from a sender to a receiver over a byte link
+(docs/format.md "Transfer session").
+
+    sender                                   receiver
+    HELLO {proto, max_payload, window}  ->
+                                        <-   HELLO {proto, max_payload, window}
+    OFFER (manifest, in pieces)         ->   checks signature, version, size, replay
+                                        <-   ACCEPT offset (resume point) | ERROR
+    DATA offset ... (a window of them)  ->   writes in order, keeps later frames
+                                        <-   ACK cumulative offset + offsets it misses (NAK)
+                                        <-   STATUS (a .pranc prefix was installed)
+    DONE size                           ->   verifies, installs
+                                        <-   RESULT {ok, slot, ...} | ERROR
+
+Every request is repeated on a timeout (from the link's byte rate and the measured round
+trip, doubled on each retry, bounded), and every reply is idempotent, so lost, damaged,
+duplicated and reordered frames cost time, never correctness. Frames of another session are
+ignored, so bytes left on a serial line by an earlier session do no harm.
+
+`Receiver` is a pure state machine (frames in, frames out, time passed in) in the subset that
+MicroPython runs; what it stores goes through a sink (edge.receiver). `Sender` drives a link.
+"""
+
+import json
+import struct
+
+from protocol import frames as fr
+from protocol.errors import BinsortError, FormatError
+
+PROTO = 1
+FRAME_PAYLOAD = 1024
+WINDOW = 8  # frames in flight
+OFFER_HEAD = struct.Struct("<I")  # total manifest length, before each OFFER piece
+
+
+class LinkClosed(BinsortError):
+    """The link went away (EOF, reset, device unplugged)."""
+
+
+class RemoteError(BinsortError):
+    """The receiver refused: its ERROR frame's message."""
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _unjson(payload: bytes):
+    try:
+        return json.loads(bytes(payload).decode())
+    except (ValueError, UnicodeError):
+        raise FormatError("a session frame holds invalid JSON") from None
+
+
+class Receiver:
+    """The receiving side. `on_frame(frame, now)` returns the frames to send back.
+
+    `open_sink()` gives a fresh sink for each offer. A sink has: offer(manifest_bytes) ->
+    resume offset (raises BinsortError to refuse), `size`, write(data) -> a list of status
+    dicts (in-order bytes; raises to abort), finish() -> result dict, and suspend() (make what
+    was received durable; called when the peer goes)."""
+
+    def __init__(self, open_sink, max_payload: int = FRAME_PAYLOAD, window: int = WINDOW):
+        self.open_sink = open_sink
+        self.sink = None
+        self.max_payload = max_payload
+        self.window = window
+        self.session = None
+        self._reset()
+
+    def _reset(self):
+        self.sink = None
+        self.frame_size = self.max_payload
+        self.manifest = bytearray()
+        self.manifest_len = None
+        self.size = None
+        self.offset = None  # next byte wanted; None until an offer is accepted
+        self.ahead = {}  # offset -> data received beyond a gap
+        self.nak_sent = {}  # offset -> when it was last asked for
+        self.result = None
+        self.error = None
+
+    def on_frame(self, frame, now: float) -> list:
+        if frame.kind == fr.HELLO:
+            return self._hello(frame)
+        if frame.session != self.session:
+            return []  # a stale frame from an earlier session
+        if self.error is not None:
+            return [self._frame(fr.ERROR, 0, self.error.encode())]
+        try:
+            if frame.kind == fr.OFFER:
+                return self._offer(frame)
+            if self.offset is None:
+                return []
+            if frame.kind == fr.DATA:
+                return self._data(frame, now)
+            if frame.kind == fr.DONE:
+                return self._done(now)
+        except BinsortError as e:
+            self.error = str(e)
+            return [self._frame(fr.ERROR, 0, self.error.encode())]
+        return []
+
+    def link_lost(self) -> None:
+        if self.sink is not None and self.result is None:
+            self.sink.suspend()
+
+    def _frame(self, kind, offset, payload=b""):
+        return fr.Frame(kind, self.session, offset, payload)
+
+    def _hello(self, frame):
+        try:
+            req = _unjson(frame.payload)
+            protos = req.get("proto", [])
+            size = min(int(req.get("max_payload", FRAME_PAYLOAD)), self.max_payload)
+            window = min(int(req.get("window", WINDOW)), self.window)
+        except (FormatError, AttributeError, TypeError, ValueError):
+            return [fr.Frame(fr.ERROR, frame.session, 0, b"malformed hello")]
+        if PROTO not in protos:
+            msg = "protocol %s not supported; this receiver speaks %d" % (protos, PROTO)
+            return [fr.Frame(fr.ERROR, frame.session, 0, msg.encode())]
+        if frame.session != self.session:
+            if self.session is not None:
+                self.link_lost()
+            self.session = frame.session
+            self._reset()
+        self.frame_size = max(16, size)
+        reply = {"proto": PROTO, "max_payload": self.frame_size, "window": window}
+        return [self._frame(fr.HELLO, 0, _json(reply))]
+
+    def _offer(self, frame):
+        if self.offset is not None:  # a repeated offer: the answer stands
+            return [self._frame(fr.ACCEPT, self.offset)]
+        if len(frame.payload) < OFFER_HEAD.size:
+            raise FormatError("short offer frame")
+        total = OFFER_HEAD.unpack_from(frame.payload)[0]
+        if self.manifest_len not in (None, total) or total > 1 << 20:
+            raise FormatError("offer frames disagree on the manifest length")
+        self.manifest_len = total
+        if frame.offset == len(self.manifest):
+            self.manifest += frame.payload[OFFER_HEAD.size :]
+        if len(self.manifest) < total:
+            return []
+        self.sink = self.open_sink()
+        self.offset = self.sink.offer(bytes(self.manifest[:total]))
+        self.size = self.sink.size
+        return [self._frame(fr.ACCEPT, self.offset)]
+
+    def _data(self, frame, now):
+        out = []
+        if frame.offset + len(frame.payload) > self.size:
+            raise FormatError("data beyond the payload size of %d bytes" % self.size)
+        if frame.offset == self.offset:
+            out += self._write(frame.payload)
+            while self.offset in self.ahead:
+                out += self._write(self.ahead.pop(self.offset))
+        elif self.offset < frame.offset < self.offset + self.window * self.frame_size:
+            self.ahead[frame.offset] = frame.payload
+        out.append(self._ack(now))
+        return out
+
+    def _write(self, data):
+        events = self.sink.write(data)
+        self.nak_sent.pop(self.offset, None)
+        self.offset += len(data)
+        return [self._frame(fr.STATUS, self.offset, _json(e)) for e in events]
+
+    def _ack(self, now, all_missing=False):
+        """Cumulative offset, then the offsets of missing frames below the highest one held
+        (or, at DONE, up to the end), each asked for at most once a second."""
+        top = max(self.ahead) if self.ahead else self.offset
+        if all_missing:
+            top = self.size
+        naks = []
+        at = self.offset
+        while at < top and len(naks) < 64:
+            if at not in self.ahead and now - self.nak_sent.get(at, -1e9) >= 1.0:
+                naks.append(at)
+                self.nak_sent[at] = now
+            at += self.frame_size
+        return self._frame(fr.ACK, self.offset, b"".join(struct.pack("<I", n) for n in naks))
+
+    def _done(self, now):
+        if self.offset < self.size:
+            return [self._ack(now, all_missing=True)]
+        if self.result is None:
+            self.result = self.sink.finish()
+        return [self._frame(fr.RESULT, self.size, _json(self.result))]
+
+
+def pump(link, receiver, idle_timeout: float, clock, persistent: bool = False, until=None) -> None:
+    """Run `receiver` on `link` until the link closes, or (unless `persistent`, as a serial
+    line is) until the peer is silent for `idle_timeout` seconds. When the peer goes silent,
+    what was received is made durable so a later session resumes after it. Once `until()` is
+    true, return after two quiet seconds (time for a lost RESULT to be asked for again)."""
+    decoder = fr.FrameDecoder()
+    last = clock()
+    try:
+        while True:
+            data = link.read(0.5)
+            now = clock()
+            if not data:
+                finished = until is not None and until()
+                if finished and now - last > 2.0:
+                    return
+                if now - last > idle_timeout:
+                    receiver.link_lost()
+                    if not persistent:
+                        return
+                    last = now
+                continue
+            last = now
+            for frame in decoder.push(data):
+                for reply in receiver.on_frame(frame, now):
+                    link.write(fr.encode_frame(reply))
+    except LinkClosed:
+        return
+    finally:
+        receiver.link_lost()
