@@ -394,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id", default=None, help="model name (default: the file name)")
     p.add_argument("--rollback", action="store_true", help="sign a rollback to an older version")
     p.add_argument(
-        "--reconnects", type=int, default=20, help="reconnect this often after drops (default 20)"
+        "--reconnects",
+        type=int,
+        default=20,
+        help="reconnects in a row that make no progress before giving up (default 20)",
     )
     p.add_argument("--ssh-key", default=None, help="ssh:// private key (default: ~/.ssh keys)")
     p.add_argument(

@@ -56,6 +56,7 @@ class Sender:
         self.min_rto = self._drain_time(1) + 0.2
         self.rto = max(1.0, 2 * self._drain_time(window) + 0.5)
         self.sent_bytes = 0
+        self.start_offset = self.acked = None  # where this session resumed, how far it got
 
     def _drain_time(self, frames: int) -> float:
         """Seconds the link needs for `frames` full DATA frames (0 when the rate is unknown)."""
@@ -118,6 +119,7 @@ class Sender:
         nxt = base
         sent_at, resent = {}, set()
         tries, last_progress = 0, self.clock()
+        self.start_offset = self.acked = base
         self.progress(base, size)
         done_at = None
         while True:
@@ -141,7 +143,7 @@ class Sender:
                 elif f.kind == fr.ACK:
                     if f.offset > base:
                         self._measure(f.offset, fs, sent_at, resent)
-                        base = f.offset
+                        base = self.acked = f.offset
                         tries, last_progress = 0, self.clock()
                         self.progress(base, size)
                     for (n,) in struct.iter_unpack("<I", f.payload):

@@ -61,37 +61,41 @@ def rate_of(params: dict, what: str):
 
 
 def ship_stream(open_link, manifest: bytes, payload: bytes, options: dict) -> dict:
-    """Ship over a byte-stream link, reconnecting after a drop or a stall (up to
-    options['reconnects'] times, with backoff); each new session resumes where the
-    receiver's `.partial` file ends. Returns the receiver's RESULT."""
+    """Ship over a byte-stream link, reconnecting after a drop or a stall; each new session
+    resumes where the receiver's `.partial` file ends. options['reconnects'] bounds the
+    reconnects in a row that make no progress (backoff 0.1 s doubling to 5 s); a session that
+    moved the transfer on resets the count, so a long transfer over a link that keeps dropping
+    still completes. Returns the receiver's RESULT."""
     from protocol.sender import Sender, Stalled
     from protocol.session import LinkClosed
 
     reconnects = int(options.get("reconnects", 20))
-    drops = 0
+    fruitless = 0  # reconnects in a row without progress
+    connected_once = False
     while True:
         try:
             link = open_link()
         except BinsortError:
-            if drops == 0 or drops > reconnects:
+            if not connected_once or fruitless >= reconnects:
                 raise
-            drops += 1
-            time.sleep(min(0.2 * drops, 5.0))
+            fruitless += 1
+            time.sleep(min(0.1 * 2 ** (fruitless - 1), 5.0))
             continue
+        connected_once = True
+        sender = Sender(
+            link, rate=link.rate, progress=options.get("progress"), status=options.get("status")
+        )
         try:
-            sender = Sender(
-                link,
-                rate=link.rate,
-                progress=options.get("progress"),
-                status=options.get("status"),
-            )
             return sender.ship(manifest, payload)
         except (LinkClosed, Stalled) as e:
-            drops += 1
-            if drops > reconnects:
-                raise BinsortError("gave up after %d reconnects: %s" % (reconnects, e)) from None
+            moved = sender.acked is not None and sender.acked > sender.start_offset
+            fruitless = 0 if moved else fruitless + 1
+            if fruitless > reconnects:
+                raise BinsortError(
+                    "gave up after %d reconnects without progress: %s" % (reconnects, e)
+                ) from None
             if options.get("on_reconnect"):
-                options["on_reconnect"](drops, str(e))
-            time.sleep(min(0.1 * drops, 2.0))
+                options["on_reconnect"](fruitless, str(e))
+            time.sleep(0.1 if moved else min(0.1 * 2 ** (fruitless - 1), 5.0))
         finally:
             link.close()
