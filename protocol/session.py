@@ -96,7 +96,7 @@ class Receiver:
                 return self._data(frame, now)
             if frame.kind == fr.DONE:
                 return self._done(now)
-        except BinsortError as e:
+        except (BinsortError, OSError) as e:  # OSError: the sink's disk (full, read-only)
             self.error = str(e)
             return [self._frame(fr.ERROR, 0, self.error.encode())]
         return []
