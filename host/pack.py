@@ -156,7 +156,7 @@ def deployed_layers(model: BinaryNet) -> list:
 
 def golden_inputs(labels: list, size: int, count: int = GOLDEN_COUNT) -> np.ndarray:
     """Self-test inputs: synthetic frames of the first labels, through the edge preprocessing."""
-    from host.synth import render
+    from edge.box_images import render
 
     frames = [np.asarray(render(1234, "golden", labels[i % len(labels)], i)) for i in range(count)]
     return np.stack([preprocess(f, size, size) for f in frames])

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from host.synth import render
+from edge.box_images import render
 
 
 def run(*args, module="host.cli"):

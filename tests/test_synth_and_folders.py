@@ -4,8 +4,9 @@ import os
 import numpy as np
 import pytest
 
+from edge.box_images import render
 from edge.imagefolder import dataset_splits, labelled_images
-from host.synth import render, synthesise
+from host.synth import synthesise
 from protocol.errors import BinsortError
 
 

@@ -1,0 +1,160 @@
+"""From per-frame scores to one decision per box, and from a decision to a lane.
+
+A box's boundaries come from the photo-eye when there is one: the box is in view while the eye
+is blocked. Without one they come from the model's `empty` class, with hysteresis: a box starts
+after `enter` frames in a row that are not empty and ends after `leave` frames in a row that
+are. Either way the decision combines every frame of the box: the mean of their class
+probabilities (softmax of the scores), best non-empty label wins. A box is decided once, when
+it ends, so it is never sorted twice or skipped.
+"""
+
+import numpy as np
+
+from protocol.errors import BinsortError
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max()
+    e = np.exp(shifted)
+    return e / e.sum()
+
+
+class Decision:
+    __slots__ = ("seq", "label", "confidence", "frames", "first", "last", "t", "lane", "why")
+
+    def __init__(self, seq, label, confidence, frames, first, last, t):
+        self.seq, self.label, self.confidence = seq, label, confidence
+        self.frames, self.first, self.last, self.t = frames, first, last, t
+        self.lane = None
+        self.why = None  # why it went to the reject lane
+
+    def as_dict(self) -> dict:
+        return {
+            "seq": self.seq,
+            "label": self.label,
+            "confidence": round(float(self.confidence), 4),
+            "frames": self.frames,
+            "first_frame": self.first,
+            "last_frame": self.last,
+            "lane": self.lane,
+            "reject_reason": self.why,
+        }
+
+
+class BoxTracker:
+    def __init__(self, labels: list, empty: str = "empty", enter: int = 2, leave: int = 3):
+        if enter < 1 or leave < 1:
+            raise BinsortError("decide: enter_frames and leave_frames must be at least 1")
+        self.labels = list(labels)
+        self.empty = self.labels.index(empty) if empty in self.labels else None
+        self.enter, self.leave = enter, leave
+        self.seq = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.probs = []  # per frame of the current candidate box
+        self.frames = []  # (index, t)
+        self.run_box = 0  # frames in a row that look like a box
+        self.run_empty = 0
+        self.in_box = False
+
+    def relabel(self, labels: list) -> None:
+        """A new model: same labels required (checked by the daemon); keep the box in progress."""
+        self.labels = list(labels)
+
+    def push(self, index: int, t: float, scores: np.ndarray, eye=None):
+        """Feed one frame; returns a Decision when a box has just ended, else None.
+        `eye` is the photo-eye (True: a box is in front of it) or None without one."""
+        p = softmax(np.asarray(scores, dtype=np.float64))
+        if eye is not None:
+            return self._push_eye(index, t, p, eye)
+        if self.empty is None:
+            raise BinsortError("without a photo-eye the model needs an 'empty' class")
+        looks_empty = int(p.argmax()) == self.empty
+        if not self.in_box:
+            if looks_empty:
+                self._reset()
+                return None
+            self.run_box += 1
+            self.probs.append(p)
+            self.frames.append((index, t))
+            if self.run_box >= self.enter:
+                self.in_box = True
+            return None
+        if looks_empty:
+            self.run_empty += 1
+            if self.run_empty >= self.leave:
+                return self._decide()
+            return None
+        self.run_empty = 0
+        self.probs.append(p)
+        self.frames.append((index, t))
+        return None
+
+    def _push_eye(self, index, t, p, eye):
+        if eye:
+            self.in_box = True
+            self.probs.append(p)
+            self.frames.append((index, t))
+            return None
+        if self.in_box:
+            return self._decide()
+        return None
+
+    def _decide(self) -> Decision:
+        mean = np.mean(self.probs, axis=0)
+        if self.empty is not None:
+            mean[self.empty] = -1.0
+        best = int(mean.argmax())
+        first, last = self.frames[0], self.frames[-1]
+        d = Decision(
+            self.seq,
+            self.labels[best],
+            float(mean[best]),
+            len(self.probs),
+            first[0],
+            last[0],
+            (first[1] + last[1]) / 2,
+        )
+        self.seq += 1
+        self._reset()
+        return d
+
+    def abandon(self) -> None:
+        """Forget a box in progress (the source failed: its frames are no longer one box)."""
+        self._reset()
+
+
+class LaneMap:
+    """Labels to lanes. Low confidence, or a label with no lane, goes to the reject lane."""
+
+    def __init__(self, lanes: dict, reject: str, min_confidence: float):
+        if not isinstance(reject, str) or not reject:
+            raise BinsortError("lanes: 'reject' must name the reject lane")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise BinsortError("decide: min_confidence must be between 0 and 1")
+        self.lanes, self.reject, self.min_confidence = dict(lanes), reject, min_confidence
+
+    def check_labels(self, labels: list, empty: str = "empty") -> None:
+        """A lane map naming labels the model does not have is a configuration error."""
+        unknown = sorted(set(self.lanes) - set(labels))
+        if unknown:
+            raise BinsortError(
+                "lanes name %s, which the model does not know (its labels: %s)"
+                % (", ".join(unknown), ", ".join(lb for lb in labels if lb != empty))
+            )
+
+    def route(self, d: Decision) -> Decision:
+        if d.confidence < self.min_confidence:
+            d.lane, d.why = (
+                self.reject,
+                "confidence %.2f below %.2f" % (d.confidence, self.min_confidence),
+            )
+        elif d.label not in self.lanes:
+            d.lane, d.why = self.reject, "no lane for %s" % d.label
+        else:
+            d.lane = self.lanes[d.label]
+        return d
+
+    def all_lanes(self) -> list:
+        return sorted(set(self.lanes.values()) | {self.reject})

@@ -1,0 +1,63 @@
+"""Frame sources by URL scheme, one short module each (the shape of pyserial's URL handlers).
+
+    picamera2:[?size=160x120&fps=30]     edge.sources.camera    the Pi camera's lores Y plane
+    folder:PATH[?fps=10&loop=1]          edge.sources.folder    replay images in name order
+    sim:[?speed=8&gap=0.6-1.6&seed=0...] edge.sources.conveyor  boxes moving past a camera
+
+A source's read() returns the next Frame, or None when it has no more (a folder without
+loop); it raises BinsortError when the camera fails, and the daemon retries with backoff.
+"""
+
+import importlib
+
+from protocol.errors import BinsortError
+
+SCHEMES = {"picamera2": "camera", "folder": "folder", "sim": "conveyor"}
+
+
+class Frame:
+    """One grey frame. `eye` is the photo-eye state where the source knows it (the simulator
+    drives a mock GPIO pin instead, so the daemon reads it the way it reads a real one);
+    `truth` is what the simulator knows about the frame (box id and label), for scoring."""
+
+    __slots__ = ("image", "t", "index", "truth")
+
+    def __init__(self, image, t: float, index: int, truth=None):
+        self.image, self.t, self.index, self.truth = image, t, index, truth
+
+
+def parse_url(url: str) -> "tuple[str, str, dict]":
+    """'scheme:rest?k=v&...' -> (scheme, rest, params)."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme not in SCHEMES:
+        raise BinsortError(
+            "unknown frame source %r: use picamera2:, folder:PATH or sim: (the conveyor "
+            "simulator)" % url
+        )
+    rest, _, query = rest.partition("?")
+    params = {}
+    for part in query.split("&"):
+        if part:
+            key, _, value = part.partition("=")
+            params[key] = value
+    return scheme, rest, params
+
+
+def number(params: dict, key: str, default, kind=float, low=None, what="source"):
+    """params[key] as `kind`, or `default`; BinsortError naming the key if it is not one."""
+    if key not in params:
+        return default
+    try:
+        value = kind(params[key])
+    except ValueError:
+        raise BinsortError("%s: %s=%r is not a number" % (what, key, params[key])) from None
+    if low is not None and value < low:
+        raise BinsortError("%s: %s must be at least %s" % (what, key, low))
+    return value
+
+
+def open_source(url: str, **kwargs):
+    """The FrameSource for `url`."""
+    scheme, rest, params = parse_url(url)
+    module = importlib.import_module("edge.sources." + SCHEMES[scheme])
+    return module.open_source(rest, params, **kwargs)
