@@ -160,6 +160,18 @@ def _install(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from edge.config import load_config
+    from edge.daemon import run_daemon
+
+    cfg = load_config(args.config)
+    daemon = run_daemon(cfg, _log(args.quiet), args.max_frames)
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({"status": daemon.status(), "decisions": list(daemon.decisions)}, f)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-only", action="store_true", help="only check the manifest")
     p.add_argument("--move", action="store_true", help="move the payload into the slot")
     p.set_defaults(run=_install)
+
+    p = sub.add_parser("run", help="run the sorting daemon (camera -> model -> actuators)")
+    p.add_argument("--config", required=True, help="edge.toml (see edge/edge.toml)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--report", default=None, help="write the final status and decisions as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_run)
     return parser
 
 

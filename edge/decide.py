@@ -45,8 +45,8 @@ class BoxTracker:
     def __init__(self, labels: list, empty: str = "empty", enter: int = 2, leave: int = 3):
         if enter < 1 or leave < 1:
             raise BinsortError("decide: enter_frames and leave_frames must be at least 1")
-        self.labels = list(labels)
-        self.empty = self.labels.index(empty) if empty in self.labels else None
+        self.empty_label = empty
+        self.relabel(labels)
         self.enter, self.leave = enter, leave
         self.seq = 0
         self._reset()
@@ -59,8 +59,13 @@ class BoxTracker:
         self.in_box = False
 
     def relabel(self, labels: list) -> None:
-        """A new model: same labels required (checked by the daemon); keep the box in progress."""
+        """A new model's labels; a box in progress keeps its frames (same label order)."""
+        if getattr(self, "labels", None) and list(labels) != self.labels:
+            self._reset()  # its probabilities would not line up
         self.labels = list(labels)
+        self.empty = (
+            self.labels.index(self.empty_label) if self.empty_label in self.labels else None
+        )
 
     def push(self, index: int, t: float, scores: np.ndarray, eye=None):
         """Feed one frame; returns a Decision when a box has just ended, else None.

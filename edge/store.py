@@ -248,7 +248,10 @@ class SlotStore:
                 "manifest": manifest.digest,
                 "installed_at": int(time.time()),
             }
+            previous = state["active"]  # the model that was running, confirmed or not
             state["active"] = slot
+            # on trial until the daemon confirms it; a restart during the trial rolls back
+            state["trial"] = {"slot": slot, "previous": previous, "running": False}
             if complete:
                 state["installed"].append(manifest.digest)
             write_atomic(self._path("store.json"), _dump(state))
@@ -279,6 +282,61 @@ class SlotStore:
                 start = end
         if length == manifest.size and file_sha256(path) != manifest.sha256:
             raise Rejected("tampered payload: its SHA-256 does not match the manifest")
+
+    # -- trial and rollback (the daemon, issue 5) ---------------------------------------------
+
+    def trial(self):
+        """The trial record, {"slot", "previous", "running"}, or None when the active model
+        is confirmed."""
+        return self.state().get("trial")
+
+    def begin_trial(self) -> None:
+        """The daemon now runs the model on trial: from here a restart means it failed."""
+        with self.locked():
+            state = self.state()
+            trial = state.get("trial")
+            if trial and not trial["running"]:
+                trial["running"] = True
+                trial["started_at"] = int(time.time())
+                write_atomic(self._path("store.json"), _dump(state))
+                self.log("trial of slot %s started" % trial["slot"])
+
+    def commit_trial(self, why: str) -> None:
+        with self.locked():
+            state = self.state()
+            trial = state.pop("trial", None)
+            if trial and trial["slot"] == state["active"]:
+                write_atomic(self._path("store.json"), _dump(state))
+                self.log("confirmed slot %s: %s" % (trial["slot"], why))
+
+    def rollback(self, why: str):
+        """Make the previous model active again (none if there is no valid one) and mark the
+        failed slot so it is never chosen again. Returns the slot now active."""
+        with self.locked():
+            state = self.state()
+            trial = state.pop("trial", None)
+            failed = state["active"]
+            previous = trial["previous"] if trial else _other(failed) if failed else None
+            if failed and state["slots"].get(failed):
+                state["slots"][failed]["failed"] = why
+            good = state["slots"].get(previous) if previous else None
+            state["active"] = previous if good and not good.get("failed") else None
+            write_atomic(self._path("store.json"), _dump(state))
+            self.log("rollback from slot %s to %s: %s" % (failed, state["active"], why))
+            return state["active"]
+
+    def recover(self):
+        """At start: a trial that was running means the daemon died during it (crash, power
+        loss, watchdog): roll back. Returns the reason, or None."""
+        trial = self.trial()
+        if trial and trial["running"]:
+            why = (
+                "restarted during the trial of slot %s (crash, power loss or watchdog)"
+                % trial["slot"]
+            )
+            self.rollback(why)
+            return why
+        return None
 
     # -- partial transfers --------------------------------------------------------------------
 

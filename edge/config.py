@@ -1,0 +1,164 @@
+"""The daemon's configuration: a TOML file (edge/edge.toml is the annotated example), checked
+completely before anything starts. Every mistake is one line naming the key and what it wants.
+"""
+
+import tomllib
+
+from protocol.errors import BinsortError
+
+# section -> key -> (type, default); a default of REQUIRED means the key must be given
+REQUIRED = object()
+SCHEMA = {
+    "model": {
+        "store": (str, REQUIRED),
+        "trial_boxes": (int, 50),
+        "trial_seconds": (float, 60.0),
+    },
+    "source": {
+        "url": (str, REQUIRED),
+        "retry_max_s": (float, 30.0),
+    },
+    "photo_eye": {
+        "pin": (int, REQUIRED),
+        "active_low": (bool, True),
+    },
+    "gpio": {
+        "pin_factory": (str, None),
+    },
+    "decide": {
+        "min_confidence": (float, 0.6),
+        "enter_frames": (int, 2),
+        "leave_frames": (int, 3),
+    },
+    "lanes": {
+        "reject": (str, REQUIRED),
+        "map": (dict, REQUIRED),
+    },
+    "actuator": {
+        "kind": (str, "log"),
+        "belt_speed_mps": (float, 0.3),
+        "camera_to_diverter_m": (float, 0.45),
+        "pulse_ms": (float, 150.0),
+        "pins": (dict, None),
+        "url": (str, None),
+    },
+    "receiver": {
+        "listen": (str, None),
+        "serial": (str, None),
+        "pranc_min_accuracy": (float, None),
+    },
+    "status": {
+        "listen": (str, "127.0.0.1:8080"),
+        "state_dir": (str, None),
+        "save_every_s": (float, 10.0),
+    },
+}
+OPTIONAL_SECTIONS = ("photo_eye", "gpio", "receiver")
+
+
+def _typed(section, key, value, kind):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise BinsortError(
+            "config [%s] %s: expected %s, got %r" % (section, key, kind.__name__, value)
+        )
+    return value
+
+
+def check_config(raw: dict) -> dict:
+    """Fill defaults and check every key; BinsortError for the first problem."""
+    unknown = sorted(set(raw) - set(SCHEMA))
+    if unknown:
+        raise BinsortError(
+            "config: unknown section [%s] (sections: %s)" % (unknown[0], ", ".join(SCHEMA))
+        )
+    cfg = {}
+    for section, keys in SCHEMA.items():
+        given = raw.get(section)
+        if given is None:
+            if section in OPTIONAL_SECTIONS:
+                cfg[section] = None
+                continue
+            given = {}
+        if not isinstance(given, dict):
+            raise BinsortError("config: [%s] must be a table" % section)
+        extra = sorted(set(given) - set(keys))
+        if extra:
+            raise BinsortError(
+                "config [%s]: unknown key %r (keys: %s)" % (section, extra[0], ", ".join(keys))
+            )
+        out = {}
+        for key, (kind, default) in keys.items():
+            if key in given:
+                out[key] = _typed(section, key, given[key], kind)
+            elif default is REQUIRED:
+                raise BinsortError("config [%s]: %s is required" % (section, key))
+            else:
+                out[key] = default
+        cfg[section] = out
+    _check_values(cfg)
+    return cfg
+
+
+def _positive(cfg, section, key):
+    if cfg[section][key] <= 0:
+        raise BinsortError("config [%s] %s must be positive" % (section, key))
+
+
+def _check_values(cfg) -> None:
+    for section, key in (
+        ("model", "trial_boxes"),
+        ("model", "trial_seconds"),
+        ("source", "retry_max_s"),
+        ("actuator", "belt_speed_mps"),
+        ("actuator", "pulse_ms"),
+        ("decide", "enter_frames"),
+        ("decide", "leave_frames"),
+        ("status", "save_every_s"),
+    ):
+        _positive(cfg, section, key)
+    if cfg["actuator"]["camera_to_diverter_m"] < 0:
+        raise BinsortError("config [actuator] camera_to_diverter_m must not be negative")
+    if not 0 <= cfg["decide"]["min_confidence"] <= 1:
+        raise BinsortError("config [decide] min_confidence must be between 0 and 1")
+    lanes = cfg["lanes"]["map"]
+    for label, lane in lanes.items():
+        if not isinstance(lane, str) or not lane:
+            raise BinsortError(
+                "config [lanes.map] %s: the lane must be a name, got %r" % (label, lane)
+            )
+    act = cfg["actuator"]
+    if act["kind"] not in ("gpio", "plc", "log"):
+        raise BinsortError("config [actuator] kind must be gpio, plc or log, not %r" % act["kind"])
+    if act["kind"] == "gpio":
+        if not act["pins"]:
+            raise BinsortError("config [actuator] kind gpio needs a pins table: lane = BCM pin")
+        for lane, pin in act["pins"].items():
+            if not isinstance(pin, int) or isinstance(pin, bool) or not 0 <= pin <= 53:
+                raise BinsortError(
+                    "config [actuator.pins] %s: a BCM pin number, got %r" % (lane, pin)
+                )
+    if act["kind"] == "plc" and not act["url"]:
+        raise BinsortError(
+            'config [actuator] kind plc needs url = "serial:///dev/ttyUSB0?baud=9600"'
+        )
+    rx = cfg["receiver"]
+    if rx is not None and not (rx["listen"] or rx["serial"]):
+        raise BinsortError('config [receiver] needs listen = "tcp://0.0.0.0:7600" and/or serial')
+    host, sep, port = cfg["status"]["listen"].rpartition(":")
+    if not sep or not port.isdigit():
+        raise BinsortError(
+            "config [status] listen must be HOST:PORT, not %r" % cfg["status"]["listen"]
+        )
+
+
+def load_config(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise BinsortError("cannot read config %s: %s" % (path, e.strerror)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise BinsortError("config %s is not valid TOML: %s" % (path, e)) from None
+    return check_config(raw)

@@ -1,0 +1,407 @@
+"""The sorting station's daemon: frames in, one decision per box, actuators out, models in.
+
+    source.read() -> preprocess -> engine.classify -> BoxTracker -> LaneMap -> actuator.fire
+
+Models come from the SlotStore (edge.store), written there by the receiver threads (TCP and
+serial, edge.receiver) while the line runs. When the store's active slot changes, the new
+model is loaded and self-tested in a helper thread beside the running one, then swapped in
+between two frames with the actuator held; it stays on trial until `trial_boxes` boxes and
+`trial_seconds` have passed without an error, and is then confirmed. A failed self-test, an
+exception while it runs, or a restart during its trial (crash, power loss, watchdog) rolls
+back to the previous slot. With no valid model the actuator stays in its safe state and frames
+are skipped. A failing source is retried with backoff and shown in the status.
+"""
+
+import collections
+import os
+import signal
+import threading
+import time
+
+from edge.actuators import make_actuator
+from edge.decide import BoxTracker, LaneMap
+from edge.notify import Watchdog, notify
+from edge.preprocess import preprocess
+from edge.sources import open_source, parse_url
+from edge.status import Counters, StatusServer
+from edge.store import SlotStore
+from protocol.errors import BinsortError, FormatError
+
+
+class LoadedModel:
+    def __init__(self, engine, slot: str, record: dict):
+        self.engine, self.slot, self.record = engine, slot, record
+        self.labels = engine.model.labels
+        self.input_shape = engine.model.input_shape
+
+
+class Daemon:
+    def __init__(self, cfg: dict, log=None):
+        from edge.gpio import mock_pin, photo_eye, use_factory
+
+        self.cfg = cfg
+        self.log = log or (lambda line: None)
+        self.store = SlotStore(cfg["model"]["store"])
+        self.counters = Counters(
+            cfg["status"]["state_dir"] or os.path.join(self.store.root, "daemon")
+        )
+        self.stop_event = threading.Event()
+        self.decisions = collections.deque(maxlen=5000)
+        self.events = collections.deque(maxlen=200)  # installs, swaps, rollbacks
+        lanes_cfg = cfg["lanes"]
+        self.lanes = LaneMap(lanes_cfg["map"], lanes_cfg["reject"], cfg["decide"]["min_confidence"])
+        parse_url(cfg["source"]["url"])  # an unknown source is an error at start
+        use_factory(cfg["gpio"]["pin_factory"] if cfg["gpio"] else None)
+        self.eye = None
+        eye_pin = None
+        if cfg["photo_eye"]:
+            self.eye = photo_eye(cfg["photo_eye"]["pin"], cfg["photo_eye"]["active_low"])
+            if cfg["gpio"] and cfg["gpio"]["pin_factory"] == "mock":
+                eye_pin = mock_pin(cfg["photo_eye"]["pin"])
+        self.source_kwargs = {"eye_pin": eye_pin}
+        self.actuator = make_actuator(cfg["actuator"], self.lanes.all_lanes(), self.log)
+        self.actuator.safe()
+        why = self.store.recover()
+        if why:
+            self._event("rollback: " + why)
+        self.model = None
+        self.trial = None  # {"boxes", "since"} while the active model is on trial
+        self._load_at_start()
+        self.tracker = BoxTracker(
+            self.model.labels if self.model else [],
+            enter=cfg["decide"]["enter_frames"],
+            leave=cfg["decide"]["leave_frames"],
+        )
+        self.source = None
+        self.source_error = None
+        self.pending = None  # (thread, result dict) of a model being loaded
+        self.store_mtime = self._store_mtime()
+        self.state = "starting"
+        self.servers, self.threads, self.links = [], [], []
+        self.frames_seen = 0
+
+    # -- models -------------------------------------------------------------------------------
+
+    def _store_mtime(self):
+        try:
+            return os.stat(os.path.join(self.store.root, "store.json")).st_mtime_ns
+        except OSError:
+            return None
+
+    def _load(self, slot: str) -> LoadedModel:
+        from edge.engine import load_engine
+
+        record = self.store.state()["slots"][slot]
+        engine = load_engine(self.store.model_path(slot))
+        loaded = LoadedModel(engine, slot, record)
+        self.lanes.check_labels(loaded.labels)
+        return loaded
+
+    def _load_at_start(self) -> None:
+        """The active model, or the previous one if it does not load; labels that do not
+        match the lane map are a configuration error (nothing would sort right)."""
+        for _ in range(2):
+            slot, record = self.store.active()
+            if slot is None:
+                self._event("no model in the store: actuator held safe until one is installed")
+                return
+            try:
+                self.model = self._load(slot)
+            except FormatError as e:
+                self._event("rollback: slot %s does not load: %s" % (slot, e))
+                self.store.rollback("does not load: %s" % e)
+                continue
+            if self.store.trial():
+                self._begin_trial()
+            return
+
+    def _begin_trial(self) -> None:
+        self.store.begin_trial()
+        self.trial = {"boxes": 0, "since": time.monotonic()}
+
+    def _check_store(self) -> None:
+        """Start loading the model the store now names, if it changed (a new install)."""
+        mtime = self._store_mtime()
+        if mtime == self.store_mtime or self.pending is not None:
+            return
+        self.store_mtime = mtime
+        slot, record = self.store.active()
+        current = self.model.record if self.model else None
+        if slot is None or (
+            current
+            and record
+            and current.get("sha256") == record.get("sha256")
+            and self.model.slot == slot
+        ):
+            return
+        result = {}
+
+        def load():
+            try:
+                result["model"] = self._load(slot)
+            except BinsortError as e:
+                result["error"] = str(e)
+
+        thread = threading.Thread(target=load, name="model-load", daemon=True)
+        thread.start()
+        self.pending = (thread, result, slot)
+
+    def _maybe_swap(self) -> None:
+        if self.pending is None or self.pending[0].is_alive():
+            return
+        _, result, slot = self.pending
+        self.pending = None
+        if "error" in result:
+            self._event(
+                "rollback: the model in slot %s failed to load: %s" % (slot, result["error"])
+            )
+            self.store.rollback("failed to load: %s" % result["error"])
+            self.store_mtime = None  # reload whatever is active now
+            return
+        new = result["model"]
+        self.actuator.hold()
+        old, self.model = self.model, new
+        self.tracker.relabel(new.labels)
+        self.actuator.release()
+        rec = new.record
+        self._event(
+            "swapped in %s v%d (%s, slot %s, %d bytes) before frame %d"
+            % (
+                rec["model_id"],
+                rec["version"],
+                rec["kind"],
+                new.slot,
+                rec["bytes"],
+                self.frames_seen,
+            )
+        )
+        if old is None:
+            self._event("a valid model is active: actuator released")
+        if self.store.trial():
+            self._begin_trial()
+
+    def _trial_step(self, decided: bool) -> None:
+        if self.trial is None:
+            return
+        self.trial["boxes"] += int(decided)
+        m = self.cfg["model"]
+        if (
+            self.trial["boxes"] >= m["trial_boxes"]
+            and time.monotonic() - self.trial["since"] >= m["trial_seconds"]
+        ):
+            self.store.commit_trial(
+                "%d boxes in %.0f s without an error"
+                % (self.trial["boxes"], time.monotonic() - self.trial["since"])
+            )
+            self._event(
+                "confirmed %s v%d after its trial"
+                % (self.model.record["model_id"], self.model.record["version"])
+            )
+            self.trial = None
+
+    def _fail_running(self, error: Exception) -> None:
+        """The running model raised: roll back if it was on trial, else stop using it."""
+        self._event("model error: %s" % error)
+        self.actuator.safe()
+        self.store.rollback("raised while running: %s" % error)
+        self.model, self.trial = None, None
+        self.tracker.abandon()
+        self.store_mtime = None
+        slot, _ = self.store.active()
+        if slot is not None:
+            try:
+                self.model = self._load(slot)
+                self._event("back on slot %s" % slot)
+            except BinsortError as e:
+                self._event("previous model does not load either: %s" % e)
+
+    # -- the frame loop -----------------------------------------------------------------------
+
+    def _event(self, line: str) -> None:
+        self.events.append({"t": round(time.time(), 3), "event": line})
+        self.log(line)
+
+    def _read_frame(self):
+        """The next frame; on a source failure, back off (the actuator safe) and retry."""
+        backoff = 0.1
+        while not self.stop_event.is_set():
+            try:
+                if self.source is None:
+                    self.source = open_source(self.cfg["source"]["url"], **self.source_kwargs)
+                frame = self.source.read()
+                if self.source_error:
+                    self._event("source recovered")
+                self.source_error = None
+                return frame
+            except BinsortError as e:
+                self.counters.source_error()
+                if self.source_error is None:
+                    self._event("source failed: %s (retrying)" % e)
+                self.source_error = str(e)
+                self.actuator.safe()
+                self.tracker.abandon()
+                if self.source is not None:
+                    self.source.close()
+                    self.source = None
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, self.cfg["source"]["retry_max_s"])
+        return None
+
+    def step(self, frame) -> None:
+        """One frame through the model and the tracker."""
+        self._check_store()
+        self._maybe_swap()
+        if self.model is None:
+            return
+        t0 = time.perf_counter()
+        h, w = self.model.input_shape
+        try:
+            x = preprocess(frame.image, h, w)
+            _, _, scores = self.model.engine.classify(x[None])
+        except (BinsortError, ValueError, MemoryError) as e:
+            self._fail_running(e)
+            return
+        eye = self.eye.is_pressed if self.eye is not None else None
+        d = self.tracker.push(frame.index, frame.t, scores[0], eye)
+        self.counters.frame(time.perf_counter() - t0)
+        if d is not None:
+            self.lanes.route(d)
+            self.actuator.fire(d.lane, d.seq)
+            self.counters.box(d.lane, d.label, d.why is not None)
+            rec = d.as_dict()
+            rec["model_version"] = self.model.record["version"]
+            self.decisions.append(rec)
+        self._trial_step(d is not None)
+
+    def run(self, max_frames=None) -> None:
+        """The loop, until SIGTERM/stop(), the source's end, or max_frames."""
+        watchdog = Watchdog()
+        self.state = "running"
+        notify("READY=1")
+        notify("STATUS=sorting" if self.model else "STATUS=waiting for a model")
+        last_save = time.monotonic()
+        frames = 0
+        try:
+            while not self.stop_event.is_set() and (max_frames is None or frames < max_frames):
+                if self.model is None:  # nothing to sort with: the camera rests, outputs safe
+                    self._check_store()
+                    self._maybe_swap()
+                    watchdog.ping()
+                    self.stop_event.wait(0.05)
+                    continue
+                frame = self._read_frame()
+                if frame is None:
+                    break
+                self.step(frame)
+                frames += 1
+                self.frames_seen += 1
+                watchdog.ping()  # only from here: a stalled loop gets restarted
+                if time.monotonic() - last_save >= self.cfg["status"]["save_every_s"]:
+                    self.counters.save()
+                    last_save = time.monotonic()
+        finally:
+            self.state = "stopping"
+            notify("STOPPING=1")
+            self.shutdown()
+
+    # -- around the loop ----------------------------------------------------------------------
+
+    def start_services(self) -> None:
+        """The status endpoint and the receivers (the same store, in threads)."""
+        self.servers.append(StatusServer(self.cfg["status"]["listen"], self.status))
+        rx = self.cfg["receiver"]
+        if rx and rx["listen"]:
+            from protocol.transports import tcp
+
+            listener = tcp.listen(rx["listen"])
+            self.servers.append(listener)
+            self.receiver_port = listener.port
+            self._thread(self._serve_tcp, listener)
+        if rx and rx["serial"]:
+            from protocol.transports import serialport
+
+            link = serialport.open_link(rx["serial"])
+            self.links.append(link)
+            self._thread(self._serve_serial, link)
+
+    def _thread(self, target, *args) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True, name=target.__name__)
+        t.start()
+        self.threads.append(t)
+
+    def _serve_tcp(self, listener) -> None:
+        from edge.receiver import serve_link
+
+        min_acc = self.cfg["receiver"]["pranc_min_accuracy"]
+        while not self.stop_event.is_set():
+            try:
+                link = listener.accept(0.5)
+            except OSError:
+                return
+            if link is None:
+                continue
+            try:
+                serve_link(link, self.store, min_acc, self._event)
+            except BinsortError as e:
+                self._event("receiver: %s" % e)
+            finally:
+                link.close()
+
+    def _serve_serial(self, link) -> None:
+        from edge.receiver import serve_link
+
+        try:
+            serve_link(
+                link, self.store, self.cfg["receiver"]["pranc_min_accuracy"], self._event, True
+            )
+        except BinsortError as e:
+            self._event("serial receiver stopped: %s" % e)
+
+    def stop(self, *_) -> None:
+        self.stop_event.set()
+
+    def shutdown(self) -> None:
+        self.actuator.close()  # safe state first
+        if self.eye is not None:
+            self.eye.close()
+        for s in self.servers:
+            s.close()
+        for link in self.links:
+            link.close()
+        if self.source is not None:
+            self.source.close()
+        self.counters.save()
+
+    def status(self) -> dict:
+        out = self.counters.snapshot()
+        m = self.model
+        out["state"] = (
+            self.state
+            if m and not self.source_error
+            else "source error"
+            if self.source_error
+            else "no model"
+        )
+        out["model"] = (
+            {k: m.record[k] for k in ("model_id", "version", "kind", "bytes", "size", "complete")}
+            | {"slot": m.slot, "trial": self.trial is not None}
+            if m
+            else None
+        )
+        out["engine"] = "numpy"
+        out["source"] = {"url": self.cfg["source"]["url"], "last_error": self.source_error}
+        out["latency_ms"] = self.counters.latency_ms()
+        out["events"] = list(self.events)[-20:]
+        out["last_decisions"] = list(self.decisions)[-10:]
+        return out
+
+
+def run_daemon(cfg: dict, log=None, max_frames=None) -> Daemon:
+    """Start services, handle SIGTERM/SIGINT, run the loop; returns the daemon when it ends."""
+    daemon = Daemon(cfg, log)
+    daemon.start_services()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, daemon.stop)
+        signal.signal(signal.SIGINT, daemon.stop)
+    daemon.run(max_frames)
+    return daemon

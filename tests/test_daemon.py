@@ -1,0 +1,407 @@
+"""The sorting daemon on the conveyor simulator: one decision per box, pulses on the right
+(mock) GPIO pins, models swapped while it runs, trial and rollback, status, notify, config."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from edge.config import check_config
+from edge.daemon import Daemon
+from edge.store import SlotStore
+from protocol.transports import tcp
+from tests.conftest import checkpoint_for, random_bn_model
+from tests.shipkit import EDGE, ROOT, keys, signed_manifest
+
+LANES = {"F06": "left", "K11": "left", "S19": "right", "V22": "right"}
+
+
+def config(store, **over) -> dict:
+    raw = {
+        "model": {"store": store, "trial_boxes": 3, "trial_seconds": 0.01},
+        "source": {"url": "sim:?boxes=12&seed=2&size=64&speed=6"},
+        "decide": {"min_confidence": 0.0},
+        "lanes": {"reject": "reject", "map": dict(LANES)},
+        "actuator": {"kind": "log", "camera_to_diverter_m": 0.0, "pulse_ms": 1},
+        "status": {"listen": "127.0.0.1:0", "save_every_s": 0.05},
+        # an untrained model cannot tell belt from box: the simulated photo-eye can
+        "photo_eye": {"pin": 4},
+        "gpio": {"pin_factory": "mock"},
+    }
+    for section, values in over.items():
+        if values is None:
+            raw.pop(section, None)
+        else:
+            raw.setdefault(section, {}).update(values)
+    return check_config(raw)
+
+
+@pytest.fixture()
+def station(tmp_path, tiny_model):
+    key, pub = keys(tmp_path / "k")
+    store = str(tmp_path / "store")
+    SlotStore.init(store, [pub])
+    payload = tiny_model[1]
+    path = tmp_path / "m.bnn"
+    path.write_bytes(payload)
+    return {"key": key, "store": store, "payload": payload, "path": str(path), "tmp": tmp_path}
+
+
+def install(station, version, payload=None, **extra):
+    store = SlotStore(station["store"])
+    payload = payload or station["payload"]
+    manifest = store.verify(signed_manifest(payload, station["key"], version, **extra))
+    path = station["tmp"] / ("v%d.bin" % version)
+    path.write_bytes(payload)
+    return store.install(manifest, str(path))
+
+
+def run_sim(daemon, max_frames=None):
+    """Run the loop to the source's end; returns (decisions, truth of every frame)."""
+    truths = []
+    read = daemon._read_frame
+
+    def recording_read():
+        frame = read()
+        if frame is not None:
+            truths.append(frame.truth)
+        return frame
+
+    daemon._read_frame = recording_read
+    daemon.run(max_frames)
+    return list(daemon.decisions), truths
+
+
+def boxes_per_decision(decisions, truths):
+    """The box each decision covered (the box most of its frames saw)."""
+    out = []
+    for d in decisions:
+        ids = [truths[i]["box"] for i in range(d["first_frame"], d["last_frame"] + 1)]
+        ids = [i for i in ids if i is not None]
+        out.append(max(set(ids), key=ids.count) if ids else None)
+    return out
+
+
+def test_photo_eye_gives_one_decision_per_box_and_pulses_the_lane_pins(station):
+    install(station, 1)
+    cfg = config(
+        station["store"], actuator={"kind": "gpio", "pins": {"left": 17, "right": 27, "reject": 22}}
+    )
+    from gpiozero import Device
+
+    daemon = Daemon(cfg)
+    decisions, truths = run_sim(daemon)
+    boxes = {t["box"] for t in truths if t["box"] is not None}
+    covered = boxes_per_decision(decisions, truths)
+    assert len(boxes) == 12 and sorted(covered) == sorted(boxes)  # 0 missed, 0 double
+    pulses = {}
+    for lane, pin in (("left", 17), ("right", 27), ("reject", 22)):
+        states = [s.state for s in Device.pin_factory.pin(pin).states]
+        pulses[lane] = sum(1 for a, b in zip(states, states[1:], strict=False) if not a and b)
+        assert states[-1] is False  # safe at shutdown
+    expected = {lane: sum(1 for d in decisions if d["lane"] == lane) for lane in pulses}
+    assert pulses == expected and sum(pulses.values()) == 12
+    Device.pin_factory.reset()
+
+
+def test_a_model_shipped_while_the_line_runs_is_swapped_in_without_losing_a_frame(station):
+    install(station, 1)
+    cfg = config(
+        station["store"],
+        receiver={"listen": "tcp://127.0.0.1:0"},
+        source={"url": "sim:?boxes=40&seed=3&size=64&speed=6&fps=400"},
+    )
+    daemon = Daemon(cfg)
+    daemon.start_services()
+    url = "tcp://127.0.0.1:%d" % daemon.receiver_port
+    import threading
+
+    def ship_later():
+        time.sleep(1.0)
+        tcp.ship(
+            url, signed_manifest(station["payload"], station["key"], 2), station["payload"], {}
+        )
+
+    t = threading.Thread(target=ship_later)
+    t.start()
+    decisions, truths = run_sim(daemon)
+    t.join()
+    versions = [d["model_version"] for d in decisions]
+    assert 1 in versions and 2 in versions and versions == sorted(versions)
+    assert len(truths) == daemon.counters.data["frames"]  # every frame went through a model
+    swaps = [e["event"] for e in daemon.events if e["event"].startswith("swapped in")]
+    assert len(swaps) == 1 and "v2" in swaps[0]
+    assert SlotStore(station["store"]).trial() is None  # confirmed after its trial
+
+
+def test_a_model_whose_labels_do_not_match_the_lanes_is_rolled_back(station):
+    install(station, 1)
+    daemon = Daemon(config(station["store"]))
+    import torch  # noqa: F401
+
+    from host.pack import pack_model
+
+    ckpt = dict(checkpoint_for("tiny"), labels=["A01", "B02", "C03", "D04", "empty"])
+    other = pack_model(ckpt, random_bn_model("tiny", seed=3))
+    install(station, 2, other)
+    decisions, _ = run_sim(daemon, max_frames=60)
+    state = SlotStore(station["store"]).summary()
+    assert state["active"] == "a" and state["slots"]["b"]["failed"].startswith("failed to load")
+    assert all(d["model_version"] == 1 for d in decisions)
+
+
+def test_a_restart_during_a_trial_rolls_back_to_the_previous_model(station):
+    install(station, 1)
+    store = SlotStore(station["store"])
+    store.commit_trial("test")
+    install(station, 2)
+    daemon = Daemon(config(station["store"]))
+    assert daemon.trial is not None and store.trial()["running"] is True
+    daemon.shutdown()  # as if the process died here: the trial never finished
+    again = Daemon(config(station["store"]))
+    assert again.model.record["version"] == 1 and again.model.slot == "a"
+    assert store.summary()["slots"]["b"]["failed"].startswith("restarted during the trial")
+    assert any("rollback" in e["event"] for e in again.events)
+    again.shutdown()
+
+
+def test_an_exception_from_a_model_on_trial_rolls_back(station):
+    install(station, 1)
+    SlotStore(station["store"]).commit_trial("test")
+    install(station, 2)
+    daemon = Daemon(config(station["store"]))
+    assert daemon.model.record["version"] == 2
+
+    def broken(images):
+        raise ValueError("simulated fault in the model")
+
+    daemon.model.engine.classify = broken
+    decisions, _ = run_sim(daemon, max_frames=100)
+    assert daemon.model is not None and daemon.model.record["version"] == 1
+    assert SlotStore(station["store"]).summary()["active"] == "a"
+    assert decisions and all(d["model_version"] == 1 for d in decisions)
+
+
+def test_no_model_keeps_the_actuator_safe_and_the_camera_idle(station):
+    daemon = Daemon(config(station["store"]))
+    assert daemon.model is None and daemon.status()["state"] == "no model"
+    import threading
+
+    threading.Timer(0.5, daemon.stop).start()
+    daemon.run()
+    assert daemon.counters.data["frames"] == 0 and daemon.source is None
+    assert [e[1] for e in daemon.actuator.events] == ["safe", "safe"]  # start and shutdown
+
+
+def test_a_failing_source_is_retried_and_reported(station):
+    install(station, 1)
+    frames_dir = station["tmp"] / "frames"
+    daemon = Daemon(config(station["store"], source={"url": "folder:%s?loop=1" % frames_dir}))
+    import threading
+
+    seen = {}
+
+    def later():
+        time.sleep(0.6)
+        seen["status"] = daemon.status()
+        frames_dir.mkdir()
+        from PIL import Image
+
+        Image.new("L", (64, 64), 80).save(frames_dir / "belt.png")
+        time.sleep(1.5)
+        daemon.stop()
+
+    threading.Thread(target=later).start()
+    daemon.run()
+    assert seen["status"]["state"] == "source error"
+    assert "no such file or folder" in seen["status"]["source"]["last_error"]
+    assert daemon.counters.data["source_errors"] >= 2 and daemon.counters.data["frames"] > 0
+
+
+def test_status_endpoint_serves_json_and_a_page_and_counters_survive_a_restart(station):
+    install(station, 1)
+    cfg = config(station["store"])
+    daemon = Daemon(cfg)
+    daemon.start_services()
+    port = daemon.servers[0].port
+    run_sim(daemon)
+    first = daemon.counters.snapshot()
+    assert first["boxes"] == 12
+    daemon2 = Daemon(cfg)
+    daemon2.start_services()
+    port = daemon2.servers[0].port
+    body = urllib.request.urlopen("http://127.0.0.1:%d/status.json" % port, timeout=5).read()
+    status = json.loads(body)
+    assert status["boxes"] == 12 and status["restarts"] == 1
+    assert status["model"]["version"] == 1 and status["frames"] == first["frames"]
+    page = urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5).read().decode()
+    assert "<h1>binsort sorter</h1>" in page and "viewport" in page and ">12<" in page
+    daemon2.shutdown()
+
+
+def _write_config(path, store, **over):
+    cfg = {
+        "model": {"store": store},
+        "source": {"url": "sim:?size=64&speed=6&fps=200"},
+        "lanes": {"reject": "reject", "map": dict(LANES)},
+        "status": {"listen": "127.0.0.1:0"},
+    }
+    for k, v in over.items():
+        cfg.setdefault(k, {}).update(v)
+
+    def toml_value(v):
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, dict):
+            return "{ %s }" % ", ".join("%s = %s" % (k, toml_value(x)) for k, x in v.items())
+        return str(v)
+
+    with open(path, "w") as f:
+        for section, values in cfg.items():
+            f.write("[%s]\n" % section)
+            for k, v in values.items():
+                f.write("%s = %s\n" % (k, toml_value(v)))
+
+
+def test_run_notifies_systemd_pings_the_watchdog_and_stops_cleanly_on_sigterm(station):
+    install(station, 1)
+    cfg_path = station["tmp"] / "edge.toml"
+    _write_config(cfg_path, station["store"])
+    sock_path = str(station["tmp"] / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(10)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="200000")
+    proc = subprocess.Popen(
+        EDGE + ["run", "--config", str(cfg_path), "--quiet"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    got = []
+    try:
+        while got.count(b"WATCHDOG=1") < 3:
+            got.append(sock.recv(256))
+        proc.terminate()
+        while b"STOPPING=1" not in got:
+            got.append(sock.recv(256))
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        sock.close()
+    assert got[0] == b"READY=1"
+    with open(os.path.join(station["store"], "daemon", "counters.json")) as f:
+        counters = json.load(f)
+    assert counters["frames"] > 0
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ({"model": {"store": 5}}, "[model] store: expected str"),
+        ({"source": {"url": "webcam:0"}}, "unknown frame source"),
+        ({"lanes": {"map": {"F06": "left", "Q99": "right"}}}, "lanes name Q99"),
+        ({"actuator": {"kind": "gpio"}}, "needs a pins table"),
+        ({"decide": {"min_confidence": 3}}, "between 0 and 1"),
+        ({"bogus": {"x": 1}}, "unknown section [bogus]"),
+        (
+            {
+                "photo_eye": {"pin": 17},
+                "gpio": {"pin_factory": "mock"},
+                "actuator": {"kind": "gpio", "pins": {"left": 17, "right": 27, "reject": 22}},
+            },
+            "in use",
+        ),
+    ],
+)
+def test_config_mistakes_are_one_line_errors_at_start(station, edit, message):
+    install(station, 1)
+    path = station["tmp"] / "edge.toml"
+    _write_config(path, station["store"], **edit)
+    out = subprocess.run(
+        EDGE + ["run", "--config", str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_missing_camera_is_reported_and_retried_with_the_actuator_safe(station):
+    install(station, 1)
+    daemon = Daemon(config(station["store"], source={"url": "picamera2:"}))
+    import threading
+
+    seen = {}
+
+    def later():
+        time.sleep(0.5)
+        seen["status"] = daemon.status()
+        daemon.stop()
+
+    threading.Thread(target=later).start()
+    daemon.run()
+    assert seen["status"]["state"] == "source error"
+    assert "picamera2 is not installed" in seen["status"]["source"]["last_error"]
+    assert daemon.counters.data["frames"] == 0
+
+
+def _active_model_is_complete_and_verified(store_dir) -> int:
+    """The version of the active model after a restart; fails if it is not whole and valid."""
+    import hashlib
+
+    from edge.engine import load_engine
+
+    store = SlotStore(store_dir)
+    store.recover()
+    slot, rec = store.active()
+    assert slot is not None, "no model active after the crash"
+    path = store.model_path(slot)
+    with open(path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == rec["sha256"]
+    assert rec["complete"] and load_engine(path).self_test() == []
+    return rec["version"]
+
+
+@pytest.mark.parametrize("operation", ["install", "activate"])
+def test_a_power_cut_at_every_step_leaves_a_complete_verified_model_active(station, operation):
+    import shutil
+
+    install(station, 1)
+    SlotStore(station["store"]).commit_trial("test")
+    manifest = station["tmp"] / "v2.manifest"
+    manifest.write_bytes(signed_manifest(station["payload"], station["key"], 2))
+    if operation == "activate":
+        install(station, 2)
+    template = station["tmp"] / "template"
+    shutil.copytree(station["store"], template)
+    versions, k = set(), 1
+    while True:
+        shutil.rmtree(station["store"])
+        shutil.copytree(template, station["store"])
+        payload = station["tmp"] / "payload.bnn"
+        payload.write_bytes(station["payload"])
+        args = [
+            sys.executable,
+            os.path.join(ROOT, "tests", "crashing_store.py"),
+            str(k),
+            operation,
+            station["store"],
+        ]
+        if operation == "install":
+            args += [str(manifest), str(payload)]
+        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        versions.add(_active_model_is_complete_and_verified(station["store"]))
+        if out.returncode == 0:
+            assert out.stdout.startswith("completed")
+            break
+        assert out.returncode == 137, out.stderr
+        k += 1
+    assert k > 5  # the operation really has that many steps, each one was cut
+    assert versions == {1, 2}  # the old model until the switch, the new one after it
