@@ -47,7 +47,7 @@ def font_paths() -> tuple:
     return (None, *found)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=8)  # each TrueType face holds its font file in memory (~0.5 MB)
 def _font(path, size: int):
     if path is None:
         return ImageFont.load_default(size=size)

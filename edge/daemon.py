@@ -36,7 +36,7 @@ class LoadedModel:
 
 
 class Daemon:
-    def __init__(self, cfg: dict, log=None):
+    def __init__(self, cfg: dict, log=None, record_truth: bool = False):
         from edge.gpio import mock_pin, photo_eye, use_factory
 
         self.cfg = cfg
@@ -79,6 +79,8 @@ class Daemon:
         self.state = "starting"
         self.servers, self.threads, self.links = [], [], []
         self.frames_seen = 0
+        self.swaps = []  # frame numbers at which a model was swapped in
+        self.truths = [] if record_truth else None  # what the simulator knew of each frame
 
     # -- models -------------------------------------------------------------------------------
 
@@ -164,6 +166,7 @@ class Daemon:
         self.tracker.relabel(new.labels)
         self.actuator.release()
         rec = new.record
+        self.swaps.append(self.frames_seen)
         self._event(
             "swapped in %s v%d (%s, slot %s, %d bytes) before frame %d"
             % (
@@ -292,6 +295,8 @@ class Daemon:
                 frame = self._read_frame()
                 if frame is None:
                     break
+                if self.truths is not None:
+                    self.truths.append(frame.truth)
                 self.step(frame)
                 frames += 1
                 self.frames_seen += 1
@@ -394,6 +399,43 @@ class Daemon:
         out["events"] = list(self.events)[-20:]
         out["last_decisions"] = list(self.decisions)[-10:]
         return out
+
+
+def score_decisions(decisions: list, truths: list, swap_frames=()) -> dict:
+    """Match decisions to the simulator's boxes: the box most of a decision's frames saw.
+    Missed: a box with no decision; double: a box with more than one; spurious: a decision
+    on no box. `swap_frames`: frames where a model was swapped in; boxes in view then that
+    were missed or decided twice are counted in `swap_missed`."""
+    labels, frames_of = {}, {}
+    for i, t in enumerate(truths):
+        if t and t["box"] is not None:
+            labels[t["box"]] = t["label"]
+            frames_of.setdefault(t["box"], []).append(i)
+    count = collections.Counter()
+    right = 0
+    for d in decisions:
+        ids = [
+            truths[i]["box"]
+            for i in range(d["first_frame"], d["last_frame"] + 1)
+            if i < len(truths) and truths[i] and truths[i]["box"] is not None
+        ]
+        box = collections.Counter(ids).most_common(1)[0][0] if ids else None
+        count[box] += 1
+        d["true_label"] = labels.get(box)
+        right += int(box is not None and labels[box] == d["label"])
+    bad = {b for b in labels if count[b] != 1}
+    swap_boxes = {
+        b for b, fr in frames_of.items() for s in swap_frames if fr[0] - 30 <= s <= fr[-1] + 30
+    }
+    return {
+        "boxes": len(labels),
+        "decisions": len(decisions),
+        "missed": sum(1 for b in labels if count[b] == 0),
+        "double": sum(1 for b in labels if count[b] > 1),
+        "spurious": count[None],
+        "accuracy": round(right / len(labels), 4) if labels else None,
+        "swap_missed": len(bad & swap_boxes),
+    }
 
 
 def run_daemon(cfg: dict, log=None, max_frames=None) -> Daemon:

@@ -17,14 +17,16 @@ def _gpiozero():
 
 
 def use_factory(name) -> None:
-    """Select the pin factory: "mock", or None for gpiozero's default."""
+    """Select the pin factory: "mock", or None for gpiozero's default (imported when used)."""
+    if name is None:
+        return
     gz = _gpiozero()
     if name == "mock":
         from gpiozero.pins.mock import MockFactory
 
         if not isinstance(gz.Device.pin_factory, MockFactory):
             gz.Device.pin_factory = MockFactory()
-    elif name is not None:
+    else:
         raise BinsortError('gpio.pin_factory must be "mock" or left out, not %r' % name)
 
 

@@ -197,7 +197,11 @@ def _eval(args) -> int:
 def _demo(args) -> int:
     from host.demo import run_demo
 
-    report = run_demo(args.out, args.arch, args.count, args.epochs, args.seed, quiet=args.json)
+    if args.boxes < 3:
+        raise BinsortError("--boxes must be at least 3")
+    report = run_demo(
+        args.out, args.arch, args.count, args.epochs, args.seed, quiet=args.json, boxes=args.boxes
+    )
     if args.json:
         print(json.dumps(report))
     return 0
@@ -415,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=None, help="images per label")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--boxes", type=int, default=300, help="boxes on the simulated line (300)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_demo)
     return parser

@@ -1,8 +1,10 @@
 """`binsort demo`: the whole host-to-edge story on one machine, on built-in defaults.
 
-Synthesise box-code images, train a binary net, pack it into a `.bnn`, then classify the held-out
+Synthesise box-code images, train a binary net, pack it into a `.bnn`, classify the held-out
 images with the edge engine and check that the engine computes exactly what the host's reference
-of the deployed model computes.
+of the deployed model computes. Then put it on a simulated line (host.line_demo): ship it over
+TCP to an edge daemon on the conveyor simulator, let it sort boxes, and ship a second version
+while it runs.
 """
 
 import os
@@ -13,6 +15,7 @@ import torch
 
 from edge.engine import load_engine
 from host.evaluate import format_report, load_labelled, summarise
+from host.line_demo import run_line
 from host.models import arch_spec
 from host.pack import float_state_bytes, pack_model
 from host.reference import reference_scores
@@ -27,6 +30,7 @@ def run_demo(
     epochs: int | None = None,
     seed: int = 0,
     quiet: bool = False,
+    boxes: int = 300,
 ) -> dict:
     """Run the demo in out_dir and return its report (also printed unless quiet)."""
     say = (lambda *a: None) if quiet else print
@@ -37,17 +41,17 @@ def run_demo(
     started = time.time()
 
     data_dir = os.path.join(out_dir, "data")
-    say("1/4 synthesising %d images per label into %s" % (count, data_dir))
+    say("1/5 synthesising %d images per label into %s" % (count, data_dir))
     synthesise(data_dir, count=count, seed=seed)
     timings["synth_s"] = round(time.time() - started, 1)
 
     run_dir = os.path.join(out_dir, "run")
-    say("2/4 training %s for %d epochs" % (arch, epochs))
+    say("2/5 training %s for %d epochs" % (arch, epochs))
     t = time.time()
     train(data_dir, run_dir, arch, epochs, seed=seed, progress=not quiet, log=say)
     timings["train_s"] = round(time.time() - t, 1)
 
-    say("3/4 packing")
+    say("3/5 packing")
     ckpt, model = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
     model_path = os.path.join(out_dir, "model.bnn")
     with open(model_path, "wb") as f:
@@ -55,7 +59,7 @@ def run_demo(
     model_bytes = os.path.getsize(model_path)
     float_bytes = float_state_bytes(model)
 
-    say("4/4 classifying the held-out images with the edge engine")
+    say("4/5 classifying the held-out images with the edge engine")
     t = time.time()
     engine = load_engine(model_path)
     images, truth = load_labelled(engine, os.path.join(data_dir, "test"))
@@ -71,9 +75,26 @@ def run_demo(
         float_pred = model(to_input(torch.from_numpy(images))).argmax(1).numpy()
     agreement = float((float_pred == edge_scores.argmax(1)).mean())
 
+    say("5/5 shipping the model to an edge daemon on the conveyor simulator (%d boxes)" % boxes)
+    t = time.time()
+    line = run_line(model_path, out_dir, engine.model.labels, boxes, seed + 1, say)
+    timings["line_s"] = round(time.time() - t, 1)
+
     report = {
         "arch": arch,
-        "accuracy": result["accuracy"],
+        "image_accuracy": result["accuracy"],
+        "boxes": line["boxes"],
+        "missed": line["missed"],
+        "double": line["double"],
+        "spurious": line["spurious"],
+        "accuracy": line["accuracy"],
+        "lanes": line["lanes"],
+        "latency_ms_p50": line["latency_ms_p50"],
+        "latency_ms_p99": line["latency_ms_p99"],
+        "transfer_seconds": line["transfer_seconds"],
+        "swap_missed": line["swap_missed"],
+        "second_version_at_box": line["second_version_at_box"],
+        "versions_used": line["versions_used"],
         "n": result["n"],
         "confusion": result["confusion"],
         "labels": result["labels"],
@@ -100,8 +121,29 @@ def run_demo(
         "edge labels agree with the trained float model on %.2f%% of test images"
         % (100 * agreement)
     )
+    say("")
     say(
-        "time: synth %.0f s, train %.0f s, edge eval %.1f s, total %.0f s"
-        % (report["synth_s"], report["train_s"], report["edge_eval_s"], report["total_s"])
+        "line: %d boxes, %d decisions, %d missed, %d double, per-box accuracy %.4f"
+        % (line["boxes"], line["decisions"], line["missed"], line["double"], line["accuracy"] or 0)
+    )
+    for lane, c in sorted(line["lanes"].items()):
+        say("  lane %-7s %4d boxes, %5.1f%% sorted right" % (lane, c["boxes"], 100 * c["accuracy"]))
+    say(
+        "  per-frame latency p50 %.2f ms, p99 %.2f ms; model %d bytes shipped in %.2f s over TCP"
+        % (line["latency_ms_p50"], line["latency_ms_p99"], model_bytes, line["transfer_seconds"])
+    )
+    say(
+        "  version 2 shipped at box %d, swapped in while the belt ran: %d boxes missed at the swap"
+        % (line["second_version_at_box"], line["swap_missed"])
+    )
+    say(
+        "time: synth %.0f s, train %.0f s, edge eval %.1f s, line %.0f s, total %.0f s"
+        % (
+            report["synth_s"],
+            report["train_s"],
+            report["edge_eval_s"],
+            report["line_s"],
+            report["total_s"],
+        )
     )
     return report

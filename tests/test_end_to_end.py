@@ -21,6 +21,8 @@ def test_demo_trains_packs_and_the_edge_engine_computes_exactly_the_host_referen
             "100",
             "--epochs",
             "3",
+            "--boxes",
+            "12",
             "--out",
             str(tmp_path),
             "--json",
@@ -36,6 +38,9 @@ def test_demo_trains_packs_and_the_edge_engine_computes_exactly_the_host_referen
     assert report["label_agreement_with_float_model"] >= 0.99
     assert report["size_ratio"] > 10
     assert sum(map(sum, report["confusion"])) == report["n"]
+    # an untrained tiny net on the line: the daemon runs and every box gets an answer or is
+    # counted as missed; nothing crashes
+    assert report["boxes"] == 12 and report["versions_used"]
     assert (tmp_path / "run" / "metrics.json").exists() and (
         tmp_path / "run" / "curves.png"
     ).exists()
@@ -53,7 +58,12 @@ def test_default_demo_meets_the_accuracy_and_size_targets(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["arch"] == "bcnn" and report["n"] == 3000
-    assert report["accuracy"] >= 0.995
+    assert report["image_accuracy"] >= 0.995
+    # on the simulated line: one decision per box, and per box at least as good as per image
+    assert report["boxes"] == 300 and report["missed"] == 0 and report["double"] == 0
+    assert report["accuracy"] >= report["image_accuracy"]
+    assert report["versions_used"] == [1, 2] and report["swap_missed"] == 0
+    assert report["transfer_seconds"] > 0 and report["latency_ms_p99"] > 0
     assert report["size_ratio"] >= 25
     assert report["edge_equals_host_reference"] is True
     assert report["label_agreement_with_float_model"] >= 0.999

@@ -14,6 +14,7 @@ would on the line. `fps` > 0 paces frames in real time; otherwise frame times ar
 30 frames a second, so a test runs as fast as the engine.
 """
 
+import collections
 import math
 import random
 import time
@@ -58,7 +59,8 @@ class ConveyorSimulator:
         angle = self.rng.uniform(0, 2 * math.pi)
         yy, xx = np.mgrid[0 : self.size, 0 : self.size] / self.size
         self.light = 1 + 0.3 * ((xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle))
-        self.boxes = []  # dicts: id, label, x0 (tile left on the strip), layer, dy, half
+        self.boxes = collections.deque()  # boxes in or ahead of the view: id, label, x0, ...
+        self.made = 0  # boxes made so far
         self.next_x0 = self.size  # the first box enters from the left edge
         self.blocks = {}
         self.x = 0.0  # strip coordinate of the window's left edge
@@ -69,7 +71,8 @@ class ConveyorSimulator:
     # -- the strip ---------------------------------------------------------------------------
 
     def _add_box(self) -> None:
-        i = len(self.boxes)
+        i = self.made
+        self.made += 1
         label = self.rng.choice(self.codes)
         rng = seeded_rng(self.seed, "sim", label, i)
         nrng = np.random.default_rng(rng.getrandbits(64))
@@ -113,7 +116,7 @@ class ConveyorSimulator:
     def under_eye(self, x: float):
         """The box the camera's centre line crosses at window position x, or None."""
         centre = x + self.size / 2
-        for box in self.boxes[self.left :]:
+        for box in self.boxes:
             if box["lo"] <= centre < box["hi"]:
                 return box
         return None
@@ -122,12 +125,10 @@ class ConveyorSimulator:
         if self.limit and self.left >= self.limit:
             return None
         x = int(self.x)
-        while self.next_x0 < x + 2 * self.size and not (
-            self.limit and len(self.boxes) >= self.limit
-        ):
+        while self.next_x0 < x + 2 * self.size and not (self.limit and self.made >= self.limit):
             self._add_box()
         img = Image.fromarray(self._window(x).astype(np.uint8), "RGB")
-        for box in self.boxes[self.left :]:
+        for box in self.boxes:
             if box["x0"] + self.size > x and box["x0"] < x + self.size:
                 img.paste(box["layer"], (box["x0"] - x, box["dy"]), box["layer"])
         grey = np.asarray(img.convert("L"), dtype=np.float64) * self.light
@@ -137,8 +138,8 @@ class ConveyorSimulator:
         truth = {"box": box["id"] if box else None, "label": box["label"] if box else EMPTY_LABEL}
         if self.eye_pin is not None:
             (self.eye_pin.drive_low if box else self.eye_pin.drive_high)()  # active-low sensor
-        while self.left < len(self.boxes) and self.boxes[self.left]["hi"] <= x:
-            self.boxes[self.left]["layer"] = None  # gone: free its image
+        while self.boxes and self.boxes[0]["hi"] <= x:
+            self.boxes.popleft()  # gone past the camera
             self.left += 1
         if self.fps:
             due = self.started + self.index / self.fps
