@@ -50,7 +50,7 @@ class Daemon:
         self.events = collections.deque(maxlen=200)  # installs, swaps, rollbacks
         lanes_cfg = cfg["lanes"]
         self.lanes = LaneMap(lanes_cfg["map"], lanes_cfg["reject"], cfg["decide"]["min_confidence"])
-        parse_url(cfg["source"]["url"])  # an unknown source is an error at start
+        parse_url(cfg["source"]["url"])  # an unknown scheme fails before any device is opened
         use_factory(cfg["gpio"]["pin_factory"] if cfg["gpio"] else None)
         self.eye = None
         eye_pin = None
@@ -72,7 +72,8 @@ class Daemon:
             enter=cfg["decide"]["enter_frames"],
             leave=cfg["decide"]["leave_frames"],
         )
-        self.source = None
+        # a missing camera or folder is an error at start; later failures are retried
+        self.source = open_source(cfg["source"]["url"], **self.source_kwargs)
         self.source_error = None
         self.pending = None  # (thread, result dict) of a model being loaded
         self.store_mtime = self._store_mtime()

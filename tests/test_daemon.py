@@ -194,24 +194,32 @@ def test_no_model_keeps_the_actuator_safe_and_the_camera_idle(station):
 
     threading.Timer(0.5, daemon.stop).start()
     daemon.run()
-    assert daemon.counters.data["frames"] == 0 and daemon.source is None
+    assert daemon.counters.data["frames"] == 0  # the camera was opened, never read
     assert [e[1] for e in daemon.actuator.events] == ["safe", "safe"]  # start and shutdown
 
 
 def test_a_failing_source_is_retried_and_reported(station):
     install(station, 1)
     frames_dir = station["tmp"] / "frames"
-    daemon = Daemon(config(station["store"], source={"url": "folder:%s?loop=1" % frames_dir}))
+    frames_dir.mkdir()
+    from PIL import Image
+
+    Image.new("L", (64, 64), 80).save(frames_dir / "belt.png")
+    daemon = Daemon(
+        config(station["store"], source={"url": "folder:%s?loop=1&fps=50" % frames_dir})
+    )
+    import shutil
     import threading
 
     seen = {}
 
     def later():
+        time.sleep(0.3)
+        shutil.rmtree(frames_dir)  # the camera goes away
         time.sleep(0.6)
         seen["status"] = daemon.status()
+        seen["frames"] = daemon.counters.data["frames"]
         frames_dir.mkdir()
-        from PIL import Image
-
         Image.new("L", (64, 64), 80).save(frames_dir / "belt.png")
         time.sleep(1.5)
         daemon.stop()
@@ -219,8 +227,9 @@ def test_a_failing_source_is_retried_and_reported(station):
     threading.Thread(target=later).start()
     daemon.run()
     assert seen["status"]["state"] == "source error"
-    assert "no such file or folder" in seen["status"]["source"]["last_error"]
-    assert daemon.counters.data["source_errors"] >= 2 and daemon.counters.data["frames"] > 0
+    assert seen["status"]["source"]["last_error"]
+    assert daemon.counters.data["source_errors"] >= 2
+    assert daemon.counters.data["frames"] > seen["frames"] > 0  # it came back
 
 
 def test_status_endpoint_serves_json_and_a_page_and_counters_survive_a_restart(station):
@@ -333,23 +342,95 @@ def test_config_mistakes_are_one_line_errors_at_start(station, edit, message):
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_missing_camera_is_reported_and_retried_with_the_actuator_safe(station):
+def test_picamera2_adapter_takes_the_y_plane_of_the_lores_stream():
+    """A stand-in with Picamera2's API (the real one needs a Pi): the adapter asks for a
+    YUV420 lores stream with few buffers and crops the Y plane out of the strided buffer."""
+    import numpy as np
+
+    from edge.sources.camera import CameraSource
+
+    calls = {}
+
+    class FakePicamera2:
+        def create_video_configuration(self, main, lores, buffer_count, controls):
+            calls["config"] = (main, lores, buffer_count, controls)
+            return {"lores": lores}
+
+        def configure(self, config):
+            calls["configured"] = config
+
+        def stream_configuration(self, name):
+            return {"stride": 96}  # wider than the 80-pixel image, as the ISP pads rows
+
+        def start(self):
+            calls["started"] = True
+
+        def capture_buffer(self, name):
+            assert name == "lores"
+            y = np.arange(96 * 60, dtype=np.uint32).astype(np.uint8)
+            uv = np.full(96 * 30, 128, np.uint8)
+            return np.concatenate([y, uv])
+
+        def stop(self):
+            calls["stopped"] = True
+
+        def close(self):
+            pass
+
+    module = type("picamera2", (), {"Picamera2": FakePicamera2})
+    cam = CameraSource({"size": "80x60", "fps": "20"}, module)
+    frame = cam.read()
+    main, lores, buffers, controls = calls["config"]
+    assert lores == {"size": (80, 60), "format": "YUV420"} and buffers == 2
+    assert controls == {"FrameRate": 20.0}
+    expected = np.arange(96 * 60, dtype=np.uint32).astype(np.uint8).reshape(60, 96)[:, :80]
+    assert frame.image.shape == (60, 80) and (frame.image == expected).all()
+    cam.close()
+    assert calls["stopped"]
+
+
+def test_missing_camera_is_a_one_line_error_at_start(station):
     install(station, 1)
-    daemon = Daemon(config(station["store"], source={"url": "picamera2:"}))
-    import threading
+    path = station["tmp"] / "edge.toml"
+    _write_config(path, station["store"], source={"url": "picamera2:"})
+    out = subprocess.run(
+        EDGE + ["run", "--config", str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert out.returncode == 2 and "picamera2 is not installed" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
-    seen = {}
 
-    def later():
+def test_plc_actuator_sends_safe_then_one_sort_line_per_box(station):
+    from tests.shipkit import Proxy
+
+    install(station, 1)
+    proxy = Proxy("pty")
+    try:
+        import serial
+
+        plc = serial.Serial(proxy.endpoints["b"], 9600, timeout=2)
+        cfg = config(
+            station["store"],
+            actuator={
+                "kind": "plc",
+                "url": "serial://%s?baud=9600" % proxy.endpoints["a"],
+                "camera_to_diverter_m": 0.6,
+                "belt_speed_mps": 0.3,
+            },
+        )
+        daemon = Daemon(cfg)
+        decisions, _ = run_sim(daemon)
         time.sleep(0.5)
-        seen["status"] = daemon.status()
-        daemon.stop()
-
-    threading.Thread(target=later).start()
-    daemon.run()
-    assert seen["status"]["state"] == "source error"
-    assert "picamera2 is not installed" in seen["status"]["source"]["last_error"]
-    assert daemon.counters.data["frames"] == 0
+        lines = plc.read(plc.in_waiting or 1).decode().splitlines()
+        plc.close()
+    finally:
+        proxy.stop()
+    assert lines[0] == "SAFE" and lines[-1] == "SAFE"
+    sorts = [ln.split() for ln in lines if ln.startswith("SORT")]
+    assert [(int(s[1]), s[2], int(s[3])) for s in sorts] == [
+        (d["seq"], d["lane"], 2000) for d in decisions
+    ]
+    assert len(sorts) == 12
 
 
 def _active_model_is_complete_and_verified(store_dir) -> int:
