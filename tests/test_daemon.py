@@ -486,3 +486,34 @@ def test_a_power_cut_at_every_step_leaves_a_complete_verified_model_active(stati
         k += 1
     assert k > 5  # the operation really has that many steps, each one was cut
     assert versions == {1, 2}  # the old model until the switch, the new one after it
+
+
+def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
+    import threading
+
+    import numpy as np
+
+    from host.pack_pranc import pack_pranc
+    from host.ship import build_manifest
+    from tests.conftest import LABELS, random_inputs
+    from tests.test_pranc_stream import random_pranc
+
+    images = random_inputs(40, 32, seed=2)
+    data = pack_pranc(checkpoint_for("tiny"), random_pranc(), (images, np.arange(40) % len(LABELS)))
+    (station["tmp"] / "m.pranc").write_bytes(data)
+    manifest, payload, signed = build_manifest(str(station["tmp"] / "m.pranc"), station["key"], 5)
+    cfg = config(
+        station["store"],
+        receiver={"listen": "tcp://127.0.0.1:0", "pranc_min_accuracy": 0.0},
+        source={"url": "sim:?boxes=30&seed=3&size=64&speed=6&fps=300"},
+    )
+    daemon = Daemon(cfg)
+    daemon.start_services()
+    url = "tcp://127.0.0.1:%d" % daemon.receiver_port
+    threading.Thread(target=tcp.ship, args=(url, manifest, payload, {}), daemon=True).start()
+    decisions, _ = run_sim(daemon)
+    swaps = [e["event"] for e in daemon.events if e["event"].startswith("swapped in")]
+    assert len(swaps) >= 2 and all("pranc" in s for s in swaps)
+    sizes = [int(s.split(", ")[2].split()[0]) for s in swaps]
+    assert sizes == sorted(sizes) and sizes[-1] == len(payload)  # longer prefixes, then all
+    assert daemon.model.record["complete"] and decisions
