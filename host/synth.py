@@ -1,17 +1,8 @@
-"""Synthetic box-code images: a camera looking down at a conveyor belt.
+"""Synthetic data sets of box-code images: DIR/{train,test}/<label>/*.png and DIR/labels.json.
 
-Each image is a cardboard box of varying tone and texture with a code ('F06', ...) printed in dark
-ink, in one of several fonts and sizes, placed off-centre on a textured belt, then rotated, slightly
-put in perspective, lit unevenly, shadowed, partly occluded, blurred and made noisy.
-The amplitudes are those of a fixed camera over a conveyor whose frames a photo-eye triggers:
-the box within 8% of the centre, rails keeping it within 10 degrees, occluders at the border
-that never reach the code. (docs/training-notes.md: with boxes anywhere within 12% and turned
-up to 20 degrees, the binary nets did not learn the codes within the demo's budget.) The `empty`
-class is belt alone, sometimes with a blank box edge entering the view, so the line can tell
-"no box" from "unknown box". Every image is a pure function of (seed, split, label, index).
-
-The renderer is edge.box_images (the edge's conveyor simulator uses it too); this module writes
-data sets with it.
+Each image is rendered by edge.box_images (what it looks like and why is described there; the
+edge's conveyor simulator uses the same renderer). Every image is a pure function of
+(seed, split, label, index), so a data set is reproducible on any machine.
 """
 
 import json
