@@ -22,13 +22,16 @@ def _classify(args) -> int:
     h, w = engine.model.input_shape
     for start in range(0, len(paths), 256):
         batch = paths[start : start + 256]
-        best, conf, scores = engine.classify(load_inputs(batch, h, w))
-        for path, b, c, s in zip(batch, best, conf, scores, strict=True):
+        inputs = load_inputs(batch, h, w)
+        best, conf, scores = engine.classify(inputs)
+        int_scores = engine.scores(inputs)
+        for path, b, c, s, ints in zip(batch, best, conf, scores, int_scores, strict=True):
             row = {
                 "path": path,
                 "label": labels[b],
                 "confidence": round(float(c), 6),
                 "scores": {lb: round(float(v), 6) for lb, v in zip(labels, s, strict=True)},
+                "int_scores": [int(v) for v in ints],
             }
             print(json.dumps(row))
     return 0
@@ -172,6 +175,23 @@ def _run(args) -> int:
     return 0
 
 
+def _pgm(args) -> int:
+    from edge.engine import load_engine
+    from edge.portable import write_pgm
+    from edge.preprocess import load_inputs
+    from edge.store import write_atomic
+
+    engine = load_engine(args.model)
+    h, w = engine.model.input_shape
+    pixels = load_inputs([args.image], h, w)[0]
+    try:
+        write_atomic(args.out, write_pgm(w, h, pixels.tobytes()))
+    except OSError as e:
+        raise BinsortError("cannot write %s: %s" % (args.out, e.strerror)) from None
+    print("wrote %s: the %dx%d model input of %s" % (args.out, w, h, args.image))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a .bnn model file")
     p.add_argument("paths", nargs="+", help="image files or folders of images")
     p.set_defaults(run=_classify)
+
+    p = sub.add_parser(
+        "pgm", help="write the model's input for an image as a PGM (for MicroPython)"
+    )
+    p.add_argument("--model", required=True, help="the .bnn (or .pranc) whose input size to use")
+    p.add_argument("image", help="any image file")
+    p.add_argument("--out", required=True, help="the .pgm to write")
+    p.set_defaults(run=_pgm)
 
     p = sub.add_parser("store", help="show a model store, or make one with --init")
     p.add_argument("--store", required=True, help="the store folder")

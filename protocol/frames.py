@@ -13,7 +13,10 @@ from protocol.cobs import cobs_decode, cobs_encode
 from protocol.errors import FormatError
 
 VERSION = 1
-HEADER = struct.Struct("<BBIIH")  # version, type, session, offset, payload length
+HEADER = (
+    "<BBIIH"  # version, type, session, offset, payload length (no struct.Struct in MicroPython)
+)
+HEADER_SIZE = struct.calcsize(HEADER)
 MAX_PAYLOAD = 4096
 
 HELLO, OFFER, ACCEPT, DATA, ACK, DONE, RESULT, STATUS, ERROR = range(1, 10)
@@ -50,7 +53,7 @@ def encode_frame(frame: Frame) -> bytes:
     if len(frame.payload) > MAX_PAYLOAD:
         raise ValueError("frame payload of %d bytes is over %d" % (len(frame.payload), MAX_PAYLOAD))
     body = (
-        HEADER.pack(VERSION, frame.kind, frame.session, frame.offset, len(frame.payload))
+        struct.pack(HEADER, VERSION, frame.kind, frame.session, frame.offset, len(frame.payload))
         + frame.payload
     )
     return cobs_encode(body + struct.pack("<I", binascii.crc32(body) & 0xFFFFFFFF)) + b"\x00"
@@ -59,23 +62,23 @@ def encode_frame(frame: Frame) -> bytes:
 def decode_frame(encoded: bytes) -> Frame:
     """One frame from its COBS bytes (without the 0x00); FormatError if it is damaged."""
     body = cobs_decode(encoded)
-    if len(body) < HEADER.size + 4:
+    if len(body) < HEADER_SIZE + 4:
         raise FormatError("frame of %d bytes is shorter than a header" % len(body))
     crc = struct.unpack_from("<I", body, len(body) - 4)[0]
     if binascii.crc32(body[:-4]) & 0xFFFFFFFF != crc:
         raise FormatError("frame CRC32 does not match")
-    version, kind, session, offset, length = HEADER.unpack_from(body, 0)
+    version, kind, session, offset, length = struct.unpack_from(HEADER, body, 0)
     if version != VERSION:
         raise FormatError("frame version %d, this side speaks %d" % (version, VERSION))
-    if length != len(body) - HEADER.size - 4:
+    if length != len(body) - HEADER_SIZE - 4:
         raise FormatError("frame length field does not match its size")
     if kind not in NAMES:
         raise FormatError("unknown frame type %d" % kind)
-    return Frame(kind, session, offset, bytes(body[HEADER.size : HEADER.size + length]))
+    return Frame(kind, session, offset, bytes(body[HEADER_SIZE : HEADER_SIZE + length]))
 
 
 # the longest COBS encoding of a valid frame: a code byte per 254 bytes, plus one
-MAX_ENCODED = HEADER.size + MAX_PAYLOAD + 4 + (HEADER.size + MAX_PAYLOAD + 4) // 254 + 2
+MAX_ENCODED = HEADER_SIZE + MAX_PAYLOAD + 4 + (HEADER_SIZE + MAX_PAYLOAD + 4) // 254 + 2
 
 
 class FrameDecoder:

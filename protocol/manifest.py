@@ -8,6 +8,7 @@ stream is verified before it is used. This module parses and checks the structur
 library only); protocol.signing makes and checks the signatures.
 """
 
+import binascii
 import hashlib
 import json
 
@@ -21,8 +22,38 @@ FIELDS = ("format", "model_id", "kind", "version", "size", "sha256", "chunks", "
 
 
 def canonical(obj) -> bytes:
-    """The bytes a signature covers: JSON with sorted keys and no spaces."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    """The bytes a signature covers: JSON with sorted keys and no spaces, built here (not by
+    json.dumps options, which MicroPython lacks) from null, booleans, integers, ASCII strings,
+    lists and objects only, so every implementation produces the same bytes."""
+    return _encode(obj).encode()
+
+
+def _encode(v) -> str:
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        if not all(32 <= ord(ch) < 127 for ch in v):
+            raise FormatError("not a valid manifest: strings must be printable ASCII")
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ",".join(_encode(x) for x in v) + "]"
+    if isinstance(v, dict):
+        for k in v:
+            if not isinstance(k, str):
+                raise FormatError("not a valid manifest: object keys must be strings")
+        return "{" + ",".join(_encode(k) + ":" + _encode(v[k]) for k in sorted(v)) + "}"
+    raise FormatError("not a valid manifest: %s values are not allowed" % type(v).__name__)
+
+
+def sha256_hex(data) -> str:
+    """SHA-256 as lowercase hex (MicroPython's hashlib has no hexdigest)."""
+    return binascii.hexlify(hashlib.sha256(data).digest()).decode()
 
 
 def _check(cond: bool, what: str) -> None:
@@ -53,7 +84,7 @@ class Manifest:
         self.signatures = signatures
         self.raw = raw
         self.body = canonical(signed)
-        self.digest = hashlib.sha256(self.body).hexdigest()
+        self.digest = sha256_hex(self.body)
         self.model_id, self.kind = signed["model_id"], signed["kind"]
         self.version, self.size = signed["version"], signed["size"]
         self.sha256, self.created = signed["sha256"], signed["created"]
@@ -63,9 +94,11 @@ class Manifest:
         return [c[0] for c in self.signed["chunks"]]
 
     def accuracy(self, index: int):
-        """The host-measured accuracy of the prefix ending with chunk `index` (pranc), or None."""
+        """The host-measured accuracy (a fraction) of the prefix ending with chunk `index`
+        (pranc), or None. The manifest holds it in 1/10000, as an integer: floats print
+        differently across Python implementations and would break the canonical bytes."""
         c = self.signed["chunks"][index]
-        return c[2] if len(c) > 2 else None
+        return c[2] / 10000 if len(c) > 2 and c[2] is not None else None
 
 
 def check_signed(signed) -> None:
@@ -75,7 +108,10 @@ def check_signed(signed) -> None:
     fmt = signed["format"]
     _check(fmt == FORMAT, "format %r, this binsort reads %s" % (fmt, FORMAT))
     mid = signed["model_id"]
-    _check(isinstance(mid, str) and 0 < len(mid) <= 128, "model_id must be a short string")
+    _check(
+        isinstance(mid, str) and 0 < len(mid) <= 128 and all(32 <= ord(ch) < 127 for ch in mid),
+        "model_id must be 1-128 printable ASCII characters",
+    )
     _check(signed["kind"] in KINDS, "kind %r (choose from %s)" % (signed["kind"], ", ".join(KINDS)))
     v, size = signed["version"], signed["size"]
     _check(_is_int(v) and 1 <= v < 1 << 63, "version must be a positive integer")
@@ -92,7 +128,7 @@ def check_signed(signed) -> None:
         _check(_is_hex(c[1], 64), "chunk sha256 must be 64 lowercase hex digits")
         if len(c) == 3:
             a = c[2]
-            _check(a is None or (isinstance(a, (int, float)) and 0 <= a <= 1), "chunk accuracy")
+            _check(a is None or (_is_int(a) and 0 <= a <= 10000), "chunk accuracy (1/10000)")
         prev = c[0]
     _check(prev == size, "the last chunk must end at size")
 
@@ -117,12 +153,14 @@ def parse_manifest(data: bytes) -> Manifest:
 
 
 def chunk_table(payload: bytes, ends: list, accuracies=None) -> list:
-    """[[end, sha256(, accuracy)], ...] for the chunks of `payload` that end at `ends`."""
+    """[[end, sha256(, accuracy in 1/10000)], ...] for the chunks of `payload` that end at
+    `ends`; `accuracies` are fractions or None."""
     rows, start = [], 0
     for i, end in enumerate(ends):
-        row = [end, hashlib.sha256(payload[start:end]).hexdigest()]
+        row = [end, sha256_hex(payload[start:end])]
         if accuracies is not None:
-            row.append(accuracies[i])
+            a = accuracies[i]
+            row.append(None if a is None else int(round(a * 10000)))
         rows.append(row)
         start = end
     return rows

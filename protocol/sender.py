@@ -16,6 +16,7 @@ from protocol.errors import BinsortError
 from protocol.session import (
     FRAME_PAYLOAD,
     OFFER_HEAD,
+    OFFER_HEAD_SIZE,
     PROTO,
     WINDOW,
     RemoteError,
@@ -62,7 +63,7 @@ class Sender:
         """Seconds the link needs for `frames` full DATA frames (0 when the rate is unknown)."""
         if not self.rate:
             return 0.0
-        return frames * (self.frame_size + fr.HEADER.size + 12) / self.rate
+        return frames * (self.frame_size + fr.HEADER_SIZE + 12) / self.rate
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -104,8 +105,8 @@ class Sender:
         info = _unjson(reply.payload)
         self.frame_size = int(info["max_payload"])
         self.window = int(info["window"])
-        piece = self.frame_size - OFFER_HEAD.size
-        head = OFFER_HEAD.pack(len(manifest))
+        piece = self.frame_size - OFFER_HEAD_SIZE
+        head = struct.pack(OFFER_HEAD, len(manifest))
 
         def offer():
             for at in range(0, len(manifest), piece):

@@ -30,7 +30,8 @@ from protocol.errors import BinsortError, FormatError
 PROTO = 1
 FRAME_PAYLOAD = 1024
 WINDOW = 8  # frames in flight
-OFFER_HEAD = struct.Struct("<I")  # total manifest length, before each OFFER piece
+OFFER_HEAD = "<I"  # total manifest length, before each OFFER piece
+OFFER_HEAD_SIZE = 4
 
 
 class LinkClosed(BinsortError):
@@ -131,14 +132,14 @@ class Receiver:
     def _offer(self, frame):
         if self.offset is not None:  # a repeated offer: the answer stands
             return [self._frame(fr.ACCEPT, self.offset)]
-        if len(frame.payload) < OFFER_HEAD.size:
+        if len(frame.payload) < OFFER_HEAD_SIZE:
             raise FormatError("short offer frame")
-        total = OFFER_HEAD.unpack_from(frame.payload)[0]
+        total = struct.unpack_from(OFFER_HEAD, frame.payload)[0]
         if self.manifest_len not in (None, total) or total > 1 << 20:
             raise FormatError("offer frames disagree on the manifest length")
         self.manifest_len = total
         if frame.offset == len(self.manifest):
-            self.manifest += frame.payload[OFFER_HEAD.size :]
+            self.manifest += frame.payload[OFFER_HEAD_SIZE:]
         if len(self.manifest) < total:
             return []
         self.sink = self.open_sink()

@@ -44,7 +44,7 @@ def start(sink, session=9, size=5000, frame=1000):
     assert reply.kind == fr.HELLO and json.loads(reply.payload)["max_payload"] == frame
     manifest = json.dumps({"size": size}).encode()
     out = rx.on_frame(
-        fr.Frame(fr.OFFER, session, 0, OFFER_HEAD.pack(len(manifest)) + manifest), 0.0
+        fr.Frame(fr.OFFER, session, 0, struct.pack(OFFER_HEAD, len(manifest)) + manifest), 0.0
     )
     return rx, out
 
@@ -64,7 +64,9 @@ def test_offer_is_accepted_at_the_resume_offset_and_repeats_get_the_same_answer(
     rx, (accept,) = start(sink)
     assert accept.kind == fr.ACCEPT and accept.offset == 2000
     manifest = json.dumps({"size": 5000}).encode()
-    again = rx.on_frame(fr.Frame(fr.OFFER, 9, 0, OFFER_HEAD.pack(len(manifest)) + manifest), 1.0)
+    again = rx.on_frame(
+        fr.Frame(fr.OFFER, 9, 0, struct.pack(OFFER_HEAD, len(manifest)) + manifest), 1.0
+    )
     assert [(f.kind, f.offset) for f in again] == [(fr.ACCEPT, 2000)]
 
 

@@ -260,15 +260,15 @@ def test_pranc_prefixes_are_installed_as_they_arrive_per_the_accuracy_policy(tmp
     from host.ship import build_manifest
 
     manifest, payload, signed = build_manifest(str(tmp_path / "m.pranc"), key, version=3)
-    accs = [c[2] for c in signed["chunks"]]
-    policy = sorted(accs)[len(accs) // 2]
+    accs = [c[2] for c in signed["chunks"]]  # in 1/10000
+    policy = sorted(accs)[len(accs) // 2] / 10000
     rx = Receiver(store, "--pranc-min-accuracy", str(policy))
     seen = []
     try:
         result = tcp.ship(rx.url, manifest, payload, {"status": seen.append})
     finally:
         rx.stop()
-    expected = [c[0] for c in signed["chunks"][:-1] if c[2] >= policy]
+    expected = [c[0] for c in signed["chunks"][:-1] if c[2] / 10000 >= policy]
     assert [s["installed"] for s in seen] == expected and expected
     assert result["kind"] == "pranc"
     rec = SlotStore(store).summary()
