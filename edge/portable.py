@@ -7,8 +7,9 @@ whose bit c is channel c (1 = -1), the layout of docs/format.md read as one litt
 number. A k x k patch is those pixel ints joined into one number, in the (ky, kx, channel)
 order of the packed weights, so a binary convolution output is
 `n - 2 * popcount(patch ^ weight_row)` with one XOR and one popcount per output channel.
-Popcount is bin(x).count("1") (MicroPython has no int.bit_count). Thresholds, flips, the
-AND/OR max-pool on packed bits and the +1 padding follow docs/format.md.
+Popcount is a byte table over x.to_bytes() (MicroPython has no int.bit_count).
+Thresholds, flips, the AND/OR max-pool on packed bits and the +1 padding follow
+docs/format.md.
 
 Images come as the model's preprocessed 8-bit grey input: raw bytes (height * width) or a PGM
 (P5) file (MicroPython has no PNG decoder); `binsort-edge pgm` writes one for any image.
@@ -20,9 +21,16 @@ import struct
 from protocol.bnn import BCONV, BDENSE, CONV_U8, DENSE_OUT
 from protocol.errors import FormatError
 
+_BITS = bytes(bin(i).count("1") for i in range(256))
 
-def popcount(x: int) -> int:
-    return bin(x).count("1")
+
+def popcount(x: int, nbytes: int) -> int:
+    """Set bits of a non-negative int below 2**(8*nbytes), by a byte table: under MicroPython
+    (WebAssembly) twice as fast as bin(x).count("1"), measured on 288-bit patches."""
+    total = 0
+    for b in x.to_bytes(nbytes, "little"):
+        total += _BITS[b]
+    return total
 
 
 def _ints(data, fmt: str, count: int) -> list:
@@ -157,6 +165,7 @@ class PortableEngine:
         grid += [[0] * width for _ in range(pad)]
         ho, wo = layer.conv_out()
         n, wrows, t, flips = p.n, p.rows, p.thresholds, p.flips
+        nb = n // 8
         for oy in range(ho):
             rows = grid[oy * s : oy * s + k]
             out_row = []
@@ -168,7 +177,7 @@ class PortableEngine:
                         shift += cin
                 v = 0
                 for c in range(len(wrows)):
-                    if n - 2 * popcount(patch ^ wrows[c]) < t[c]:
+                    if n - 2 * popcount(patch ^ wrows[c], nb) < t[c]:
                         v |= 1 << c
                 out_row.append(v ^ flips)
             out.append(out_row)
@@ -178,7 +187,7 @@ class PortableEngine:
         n, t = p.n, p.thresholds
         out = 0
         for c in range(len(p.rows)):
-            if n - 2 * popcount(v ^ p.rows[c]) < t[c]:
+            if n - 2 * popcount(v ^ p.rows[c], n // 8) < t[c]:
                 out |= 1 << c
         return out ^ p.flips
 
