@@ -15,6 +15,8 @@ def _classify(args) -> int:
     from edge.preprocess import load_inputs
 
     engine = load_engine(args.model)
+    if args.verbose:
+        print("binsort-edge: engine %s" % engine.name, file=sys.stderr)
     labels = engine.model.labels
     paths = image_files(args.paths)
     if not paths:
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify images with a .bnn model, one JSON line each")
     p.add_argument("--model", required=True, help="a .bnn model file")
     p.add_argument("paths", nargs="+", help="image files or folders of images")
+    p.add_argument("--verbose", action="store_true", help="say which engine runs (stderr)")
     p.set_defaults(run=_classify)
 
     p = sub.add_parser(

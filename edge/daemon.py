@@ -394,7 +394,7 @@ class Daemon:
             if m
             else None
         )
-        out["engine"] = "numpy"
+        out["engine"] = m.engine.name if m else None
         out["source"] = {"url": self.cfg["source"]["url"], "last_error": self.source_error}
         out["latency_ms"] = self.counters.latency_ms()
         out["events"] = list(self.events)[-20:]

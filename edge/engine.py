@@ -147,9 +147,14 @@ class Engine:
                 pop = _popcount_sum(flat[:, None, :] ^ p.weights)
                 x = p.threshold(p.n - 2 * pop)
             else:
-                signs = unpack_signs(x.reshape(len(x), -1), layer.cin).astype(np.int64)
-                return signs @ p.weights + p.bias
+                return self._dense_out(p, x)
         raise AssertionError("model has no output layer")  # read_bnn guarantees one
+
+    @staticmethod
+    def _dense_out(p, x: np.ndarray) -> np.ndarray:
+        """The real-valued output layer on packed inputs: exact integer scores."""
+        signs = unpack_signs(x.reshape(len(x), -1), p.layer.cin).astype(np.int64)
+        return signs @ p.weights + p.bias
 
     def classify(self, images: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
         """(label indices, confidences, real-valued scores) for a batch of model inputs."""
@@ -171,6 +176,15 @@ class Engine:
         return bad
 
 
+def make_engine(model: BnnModel, threads: int = 1) -> Engine:
+    """The native engine where its kernel is built (edge.native), else the numpy engine."""
+    from edge import native
+
+    if native.available():
+        return native.NativeEngine(model, threads=threads)
+    return Engine(model)
+
+
 def load_engine(path: str, prefix_bytes=None) -> Engine:
     """Read, verify, prepare and self-test a model file; FormatError if it is not a valid model
     or this engine does not reproduce what the host packed.
@@ -185,12 +199,12 @@ def load_engine(path: str, prefix_bytes=None) -> Engine:
         from edge.pranc import read_pranc_file
 
         model, decoder = read_pranc_file(path, prefix_bytes)
-        engine = Engine(model)
+        engine = make_engine(model)
         engine.stream = decoder
         return engine
     if prefix_bytes is not None:
         raise FormatError("%s: --prefix-bytes applies to .pranc streams only" % path)
-    engine = Engine(read_bnn_file(path))
+    engine = make_engine(read_bnn_file(path))
     failed = engine.self_test()
     if failed:
         raise FormatError(

@@ -38,7 +38,7 @@ def test_classify_prints_one_json_object_per_image(packed, trained_run):
     assert code == 0 and len(rows) == 15  # 3 test images for each of 5 labels
     labels = ["F06", "K11", "S19", "V22", "empty"]
     for row in rows:
-        assert set(row) == {"path", "label", "confidence", "scores"}
+        assert set(row) == {"path", "label", "confidence", "scores", "int_scores"}
         assert row["label"] in labels and set(row["scores"]) == set(labels)
         assert 0 < row["confidence"] <= 1
 

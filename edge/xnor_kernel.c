@@ -1,0 +1,365 @@
+/* binsort's native XNOR-popcount kernel: the hot layers of a .bnn model (docs/format.md).
+ *
+ * Plain C99 with no dependencies, so the same file builds as a Python extension (pip, loaded
+ * through ctypes by edge/native.py) and in the cross-compiled test driver
+ * (tools/cross-check-kernel) for ARMv6, ARMv7 and AArch64.
+ *
+ * Layouts are the numpy engine's: a binary map is (n, h, w, bytes) with channel c at bit c%8 of
+ * byte c/8 (1 = -1); binary weights are (cout, k*k*cin/8) bytes in (ky, kx, cin) order;
+ * thresholds are int32 and flips one bit per channel. An output bit is (acc < T) ^ flip, and
+ * a 2x2 max-pool is AND of the four bits, OR in flipped channels.
+ *
+ * Binary convolution: for each output row, the k x k patches of that row are copied into a
+ * small buffer of machine words (a row-sized im2col, zero-padded to whole words: zero bits are
+ * +1 in both patch and weight padding, so they XOR to 0), then every output channel is
+ * n - 2 * sum(popcount(patch ^ weight)) over the words. Words are 64-bit, or 32-bit on 32-bit
+ * CPUs; popcount is the compiler builtin (POPCNT on x86-64 with -mpopcnt, CNT on AArch64,
+ * a short bit-twiddling sequence on ARMv6/ARMv7 without NEON).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if UINTPTR_MAX > 0xFFFFFFFFu
+typedef uint64_t word_t;
+#define POPCOUNT(x) __builtin_popcountll(x)
+#else
+typedef uint32_t word_t;
+#define POPCOUNT(x) __builtin_popcount(x)
+#endif
+#define WORD_BYTES ((int)sizeof(word_t))
+
+#ifdef BINSORT_THREADS
+#include <pthread.h>
+#endif
+
+int bs_word_bits(void) { return 8 * WORD_BYTES; }
+
+static int words_for(int bytes) { return (bytes + WORD_BYTES - 1) / WORD_BYTES; }
+
+/* bits of one output pixel: (acc < T) ^ flip for each channel, packed LSB first */
+static void threshold_pixel(const int32_t *acc, int cout, const int32_t *thr,
+                            const uint8_t *flips, uint8_t *out) {
+    size_t nb = ((size_t)(cout > 0 ? cout : 0) + 7) / 8;
+    memset(out, 0, nb);
+    for (int c = 0; c < cout; c++)
+        if (acc[c] < thr[c]) out[c >> 3] |= (uint8_t)(1u << (c & 7));
+    for (size_t b = 0; b < nb; b++) out[b] ^= flips[b];
+}
+
+/* 2x2 stride-2 max-pool of packed maps (n, h, w, nb) -> (n, h/2, w/2, nb) */
+static void pool2(const uint8_t *in, int n, int h, int w, int nb, const uint8_t *flips,
+                  uint8_t *out) {
+    int ho = h / 2, wo = w / 2;
+    for (int i = 0; i < n; i++)
+        for (int y = 0; y < ho; y++)
+            for (int x = 0; x < wo; x++) {
+                const uint8_t *a = in + (((size_t)i * h + 2 * y) * w + 2 * x) * nb;
+                const uint8_t *b = a + nb, *c = a + (size_t)w * nb, *d = c + nb;
+                uint8_t *o = out + (((size_t)i * ho + y) * wo + x) * nb;
+                for (int k = 0; k < nb; k++) {
+                    uint8_t all = a[k] & b[k] & c[k] & d[k], any = a[k] | b[k] | c[k] | d[k];
+                    o[k] = (uint8_t)((all & ~flips[k]) | (any & flips[k]));
+                }
+            }
+}
+
+/* First layer: u8 pixels (n, h, w), centred as 2p - 255 with centred-0 padding, int8 weights
+ * (cout, k, k), integer accumulators, thresholds, optional pool. out: (n, ho', wo', nb).
+ * The weights are transposed to (k*k, cout) int32 so the inner loop runs over the output
+ * channels, which compilers vectorise. */
+int bs_conv_u8(const uint8_t *in, int n, int h, int w, const int8_t *weights, int cout, int k,
+               int stride, int pad, const int32_t *thr, const uint8_t *flips, int pool,
+               uint8_t *out) {
+    int ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+    int nb = (cout + 7) / 8, kk = k * k;
+    int32_t *acc = malloc(sizeof(int32_t) * (size_t)cout);
+    int32_t *patch = malloc(sizeof(int32_t) * (size_t)kk);
+    int32_t *wt = malloc(sizeof(int32_t) * (size_t)kk * cout);
+    uint8_t *conv = pool > 1 ? malloc((size_t)n * ho * wo * nb) : out;
+    if (!acc || !patch || !wt || !conv) {
+        free(acc);
+        free(patch);
+        free(wt);
+        if (pool > 1) free(conv);
+        return -1;
+    }
+    for (int c = 0; c < cout; c++)
+        for (int j = 0; j < kk; j++) wt[j * cout + c] = weights[c * kk + j];
+    for (int i = 0; i < n; i++)
+        for (int oy = 0; oy < ho; oy++)
+            for (int ox = 0; ox < wo; ox++) {
+                for (int ky = 0; ky < k; ky++)
+                    for (int kx = 0; kx < k; kx++) {
+                        int y = oy * stride + ky - pad, x = ox * stride + kx - pad;
+                        patch[ky * k + kx] =
+                            (y < 0 || y >= h || x < 0 || x >= w)
+                                ? 0
+                                : 2 * (int32_t)in[((size_t)i * h + y) * w + x] - 255;
+                    }
+                int32_t *restrict a = acc;
+                memset(a, 0, sizeof(int32_t) * (size_t)cout);
+                for (int j = 0; j < kk; j++) {
+                    const int32_t pv = patch[j], *restrict wr = wt + (size_t)j * cout;
+                    for (int c = 0; c < cout; c++) a[c] += wr[c] * pv;
+                }
+                threshold_pixel(acc, cout, thr, flips,
+                                conv + (((size_t)i * ho + oy) * wo + ox) * nb);
+            }
+    if (pool > 1) {
+        pool2(conv, n, ho, wo, nb, flips, out);
+        free(conv);
+    }
+    free(acc);
+    free(patch);
+    free(wt);
+    return 0;
+}
+
+/* One output row of a binary convolution: patches of row oy -> bits. */
+typedef struct {
+    const uint8_t *in;
+    int h, w, cin_bytes, k, stride, pad, wo, cout, pw, n_bits;
+    const word_t *wwords;
+    const int32_t *thr;
+    const uint8_t *flips;
+    uint8_t *conv; /* (ho, wo, nb) for one image */
+} bconv_job;
+
+static void bconv_rows(const bconv_job *j, int row0, int row1, word_t *patch, int32_t *acc) {
+    int nb = (j->cout + 7) / 8;
+    for (int oy = row0; oy < row1; oy++) {
+        for (int ox = 0; ox < j->wo; ox++) {
+            uint8_t *p = (uint8_t *)(patch + (size_t)ox * j->pw);
+            memset(p, 0, (size_t)j->pw * WORD_BYTES);
+            for (int ky = 0; ky < j->k; ky++) {
+                int y = oy * j->stride + ky - j->pad;
+                for (int kx = 0; kx < j->k; kx++) {
+                    int x = ox * j->stride + kx - j->pad;
+                    if (y >= 0 && y < j->h && x >= 0 && x < j->w)  /* else +1: bits 0 */
+                        memcpy(p + (ky * j->k + kx) * j->cin_bytes,
+                               j->in + ((size_t)y * j->w + x) * j->cin_bytes,
+                               (size_t)j->cin_bytes);
+                }
+            }
+        }
+        for (int ox = 0; ox < j->wo; ox++) {
+            const word_t *pv = patch + (size_t)ox * j->pw;
+            for (int c = 0; c < j->cout; c++) {
+                const word_t *wv = j->wwords + (size_t)c * j->pw;
+                int pop = 0;
+                for (int q = 0; q < j->pw; q++) pop += POPCOUNT(pv[q] ^ wv[q]);
+                acc[c] = j->n_bits - 2 * pop;
+            }
+            threshold_pixel(acc, j->cout, j->thr, j->flips,
+                            j->conv + ((size_t)oy * j->wo + ox) * nb);
+        }
+    }
+}
+
+#ifdef BINSORT_THREADS
+typedef struct {
+    const bconv_job *job;
+    int row0, row1, ok;
+} bconv_slice;
+
+static void *bconv_thread(void *arg) {
+    bconv_slice *s = arg;
+    word_t *patch = malloc(sizeof(word_t) * (size_t)s->job->wo * s->job->pw);
+    int32_t *acc = malloc(sizeof(int32_t) * (size_t)s->job->cout);
+    s->ok = patch && acc;
+    if (s->ok) bconv_rows(s->job, s->row0, s->row1, patch, acc);
+    free(patch);
+    free(acc);
+    return NULL;
+}
+#endif
+
+/* Binary convolution of packed maps (n, h, w, cin/8) with +1 padding -> (n, ho', wo', nb).
+ * `wwords`: the weights as words, each output channel's k*k*cin/8 bytes zero-padded to
+ * bs_row_words(k*k*cin/8) words (see bs_pad_rows). `threads` > 1 splits each image's output
+ * rows over that many threads (when built with BINSORT_THREADS); the result is the same. */
+int bs_bconv(const uint8_t *in, int n, int h, int w, int cin, const word_t *wwords, int cout,
+             int k, int stride, int pad, const int32_t *thr, const uint8_t *flips, int pool,
+             int threads, uint8_t *out) {
+    int cin_bytes = cin / 8, ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
+    int nb = (cout + 7) / 8, pw = words_for(k * k * cin_bytes);
+    word_t *patch = malloc(sizeof(word_t) * (size_t)wo * pw);
+    int32_t *acc = malloc(sizeof(int32_t) * (size_t)cout);
+    uint8_t *conv = malloc((size_t)ho * wo * nb);
+    if (!patch || !acc || !conv) {
+        free(patch);
+        free(acc);
+        free(conv);
+        return -1;
+    }
+    int status = 0;
+    for (int i = 0; i < n && status == 0; i++) {
+        bconv_job job = {in + (size_t)i * h * w * cin_bytes, h, w, cin_bytes, k, stride, pad, wo,
+                         cout, pw, k * k * cin, wwords, thr, flips, conv};
+#ifdef BINSORT_THREADS
+        if (threads > 1) {
+            if (threads > ho) threads = ho;
+            if (threads > 64) threads = 64;
+            pthread_t tid[64];
+            bconv_slice slice[64];
+            for (int t = 0; t < threads; t++) {
+                slice[t].job = &job;
+                slice[t].row0 = ho * t / threads;
+                slice[t].row1 = ho * (t + 1) / threads;
+                pthread_create(&tid[t], NULL, bconv_thread, &slice[t]);
+            }
+            for (int t = 0; t < threads; t++) {
+                pthread_join(tid[t], NULL);
+                if (!slice[t].ok) status = -1;
+            }
+        } else
+#endif
+            bconv_rows(&job, 0, ho, patch, acc);
+        if (pool > 1)
+            pool2(conv, 1, ho, wo, nb, flips, out + (size_t)i * (ho / 2) * (wo / 2) * nb);
+        else
+            memcpy(out + (size_t)i * ho * wo * nb, conv, (size_t)ho * wo * nb);
+    }
+    (void)threads;
+    free(patch);
+    free(acc);
+    free(conv);
+    return status;
+}
+
+/* Words per weight row of `bytes` bytes, and the rows zero-padded to that (out: rows * words). */
+int bs_row_words(int bytes) { return words_for(bytes); }
+
+void bs_pad_rows(const uint8_t *rows, int count, int bytes, word_t *out) {
+    int pw = words_for(bytes);
+    memset(out, 0, sizeof(word_t) * (size_t)count * pw);
+    for (int c = 0; c < count; c++)
+        memcpy(out + (size_t)c * pw, rows + (size_t)c * bytes, (size_t)bytes);
+}
+
+/* Binary dense layer: packed inputs (n, cin/8) -> packed bits (n, nb); weights as padded words. */
+int bs_bdense(const uint8_t *in, int n, int cin, const word_t *wwords, int cout,
+              const int32_t *thr, const uint8_t *flips, uint8_t *out) {
+    int in_bytes = cin / 8, pw = words_for(in_bytes), nb = (cout + 7) / 8;
+    word_t *x = calloc((size_t)pw, sizeof(word_t));
+    int32_t *acc = malloc(sizeof(int32_t) * (size_t)cout);
+    if (!x || !acc) {
+        free(x);
+        free(acc);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        memcpy(x, in + (size_t)i * in_bytes, (size_t)in_bytes);
+        for (int c = 0; c < cout; c++) {
+            const word_t *wv = wwords + (size_t)c * pw;
+            int pop = 0;
+            for (int q = 0; q < pw; q++) pop += POPCOUNT(x[q] ^ wv[q]);
+            acc[c] = cin - 2 * pop;
+        }
+        threshold_pixel(acc, cout, thr, flips, out + (size_t)i * nb);
+    }
+    free(x);
+    free(acc);
+    return 0;
+}
+
+/* The real-valued output layer: packed inputs (n, cin bits) as +-1, int16 weights (cout, cin),
+ * int32 biases -> int64 scores (n, cout). */
+void bs_dense_out(const uint8_t *in, int n, int cin, const int16_t *weights, int cout,
+                  const int32_t *bias, int64_t *scores) {
+    int in_bytes = (cin + 7) / 8;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *x = in + (size_t)i * in_bytes;
+        for (int c = 0; c < cout; c++) {
+            const int16_t *wr = weights + (size_t)c * cin;
+            int64_t s = bias[c];
+            for (int j = 0; j < cin; j++) s += (x[j >> 3] >> (j & 7)) & 1 ? -wr[j] : wr[j];
+            scores[(size_t)i * cout + c] = s;
+        }
+    }
+}
+
+/* A whole model in one call. kind: 1 conv_u8, 2 bconv, 3 bdense, 4 dense_out (docs/format.md);
+ * `weights` points to int8 (conv_u8), padded words (bconv, bdense) or int16 (dense_out). */
+typedef struct {
+    int32_t kind, k, stride, pad, cin, cout, in_h, in_w, pool, out_h, out_w, reserved;
+    const void *weights;
+    const int32_t *thresholds;
+    const uint8_t *flips;
+    const int32_t *bias;
+} bs_layer;
+
+int bs_layer_size(void) { return (int)sizeof(bs_layer); }
+
+int bs_run(const bs_layer *layers, int nlayers, const uint8_t *images, int n, int threads,
+           int64_t *scores) {
+    size_t biggest = 0;
+    for (int l = 0; l < nlayers; l++) {
+        size_t bytes = (size_t)layers[l].out_h * layers[l].out_w * ((layers[l].cout + 7) / 8);
+        if (bytes > biggest) biggest = bytes;
+    }
+    uint8_t *a = malloc(biggest * (size_t)n + 1), *b = malloc(biggest * (size_t)n + 1);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return -1;
+    }
+    const uint8_t *x = images;
+    int status = -2; /* no output layer */
+    for (int l = 0; l < nlayers; l++) {
+        const bs_layer *L = &layers[l];
+        uint8_t *out = (x == a) ? b : a;
+        int s = 0;
+        if (L->kind == 1)
+            s = bs_conv_u8(x, n, L->in_h, L->in_w, L->weights, L->cout, L->k, L->stride, L->pad,
+                           L->thresholds, L->flips, L->pool, out);
+        else if (L->kind == 2)
+            s = bs_bconv(x, n, L->in_h, L->in_w, L->cin, L->weights, L->cout, L->k, L->stride,
+                         L->pad, L->thresholds, L->flips, L->pool, threads, out);
+        else if (L->kind == 3)
+            s = bs_bdense(x, n, L->cin, L->weights, L->cout, L->thresholds, L->flips, out);
+        else {
+            bs_dense_out(x, n, L->cin, L->weights, L->cout, L->bias, scores);
+            status = 0;
+            break;
+        }
+        if (s != 0) {
+            status = s;
+            break;
+        }
+        x = out;
+    }
+    free(a);
+    free(b);
+    return status;
+}
+
+/* This CPU's XOR + popcount peak: `rounds` passes over `words` words that stay in L1, with
+ * four independent accumulators. Returns the popcount total so the work cannot be dropped;
+ * the caller times it. One word = 8 * WORD_BYTES binary multiply-accumulates. */
+uint64_t bs_popcount_peak(const word_t *a, const word_t *b, int words, int rounds) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int r = 0; r < rounds; r++) {
+        int q = 0;
+        for (; q + 4 <= words; q += 4) {
+            s0 += POPCOUNT(a[q] ^ b[q]);
+            s1 += POPCOUNT(a[q + 1] ^ b[q + 1]);
+            s2 += POPCOUNT(a[q + 2] ^ b[q + 2]);
+            s3 += POPCOUNT(a[q + 3] ^ b[q + 3]);
+        }
+        for (; q < words; q++) s0 += POPCOUNT(a[q] ^ b[q]);
+        __asm__ volatile("" ::: "memory"); /* one pass per round, not folded into one */
+    }
+    return s0 + s1 + s2 + s3;
+}
+
+#ifdef BINSORT_PYTHON_MODULE
+#include <Python.h>
+/* An importable module so pip builds and installs this file; edge/native.py loads the same
+ * shared object with ctypes and calls the functions above. */
+static struct PyModuleDef xnor_module = {PyModuleDef_HEAD_INIT, "_xnor",
+                                         "binsort's XNOR-popcount kernel (called through ctypes)",
+                                         -1, NULL, NULL, NULL, NULL, NULL};
+PyMODINIT_FUNC PyInit__xnor(void) { return PyModule_Create(&xnor_module); }
+#endif

@@ -1,0 +1,64 @@
+"""Every engine computes the same integers: native C kernel (one and several threads), numpy,
+and the portable pure-Python engine, on random and rendered inputs; the edge picks the native
+engine where it is built, says which it uses, and falls back to numpy without it."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from edge import native
+from edge.engine import Engine, load_engine
+from edge.portable import PortableEngine
+from protocol.bnn import read_bnn
+from tests.conftest import random_inputs
+from tests.shipkit import EDGE, ROOT
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_built():
+    if not native.available():
+        pytest.fail("the native kernel is not built (pip install -e . with a C compiler)")
+
+
+@pytest.mark.parametrize("which", ["tiny_model", "bcnn_model"])
+def test_native_numpy_and_portable_engines_give_identical_scores(which, request):
+    model = read_bnn(request.getfixturevalue(which)[1])
+    h, _ = model.input_shape
+    images = random_inputs(24, h, seed=5)
+    want = Engine(model).scores(images)
+    assert np.array_equal(native.NativeEngine(model).scores(images), want)
+    assert np.array_equal(native.NativeEngine(model, threads=3).scores(images), want)
+    assert np.array_equal(native.NativeEngine(model, chunk=5).scores(images), want)
+    portable = PortableEngine(model)
+    assert [portable.scores(im.tobytes()) for im in images[:3]] == want[:3].tolist()
+
+
+def test_native_engine_passes_the_golden_self_test_and_is_the_default(tmp_path, bcnn_model):
+    path = tmp_path / "m.bnn"
+    path.write_bytes(bcnn_model[1])
+    engine = load_engine(str(path))
+    assert engine.name == "native" and engine.self_test() == []
+
+
+def test_classify_says_which_engine_and_falls_back_to_numpy(tmp_path, tiny_model):
+    from edge.box_images import render
+
+    path = tmp_path / "m.bnn"
+    path.write_bytes(tiny_model[1])
+    render(1, "test", "F06", 0, 100).save(tmp_path / "a.png")
+    rows = {}
+    for engine, env in (("native", {}), ("numpy", {"BINSORT_ENGINE": "numpy"})):
+        out = subprocess.run(
+            EDGE + ["classify", "--verbose", "--model", str(path), str(tmp_path / "a.png")],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=dict(os.environ, **env),
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stderr.strip() == "binsort-edge: engine %s" % engine
+        rows[engine] = json.loads(out.stdout)
+    assert rows["native"] == rows["numpy"]
