@@ -37,14 +37,17 @@ int bs_word_bits(void) { return 8 * WORD_BYTES; }
 
 static int words_for(int bytes) { return (bytes + WORD_BYTES - 1) / WORD_BYTES; }
 
-/* bits of one output pixel: (acc < T) ^ flip for each channel, packed LSB first */
+/* bits of one output pixel: (acc < T) ^ flip for each channel, packed LSB first. Branch-free:
+ * the comparisons of random-looking accumulators mispredict half the time. */
 static void threshold_pixel(const int32_t *acc, int cout, const int32_t *thr,
                             const uint8_t *flips, uint8_t *out) {
-    size_t nb = ((size_t)(cout > 0 ? cout : 0) + 7) / 8;
-    memset(out, 0, nb);
-    for (int c = 0; c < cout; c++)
-        if (acc[c] < thr[c]) out[c >> 3] |= (uint8_t)(1u << (c & 7));
-    for (size_t b = 0; b < nb; b++) out[b] ^= flips[b];
+    for (int c0 = 0; c0 < cout; c0 += 64) {
+        int m = cout - c0 < 64 ? cout - c0 : 64;
+        uint64_t bits = 0;
+        for (int c = 0; c < m; c++) bits |= (uint64_t)(acc[c0 + c] < thr[c0 + c]) << c;
+        for (int b = 0; b < (m + 7) / 8; b++)
+            out[c0 / 8 + b] = (uint8_t)((uint8_t)(bits >> (8 * b)) ^ flips[c0 / 8 + b]);
+    }
 }
 
 /* 2x2 stride-2 max-pool of packed maps (n, h, w, nb) -> (n, h/2, w/2, nb) */
@@ -66,8 +69,9 @@ static void pool2(const uint8_t *in, int n, int h, int w, int nb, const uint8_t 
 
 /* First layer: u8 pixels (n, h, w), centred as 2p - 255 with centred-0 padding, int8 weights
  * (cout, k, k), integer accumulators, thresholds, optional pool. out: (n, ho', wo', nb).
- * The weights are transposed to (k*k, cout) int32 so the inner loop runs over the output
- * channels, which compilers vectorise. */
+ * Pixels (+-255) and weights (int8) are int16 with the weights transposed to (k*k, cout), so
+ * the inner loop is a widening int16 multiply-add over the output channels, which compilers
+ * vectorise even for baseline SSE2 (no 32-bit vector multiply there). */
 int bs_conv_u8(const uint8_t *in, int n, int h, int w, const int8_t *weights, int cout, int k,
                int stride, int pad, const int32_t *thr, const uint8_t *flips, int pool,
                uint8_t *out) {
@@ -75,7 +79,7 @@ int bs_conv_u8(const uint8_t *in, int n, int h, int w, const int8_t *weights, in
     int nb = (cout + 7) / 8, kk = k * k;
     int32_t *acc = malloc(sizeof(int32_t) * (size_t)cout);
     int32_t *patch = malloc(sizeof(int32_t) * (size_t)kk);
-    int32_t *wt = malloc(sizeof(int32_t) * (size_t)kk * cout);
+    int16_t *wt = malloc(sizeof(int16_t) * (size_t)kk * cout);
     uint8_t *conv = pool > 1 ? malloc((size_t)n * ho * wo * nb) : out;
     if (!acc || !patch || !wt || !conv) {
         free(acc);
@@ -86,26 +90,35 @@ int bs_conv_u8(const uint8_t *in, int n, int h, int w, const int8_t *weights, in
     }
     for (int c = 0; c < cout; c++)
         for (int j = 0; j < kk; j++) wt[j * cout + c] = weights[c * kk + j];
-    for (int i = 0; i < n; i++)
+    int hp = h + 2 * pad, wp = w + 2 * pad;
+    int16_t *cen = calloc((size_t)hp * wp, sizeof(int16_t)); /* centred, centred-0 padding */
+    if (!cen) {
+        free(acc);
+        free(patch);
+        free(wt);
+        if (pool > 1) free(conv);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                cen[(y + pad) * wp + x + pad] = (int16_t)(2 * in[((size_t)i * h + y) * w + x] - 255);
         for (int oy = 0; oy < ho; oy++)
             for (int ox = 0; ox < wo; ox++) {
-                for (int ky = 0; ky < k; ky++)
-                    for (int kx = 0; kx < k; kx++) {
-                        int y = oy * stride + ky - pad, x = ox * stride + kx - pad;
-                        patch[ky * k + kx] =
-                            (y < 0 || y >= h || x < 0 || x >= w)
-                                ? 0
-                                : 2 * (int32_t)in[((size_t)i * h + y) * w + x] - 255;
-                    }
+                const int16_t *base = cen + (size_t)oy * stride * wp + (size_t)ox * stride;
                 int32_t *restrict a = acc;
                 memset(a, 0, sizeof(int32_t) * (size_t)cout);
-                for (int j = 0; j < kk; j++) {
-                    const int32_t pv = patch[j], *restrict wr = wt + (size_t)j * cout;
-                    for (int c = 0; c < cout; c++) a[c] += wr[c] * pv;
-                }
+                for (int ky = 0; ky < k; ky++)
+                    for (int kx = 0; kx < k; kx++) {
+                        const int16_t pv = base[ky * wp + kx];
+                        const int16_t *restrict wr = wt + (size_t)(ky * k + kx) * cout;
+                        for (int c = 0; c < cout; c++) a[c] += (int32_t)wr[c] * pv;
+                    }
                 threshold_pixel(acc, cout, thr, flips,
                                 conv + (((size_t)i * ho + oy) * wo + ox) * nb);
             }
+    }
+    free(cen);
     if (pool > 1) {
         pool2(conv, n, ho, wo, nb, flips, out);
         free(conv);
@@ -126,6 +139,40 @@ typedef struct {
     uint8_t *conv; /* (ho, wo, nb) for one image */
 } bconv_job;
 
+/* one pixel's packed channels into a patch: fixed sizes become single moves */
+static inline void copy_pixel(uint8_t *dst, const uint8_t *src, int nbytes) {
+    switch (nbytes) {
+    case 4: memcpy(dst, src, 4); break;
+    case 8: memcpy(dst, src, 8); break;
+    case 16: memcpy(dst, src, 16); break;
+    default: memcpy(dst, src, (size_t)nbytes);
+    }
+}
+
+/* accumulators of every output channel for one patch; PW a constant where it can be, so the
+ * word loop unrolls */
+#define CHANNEL_LOOP(PW)                                                 \
+    for (int c = 0; c < cout; c++) {                                     \
+        const word_t *wv = wwords + (size_t)c * (PW);                    \
+        int pop = 0;                                                     \
+        for (int q = 0; q < (PW); q++) pop += POPCOUNT(pv[q] ^ wv[q]);  \
+        acc[c] = n_bits - 2 * pop;                                       \
+    }
+
+static void patch_channels(const word_t *pv, const word_t *wwords, int pw, int cout, int n_bits,
+                           int32_t *acc) {
+    switch (pw) {
+    case 2: CHANNEL_LOOP(2) break;
+    case 3: CHANNEL_LOOP(3) break;
+    case 5: CHANNEL_LOOP(5) break;
+    case 9: CHANNEL_LOOP(9) break;
+    case 10: CHANNEL_LOOP(10) break;
+    case 18: CHANNEL_LOOP(18) break;
+    case 36: CHANNEL_LOOP(36) break;
+    default: CHANNEL_LOOP(pw) break;
+    }
+}
+
 static void bconv_rows(const bconv_job *j, int row0, int row1, word_t *patch, int32_t *acc) {
     int nb = (j->cout + 7) / 8;
     for (int oy = row0; oy < row1; oy++) {
@@ -134,23 +181,17 @@ static void bconv_rows(const bconv_job *j, int row0, int row1, word_t *patch, in
             memset(p, 0, (size_t)j->pw * WORD_BYTES);
             for (int ky = 0; ky < j->k; ky++) {
                 int y = oy * j->stride + ky - j->pad;
+                if (y < 0 || y >= j->h) continue; /* +1 padding: bits 0 */
                 for (int kx = 0; kx < j->k; kx++) {
                     int x = ox * j->stride + kx - j->pad;
-                    if (y >= 0 && y < j->h && x >= 0 && x < j->w)  /* else +1: bits 0 */
-                        memcpy(p + (ky * j->k + kx) * j->cin_bytes,
-                               j->in + ((size_t)y * j->w + x) * j->cin_bytes,
-                               (size_t)j->cin_bytes);
+                    if (x >= 0 && x < j->w)
+                        copy_pixel(p + (ky * j->k + kx) * j->cin_bytes,
+                                   j->in + ((size_t)y * j->w + x) * j->cin_bytes, j->cin_bytes);
                 }
             }
         }
         for (int ox = 0; ox < j->wo; ox++) {
-            const word_t *pv = patch + (size_t)ox * j->pw;
-            for (int c = 0; c < j->cout; c++) {
-                const word_t *wv = j->wwords + (size_t)c * j->pw;
-                int pop = 0;
-                for (int q = 0; q < j->pw; q++) pop += POPCOUNT(pv[q] ^ wv[q]);
-                acc[c] = j->n_bits - 2 * pop;
-            }
+            patch_channels(patch + (size_t)ox * j->pw, j->wwords, j->pw, j->cout, j->n_bits, acc);
             threshold_pixel(acc, j->cout, j->thr, j->flips,
                             j->conv + ((size_t)oy * j->wo + ox) * nb);
         }
