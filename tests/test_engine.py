@@ -17,13 +17,20 @@ def test_engine_scores_equal_the_host_reference_exactly_on_1000_random_inputs(fi
     assert np.array_equal(Engine(model).scores(x), reference_scores(model, x))
 
 
-def test_byte_table_popcount_fallback_for_numpy_1_24_gives_the_same_scores(tiny_model, monkeypatch):
-    _, data = tiny_model
-    model = read_bnn(data)
-    x = random_inputs(200, 32, seed=3)
+@pytest.mark.parametrize("which", ["tiny_model", "bcnn_model"])
+def test_blas_path_for_numpy_without_bitwise_count_gives_the_same_scores(
+    which, request, monkeypatch
+):
+    """numpy 1.24 has no bitwise_count: binary layers become +-1 float32 products there."""
+    import edge.engine as engine_module
+
+    model = read_bnn(request.getfixturevalue(which)[1])
+    x = random_inputs(60, model.input_shape[0], seed=3)
     fast = Engine(model).scores(x)
-    monkeypatch.delattr(np, "bitwise_count", raising=False)
-    assert np.array_equal(Engine(model).scores(x), fast)
+    monkeypatch.setattr(engine_module, "HAS_BITWISE_COUNT", False)
+    blas = Engine(model)
+    assert blas.layers[1].weights.dtype == np.float32  # really the other path
+    assert np.array_equal(blas.scores(x), fast)
 
 
 def test_deployed_labels_match_the_float_model_on_random_inputs(bcnn_model):
