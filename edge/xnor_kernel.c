@@ -39,8 +39,25 @@ static int words_for(int bytes) { return (bytes + WORD_BYTES - 1) / WORD_BYTES; 
 
 /* bits of one output pixel: (acc < T) ^ flip for each channel, packed LSB first. Branch-free:
  * the comparisons of random-looking accumulators mispredict half the time. */
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 static void threshold_pixel(const int32_t *acc, int cout, const int32_t *thr,
                             const uint8_t *flips, uint8_t *out) {
+#ifdef __SSE2__
+    if (cout % 8 == 0) { /* four compares and a movemask per four channels */
+        for (int c0 = 0; c0 < cout; c0 += 8) {
+            __m128i a0 = _mm_loadu_si128((const __m128i *)(acc + c0));
+            __m128i a1 = _mm_loadu_si128((const __m128i *)(acc + c0 + 4));
+            __m128i t0 = _mm_loadu_si128((const __m128i *)(thr + c0));
+            __m128i t1 = _mm_loadu_si128((const __m128i *)(thr + c0 + 4));
+            int lo = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmplt_epi32(a0, t0)));
+            int hi = _mm_movemask_ps(_mm_castsi128_ps(_mm_cmplt_epi32(a1, t1)));
+            out[c0 / 8] = (uint8_t)((lo | hi << 4) ^ flips[c0 / 8]);
+        }
+        return;
+    }
+#endif
     for (int c0 = 0; c0 < cout; c0 += 64) {
         int m = cout - c0 < 64 ? cout - c0 : 64;
         uint64_t bits = 0;
@@ -66,6 +83,52 @@ static void pool2(const uint8_t *in, int n, int h, int w, int nb, const uint8_t 
                 }
             }
 }
+
+#ifdef __SSE2__
+/* The first layer on x86 (SSE2 is in every x86-64): pmaddwd multiplies the int16 pixels of two
+ * kernel taps with both taps' weights of four channels and adds the pairs into int32, and the
+ * thresholds are four compares and a movemask. Same integers as the generic loop below. */
+static void conv_u8_sse2(const int16_t *cen, int wp, int ho, int wo, int k, int stride,
+                         const int8_t *weights, int cout, const int32_t *thr,
+                         const uint8_t *flips, uint8_t *conv) {
+    int kk = k * k, pairs = (kk + 1) / 2, groups = cout / 4, nb = (cout + 7) / 8;
+    __m128i wv[32 * 16]; /* pairs x groups, for k <= 7 and cout <= 64 */
+    for (int p = 0; p < pairs; p++)
+        for (int g = 0; g < groups; g++) {
+            int16_t lanes[8];
+            for (int c = 0; c < 4; c++) {
+                int ch = 4 * g + c;
+                lanes[2 * c] = weights[ch * kk + 2 * p];
+                lanes[2 * c + 1] = 2 * p + 1 < kk ? weights[ch * kk + 2 * p + 1] : 0;
+            }
+            wv[p * groups + g] = _mm_loadu_si128((const __m128i *)lanes);
+        }
+    for (int oy = 0; oy < ho; oy++)
+        for (int ox = 0; ox < wo; ox++) {
+            const int16_t *base = cen + (size_t)oy * stride * wp + (size_t)ox * stride;
+            int16_t taps[64];
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) taps[ky * k + kx] = base[ky * wp + kx];
+            taps[kk] = 0;
+            __m128i acc[16];
+            for (int g = 0; g < groups; g++) acc[g] = _mm_setzero_si128();
+            for (int p = 0; p < pairs; p++) {
+                int32_t two = (int32_t)(uint16_t)taps[2 * p] | ((int32_t)taps[2 * p + 1] << 16);
+                __m128i x = _mm_set1_epi32(two);
+                for (int g = 0; g < groups; g++)
+                    acc[g] = _mm_add_epi32(acc[g], _mm_madd_epi16(x, wv[p * groups + g]));
+            }
+            uint64_t bits = 0;
+            for (int g = 0; g < groups; g++) {
+                __m128i t = _mm_loadu_si128((const __m128i *)(thr + 4 * g));
+                bits |= (uint64_t)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmplt_epi32(acc[g], t)))
+                        << (4 * g);
+            }
+            uint8_t *o = conv + ((size_t)oy * wo + ox) * nb;
+            for (int b = 0; b < nb; b++) o[b] = (uint8_t)((uint8_t)(bits >> (8 * b)) ^ flips[b]);
+        }
+}
+#endif
 
 /* First layer: u8 pixels (n, h, w), centred as 2p - 255 with centred-0 padding, int8 weights
  * (cout, k, k), integer accumulators, thresholds, optional pool. out: (n, ho', wo', nb).
@@ -103,6 +166,13 @@ int bs_conv_u8(const uint8_t *in, int n, int h, int w, const int8_t *weights, in
         for (int y = 0; y < h; y++)
             for (int x = 0; x < w; x++)
                 cen[(y + pad) * wp + x + pad] = (int16_t)(2 * in[((size_t)i * h + y) * w + x] - 255);
+#ifdef __SSE2__
+        if (cout % 4 == 0 && cout <= 64 && k <= 7) {
+            conv_u8_sse2(cen, wp, ho, wo, k, stride, weights, cout, thr, flips,
+                         conv + (size_t)i * ho * wo * nb);
+            continue;
+        }
+#endif
         for (int oy = 0; oy < ho; oy++)
             for (int ox = 0; ox < wo; ox++) {
                 const int16_t *base = cen + (size_t)oy * stride * wp + (size_t)ox * stride;
