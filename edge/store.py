@@ -8,6 +8,7 @@ Layout of a store directory (docs/format.md "Model store"):
     partial/SHA.partial   bytes of a transfer in progress, named by the payload's SHA-256
     partial/SHA.json      its manifest digest and how many bytes are durably in the file
     log                   one line per install, rejection and rollback
+    lock                  what store operations lock (it is never replaced)
 
 Every install path (the receiver, the SSH install command, the daemon) calls `admit()` before it
 writes any byte of a payload and `install()` after the payload is complete and checked, so they
@@ -21,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 
 from protocol.errors import BinsortError, FormatError
@@ -47,7 +49,7 @@ def fsync_dir(path: str) -> None:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new file, whole."""
-    tmp = path + ".tmp"
+    tmp = "%s.%d.%d.tmp" % (path, os.getpid(), threading.get_ident())
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -387,7 +389,10 @@ class SlotStore:
 
     @contextlib.contextmanager
     def locked(self):
-        fd = os.open(self._path("store.json"), os.O_RDONLY)
+        """Exclusive across processes and threads. The lock is on STORE/lock, a file that is
+        never replaced: store.json itself is replaced on every write, so a lock on it would
+        not exclude a writer that opened the new one."""
+        fd = os.open(self._path("lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

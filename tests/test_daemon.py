@@ -505,12 +505,23 @@ def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
     cfg = config(
         station["store"],
         receiver={"listen": "tcp://127.0.0.1:0", "pranc_min_accuracy": 0.0},
-        source={"url": "sim:?boxes=30&seed=3&size=64&speed=6&fps=300"},
+        source={"url": "sim:?seed=3&size=64&speed=6&fps=300"},
     )
     daemon = Daemon(cfg)
     daemon.start_services()
     url = "tcp://127.0.0.1:%d" % daemon.receiver_port
     threading.Thread(target=tcp.ship, args=(url, manifest, payload, {}), daemon=True).start()
+
+    def stop_when_complete():  # the belt runs until the whole stream is in, 30 s at most
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            m = daemon.model
+            if m is not None and m.record["complete"] and len(daemon.decisions) > 3:
+                break
+            time.sleep(0.05)
+        daemon.stop()
+
+    threading.Thread(target=stop_when_complete, daemon=True).start()
     decisions, _ = run_sim(daemon)
     swaps = [e["event"] for e in daemon.events if e["event"].startswith("swapped in")]
     assert len(swaps) >= 2 and all("pranc" in s for s in swaps)
