@@ -17,6 +17,7 @@ setup(
         Extension(
             "edge._xnor",
             ["edge/xnor_kernel.c"],
+            depends=["edge/xnor_kernel.h"],
             define_macros=[("BINSORT_PYTHON_MODULE", "1"), ("BINSORT_THREADS", "1")],
             extra_compile_args=flags,
             optional=True,

@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "xnor_kernel.h"
+
 #if UINTPTR_MAX > 0xFFFFFFFFu
 typedef uint64_t word_t;
 #define POPCOUNT(x) __builtin_popcountll(x)
@@ -342,7 +344,8 @@ int bs_bconv(const uint8_t *in, int n, int h, int w, int cin, const word_t *wwor
 /* Words per weight row of `bytes` bytes, and the rows zero-padded to that (out: rows * words). */
 int bs_row_words(int bytes) { return words_for(bytes); }
 
-void bs_pad_rows(const uint8_t *rows, int count, int bytes, word_t *out) {
+void bs_pad_rows(const uint8_t *rows, int count, int bytes, void *out_words) {
+    word_t *out = out_words;
     int pw = words_for(bytes);
     memset(out, 0, sizeof(word_t) * (size_t)count * pw);
     for (int c = 0; c < count; c++)
@@ -391,16 +394,7 @@ void bs_dense_out(const uint8_t *in, int n, int cin, const int16_t *weights, int
     }
 }
 
-/* A whole model in one call. kind: 1 conv_u8, 2 bconv, 3 bdense, 4 dense_out (docs/format.md);
- * `weights` points to int8 (conv_u8), padded words (bconv, bdense) or int16 (dense_out). */
-typedef struct {
-    int32_t kind, k, stride, pad, cin, cout, in_h, in_w, pool, out_h, out_w, reserved;
-    const void *weights;
-    const int32_t *thresholds;
-    const uint8_t *flips;
-    const int32_t *bias;
-} bs_layer;
-
+/* A whole model in one call (bs_layer: edge/xnor_kernel.h). */
 int bs_layer_size(void) { return (int)sizeof(bs_layer); }
 
 int bs_run(const bs_layer *layers, int nlayers, const uint8_t *images, int n, int threads,

@@ -15,19 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct {
-    int32_t kind, k, stride, pad, cin, cout, in_h, in_w, pool, out_h, out_w, reserved;
-    const void *weights;
-    const int32_t *thresholds;
-    const uint8_t *flips;
-    const int32_t *bias;
-} bs_layer;
-
-int bs_run(const bs_layer *layers, int nlayers, const uint8_t *images, int n, int threads,
-           int64_t *scores);
-int bs_row_words(int bytes);
-void bs_pad_rows(const uint8_t *rows, int count, int bytes, void *out);
-int bs_word_bits(void);
+#include "../edge/xnor_kernel.h"
 
 #ifdef FREESTANDING
 /* ---- just enough of a C library for ARMv6 Linux (EABI system calls) ---- */
