@@ -25,8 +25,8 @@ def _classify(args) -> int:
     for start in range(0, len(paths), 256):
         batch = paths[start : start + 256]
         inputs = load_inputs(batch, h, w)
-        best, conf, scores = engine.classify(inputs)
         int_scores = engine.scores(inputs)
+        best, conf, scores = engine.decide(int_scores)
         for path, b, c, s, ints in zip(batch, best, conf, scores, int_scores, strict=True):
             row = {
                 "path": path,

@@ -171,7 +171,10 @@ class Engine:
 
     def classify(self, images: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
         """(label indices, confidences, real-valued scores) for a batch of model inputs."""
-        ints = self.scores(images)
+        return self.decide(self.scores(images))
+
+    def decide(self, ints: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
+        """(label indices, confidences, real-valued scores) of integer scores."""
         real = ints.astype(np.float64) * self.out_scale
         shifted = real - real.max(axis=1, keepdims=True)
         probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
