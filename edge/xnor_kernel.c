@@ -90,6 +90,26 @@ static void pool2(const uint8_t *in, int n, int h, int w, int nb, const uint8_t 
 /* The first layer on x86 (SSE2 is in every x86-64): pmaddwd multiplies the int16 pixels of two
  * kernel taps with both taps' weights of four channels and adds the pairs into int32, and the
  * thresholds are four compares and a movemask. Same integers as the generic loop below. */
+static inline __attribute__((always_inline)) void stem_pixel(const int16_t *taps, int pairs,
+                                                             int groups, const __m128i *wv,
+                                                             const int32_t *thr,
+                                                             const uint8_t *flips, uint8_t *o) {
+    __m128i acc[16];
+    for (int g = 0; g < groups; g++) acc[g] = _mm_setzero_si128();
+    for (int p = 0; p < pairs; p++) {
+        int32_t two = (int32_t)(uint16_t)taps[2 * p] | ((int32_t)taps[2 * p + 1] << 16);
+        __m128i x = _mm_set1_epi32(two);
+        for (int g = 0; g < groups; g++)
+            acc[g] = _mm_add_epi32(acc[g], _mm_madd_epi16(x, wv[p * groups + g]));
+    }
+    uint64_t bits = 0;
+    for (int g = 0; g < groups; g++) {
+        __m128i t = _mm_loadu_si128((const __m128i *)(thr + 4 * g));
+        bits |= (uint64_t)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmplt_epi32(acc[g], t))) << (4 * g);
+    }
+    for (int b = 0; b < (groups + 1) / 2; b++) o[b] = (uint8_t)((uint8_t)(bits >> (8 * b)) ^ flips[b]);
+}
+
 static void conv_u8_sse2(const int16_t *cen, int wp, int ho, int wo, int k, int stride,
                          const int8_t *weights, int cout, const int32_t *thr,
                          const uint8_t *flips, uint8_t *conv) {
@@ -112,22 +132,11 @@ static void conv_u8_sse2(const int16_t *cen, int wp, int ho, int wo, int k, int 
             for (int ky = 0; ky < k; ky++)
                 for (int kx = 0; kx < k; kx++) taps[ky * k + kx] = base[ky * wp + kx];
             taps[kk] = 0;
-            __m128i acc[16];
-            for (int g = 0; g < groups; g++) acc[g] = _mm_setzero_si128();
-            for (int p = 0; p < pairs; p++) {
-                int32_t two = (int32_t)(uint16_t)taps[2 * p] | ((int32_t)taps[2 * p + 1] << 16);
-                __m128i x = _mm_set1_epi32(two);
-                for (int g = 0; g < groups; g++)
-                    acc[g] = _mm_add_epi32(acc[g], _mm_madd_epi16(x, wv[p * groups + g]));
-            }
-            uint64_t bits = 0;
-            for (int g = 0; g < groups; g++) {
-                __m128i t = _mm_loadu_si128((const __m128i *)(thr + 4 * g));
-                bits |= (uint64_t)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmplt_epi32(acc[g], t)))
-                        << (4 * g);
-            }
             uint8_t *o = conv + ((size_t)oy * wo + ox) * nb;
-            for (int b = 0; b < nb; b++) o[b] = (uint8_t)((uint8_t)(bits >> (8 * b)) ^ flips[b]);
+            if (groups == 8) /* 32 channels (bcnn, tiny): a constant keeps the sums in registers */
+                stem_pixel(taps, pairs, 8, wv, thr, flips, o);
+            else
+                stem_pixel(taps, pairs, groups, wv, thr, flips, o);
         }
 }
 #endif
