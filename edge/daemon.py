@@ -78,7 +78,7 @@ class Daemon:
         self.pending = None  # (thread, result dict) of a model being loaded
         self.store_mtime = self._store_mtime()
         self.state = "starting"
-        self.servers, self.threads, self.links = [], [], []
+        self.servers, self.links = [], []
         self.frames_seen = 0
         self.swaps = []  # frame numbers at which a model was swapped in
         self.truths = [] if record_truth else None  # what the simulator knew of each frame
@@ -333,7 +333,6 @@ class Daemon:
     def _thread(self, target, *args) -> None:
         t = threading.Thread(target=target, args=args, daemon=True, name=target.__name__)
         t.start()
-        self.threads.append(t)
 
     def _serve_tcp(self, listener) -> None:
         from edge.receiver import serve_link

@@ -58,17 +58,11 @@ def write_atomic(path: str, data: bytes) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
-def file_sha256(path: str, limit=None) -> str:
+def file_sha256(path: str) -> str:
     h = hashlib.sha256()
-    left = limit
     with open(path, "rb") as f:
-        while left is None or left > 0:
-            block = f.read(1 << 16 if left is None else min(1 << 16, left))
-            if not block:
-                break
+        for block in iter(lambda: f.read(1 << 16), b""):
             h.update(block)
-            if left is not None:
-                left -= len(block)
     return h.hexdigest()
 
 

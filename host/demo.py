@@ -77,7 +77,7 @@ def run_demo(
 
     say("5/5 shipping the model to an edge daemon on the conveyor simulator (%d boxes)" % boxes)
     t = time.time()
-    line = run_line(model_path, out_dir, engine.model.labels, boxes, seed + 1, say)
+    line = run_line(model_path, out_dir, engine.model.labels, boxes, seed + 1)
     timings["line_s"] = round(time.time() - t, 1)
 
     report = {

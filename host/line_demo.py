@@ -35,9 +35,7 @@ def line_config(store: str, boxes: int, seed: int, lanes: dict) -> dict:
     )
 
 
-def run_line(
-    model_path: str, out_dir: str, labels: list, boxes: int = 300, seed: int = 1, say=print
-):
+def run_line(model_path: str, out_dir: str, labels: list, boxes: int = 300, seed: int = 1):
     root = os.path.join(out_dir, "line")
     keys = os.path.join(root, "keys")
     store_dir = os.path.join(root, "store")

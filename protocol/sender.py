@@ -56,7 +56,6 @@ class Sender:
         self.srtt = self.rttvar = None
         self.min_rto = self._drain_time(1) + 0.2
         self.rto = max(1.0, 2 * self._drain_time(window) + 0.5)
-        self.sent_bytes = 0
         self.start_offset = self.acked = None  # where this session resumed, how far it got
 
     def _drain_time(self, frames: int) -> float:
@@ -69,7 +68,6 @@ class Sender:
 
     def _send(self, kind, offset, payload=b""):
         data = fr.encode_frame(fr.Frame(kind, self.session, offset, payload))
-        self.sent_bytes += len(data)
         self.link.write(data)
 
     def _frames(self, timeout: float) -> list:
