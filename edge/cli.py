@@ -16,7 +16,7 @@ def _classify(args) -> int:
 
     engine = load_engine(args.model)
     if args.verbose:
-        print("binsort-edge: engine %s" % engine.name, file=sys.stderr)
+        print("binsort-edge: engine %s" % engine.describe(), file=sys.stderr)
     labels = engine.model.labels
     paths = image_files(args.paths)
     if not paths:

@@ -393,7 +393,7 @@ class Daemon:
             if m
             else None
         )
-        out["engine"] = m.engine.name if m else None
+        out["engine"] = m.engine.describe() if m else None
         out["source"] = {"url": self.cfg["source"]["url"], "last_error": self.source_error}
         out["latency_ms"] = self.counters.latency_ms()
         out["events"] = list(self.events)[-20:]

@@ -121,6 +121,10 @@ class Engine:
 
     name = "numpy"
 
+    def describe(self) -> str:
+        """The engine as `--verbose` and the daemon status name it."""
+        return self.name
+
     def __init__(self, model: BnnModel, chunk: int = 64):
         self.model = model
         self.layers = [_Prepared(layer) for layer in model.layers]

@@ -66,10 +66,29 @@ def _load():
     lib.bs_layer_size.restype = i
     lib.bs_popcount_peak.argtypes = [p, p, i, i]
     lib.bs_popcount_peak.restype = ctypes.c_uint64
+    lib.bs_simd.argtypes = [i]
+    lib.bs_simd.restype = i
     if lib.bs_layer_size() != ctypes.sizeof(LayerSpec):
         return None  # a kernel built from other sources: do not guess its layout
+    want = os.environ.get("BINSORT_POPCOUNT", "").lower()
+    if want and want not in POPCOUNT_PATHS.values():
+        want = ""  # an unknown request: the best this CPU has
+    lib.bs_simd(0 if want == "scalar" else -1)
     _LIB = lib
     return lib
+
+
+POPCOUNT_PATHS = {0: "scalar", 2: "avx512-vpopcntq"}
+
+
+def popcount_path(want: "str | None" = None) -> str:
+    """The kernel's popcount path: "scalar" (the compiler builtin, every CPU) or
+    "avx512-vpopcntq" (x86-64 CPUs that have it, picked at run time). `want` switches
+    ("scalar", or "best"); both give identical results. BINSORT_POPCOUNT=scalar sets it at load."""
+    lib = _load()
+    if want is not None:
+        lib.bs_simd(0 if want == "scalar" else -1)
+    return POPCOUNT_PATHS[lib.bs_simd(-2)]
 
 
 def available() -> bool:
@@ -96,6 +115,9 @@ def padded_rows(rows: np.ndarray, word_bytes: int) -> np.ndarray:
 
 class NativeEngine(Engine):
     name = "native"
+
+    def describe(self) -> str:
+        return "native (%s)" % popcount_path()
 
     def __init__(self, model, chunk: int = 64, threads: int = 1):
         Engine.__init__(self, model, chunk)

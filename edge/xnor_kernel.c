@@ -141,6 +141,15 @@ static void conv_u8_sse2(const int16_t *cen, int wp, int ho, int wo, int k, int 
 }
 #endif
 
+static int simd(void);
+#define SIMD_VPOPCNT 2
+#if defined(__x86_64__) && defined(__GNUC__)
+#define BS_VPOPCNT 1
+static void conv_u8_avx512(const int16_t *cen, int wp, int ho, int wo, int k, int stride,
+                           const int8_t *weights, int cout, const int32_t *thr,
+                           const uint8_t *flips, uint8_t *conv);
+#endif
+
 /* First layer: u8 pixels (n, h, w), centred as 2p - 255 with centred-0 padding, int8 weights
  * (cout, k, k), integer accumulators, thresholds, optional pool. out: (n, ho', wo', nb).
  * Pixels (+-255) and weights (int8) are int16 with the weights transposed to (k*k, cout), so
@@ -177,6 +186,13 @@ int bs_conv_u8(const uint8_t *in, int n, int h, int w, const int8_t *weights, in
         for (int y = 0; y < h; y++)
             for (int x = 0; x < w; x++)
                 cen[(y + pad) * wp + x + pad] = (int16_t)(2 * in[((size_t)i * h + y) * w + x] - 255);
+#ifdef BS_VPOPCNT
+        if (cout % 16 == 0 && cout <= 64 && k <= 7 && simd() == SIMD_VPOPCNT) {
+            conv_u8_avx512(cen, wp, ho, wo, k, stride, weights, cout, thr, flips,
+                           conv + (size_t)i * ho * wo * nb);
+            continue;
+        }
+#endif
 #ifdef __SSE2__
         if (cout % 4 == 0 && cout <= 64 && k <= 7) {
             conv_u8_sse2(cen, wp, ho, wo, k, stride, weights, cout, thr, flips,
@@ -218,6 +234,8 @@ typedef struct {
     const int32_t *thr;
     const uint8_t *flips;
     uint8_t *conv; /* (ho, wo, nb) for one image */
+    int simd;      /* the popcount path; wwords interleaved when it is SIMD */
+    const int64_t *pthr; /* the SIMD path's thresholds (pop_thresholds) */
 } bconv_job;
 
 /* one pixel's packed channels into a patch: fixed sizes become single moves */
@@ -254,6 +272,184 @@ static void patch_channels(const word_t *pv, const word_t *wwords, int pw, int c
     }
 }
 
+/* x86-64 with AVX-512 VPOPCNTDQ (Ice Lake and later, Zen 4): eight output channels per
+ * 512-bit register. The weights are interleaved as (cout/8, pw, 8) words, and each patch word is
+ * broadcast against eight channels' words at once. Chosen at run time (bs_simd), so one build
+ * runs on every x86-64 CPU. */
+#ifdef BS_VPOPCNT
+#include <immintrin.h>
+#define VPOP_TARGET __attribute__((target("avx512f,avx512bw,avx512vpopcntdq")))
+
+/* Popcount thresholds for the SIMD path: acc = n - 2 * pop < T  <=>  pop >= floor((n - T) / 2) + 1.
+ * Lanes past cout get a bound no popcount reaches (their bits stay 0 before the flip). */
+static void pop_thresholds(const int32_t *thr, int cout, int n_bits, int64_t *out) {
+    for (int c = 0; c < (cout + 7) / 8 * 8; c++) {
+        if (c >= cout) {
+            out[c] = INT64_MAX;
+            continue;
+        }
+        int64_t d = (int64_t)n_bits - thr[c];
+        out[c] = (d >= 0 ? d / 2 : -((1 - d) / 2)) + 1;
+    }
+}
+
+#define VPOP_BLOCKS(B)                                                                  \
+    for (; b + (B) <= blocks; b += (B)) {                                               \
+        const uint64_t *w = wi + (size_t)b * pw * 8;                                    \
+        __m512i s[B];                                                                   \
+        for (int i = 0; i < (B); i++) s[i] = _mm512_setzero_si512();                    \
+        for (int q = 0; q < pw; q++) {                                                  \
+            __m512i x = _mm512_set1_epi64((long long)pv[q]);                            \
+            for (int i = 0; i < (B); i++)                                               \
+                s[i] = _mm512_add_epi64(                                                \
+                    s[i], _mm512_popcnt_epi64(_mm512_xor_si512(                         \
+                              x, _mm512_loadu_si512(w + ((size_t)i * pw + q) * 8))));   \
+        }                                                                               \
+        for (int i = 0; i < (B); i++)                                                   \
+            o[b + i] = (uint8_t)(_mm512_cmpge_epi64_mask(                               \
+                                     s[i], _mm512_loadu_si512(pthr + 8 * (b + i))) ^     \
+                                 flips[b + i]);                                         \
+    }
+
+/* `count` patches of pw words each against every output channel, eight channels per 512-bit
+ * register, straight to packed output bits (out: count * nb bytes). `pthr`: pop_thresholds. */
+VPOP_TARGET static void patches_vpop(const uint64_t *patches, int count, const uint64_t *wi,
+                                     int pw, int cout, const int64_t *pthr,
+                                     const uint8_t *flips, uint8_t *out) {
+    int blocks = (cout + 7) / 8;
+    for (int p = 0; p < count; p++) {
+        const uint64_t *pv = patches + (size_t)p * pw;
+        uint8_t *o = out + (size_t)p * blocks;
+        int b = 0;
+        VPOP_BLOCKS(4)
+        VPOP_BLOCKS(1)
+    }
+}
+
+/* The first layer on the same CPUs: vpmaddwd on 512 bits multiplies two taps' int16 pixels with
+ * sixteen channels' weights at once (cout a multiple of 16, at most 64), and the thresholds
+ * are one mask compare per sixteen channels. Same integers as conv_u8_sse2. */
+VPOP_TARGET static void conv_u8_avx512(const int16_t *cen, int wp, int ho, int wo, int k,
+                                       int stride, const int8_t *weights, int cout,
+                                       const int32_t *thr, const uint8_t *flips, uint8_t *conv) {
+    int kk = k * k, pairs = (kk + 1) / 2, groups = cout / 16, nb = cout / 8;
+    __m512i wv[25 * 4], tv[4]; /* pairs x groups, for k <= 7 and cout <= 64 */
+    for (int p = 0; p < pairs; p++)
+        for (int g = 0; g < groups; g++) {
+            int16_t lanes[32];
+            for (int c = 0; c < 16; c++) {
+                int ch = 16 * g + c;
+                lanes[2 * c] = weights[ch * kk + 2 * p];
+                lanes[2 * c + 1] = 2 * p + 1 < kk ? weights[ch * kk + 2 * p + 1] : 0;
+            }
+            wv[p * groups + g] = _mm512_loadu_si512(lanes);
+        }
+    for (int g = 0; g < groups; g++) tv[g] = _mm512_loadu_si512(thr + 16 * g);
+    for (int oy = 0; oy < ho; oy++)
+        for (int ox = 0; ox < wo; ox++) {
+            const int16_t *base = cen + (size_t)oy * stride * wp + (size_t)ox * stride;
+            int16_t taps[50];
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) taps[ky * k + kx] = base[ky * wp + kx];
+            taps[kk] = 0;
+            __m512i acc[4];
+            for (int g = 0; g < groups; g++) acc[g] = _mm512_setzero_si512();
+            for (int p = 0; p < pairs; p++) {
+                int32_t two = (int32_t)(uint16_t)taps[2 * p] | ((int32_t)taps[2 * p + 1] << 16);
+                __m512i x = _mm512_set1_epi32(two);
+                for (int g = 0; g < groups; g++)
+                    acc[g] = _mm512_add_epi32(acc[g], _mm512_madd_epi16(x, wv[p * groups + g]));
+            }
+            uint8_t *o = conv + ((size_t)oy * wo + ox) * nb;
+            for (int g = 0; g < groups; g++) {
+                unsigned m = _mm512_cmplt_epi32_mask(acc[g], tv[g]);
+                o[2 * g] = (uint8_t)(m ^ flips[2 * g]);
+                o[2 * g + 1] = (uint8_t)((m >> 8) ^ flips[2 * g + 1]);
+            }
+        }
+}
+
+VPOP_TARGET static uint64_t peak_vpop(const uint64_t *a, const uint64_t *b, int words, int rounds) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (int r = 0; r < rounds; r++) {
+        for (int q = 0; q + 32 <= words; q += 32) {
+#define PEAK_STEP(S, O) \
+    S = _mm512_add_epi64(S, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(a + q + O), \
+                                                                 _mm512_loadu_si512(b + q + O))))
+            PEAK_STEP(s0, 0);
+            PEAK_STEP(s1, 8);
+            PEAK_STEP(s2, 16);
+            PEAK_STEP(s3, 24);
+#undef PEAK_STEP
+        }
+        __asm__ volatile("" ::: "memory");
+    }
+    uint64_t tail = 0;
+    for (int q = words / 32 * 32; q < words; q++) tail += (uint64_t)rounds * __builtin_popcountll(a[q] ^ b[q]);
+    return tail + (uint64_t)_mm512_reduce_add_epi64(
+                      _mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3)));
+}
+#endif
+
+static int simd_level = -1;
+
+static int simd_best(void) {
+#ifdef BS_VPOPCNT
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vpopcntdq"))
+        return SIMD_VPOPCNT;
+#endif
+    return 0;
+}
+
+/* The popcount path: `want` -1 picks the best this CPU has, 0 forces the portable scalar one
+ * (same results, for tests and benchmarks), -2 only asks. Returns the path now in use:
+ * 0 scalar builtin, 2 AVX-512 VPOPCNTQ. Set it before sharing the library between threads. */
+int bs_simd(int want) {
+    if (want < -1 && simd_level >= 0) return simd_level;
+    int best = simd_best();
+    simd_level = (want < 0 || want > best) ? best : want; /* -2 before any choice: the best */
+    return simd_level;
+}
+
+static int simd(void) { return simd_level < 0 ? bs_simd(-1) : simd_level; }
+
+/* The SIMD path's form of a binary layer: its weights interleaved by channel as (cout/8, pw, 8)
+ * words (lanes past cout zero) and its popcount thresholds, in one allocation (`raw`, to free).
+ * With the scalar path `w` is the caller's words. Returns 0, or -1 when out of memory. */
+typedef struct {
+    const word_t *w;
+    const int64_t *pthr;
+    void *raw;
+} simd_layer;
+
+static int simd_prep(int level, const word_t *wwords, int cout, int pw, const int32_t *thr,
+                     int n_bits, simd_layer *out) {
+    out->w = wwords;
+    out->pthr = NULL;
+    out->raw = NULL;
+#ifdef BS_VPOPCNT
+    if (level == SIMD_VPOPCNT) {
+        size_t words = (size_t)((cout + 7) / 8) * pw * 8;
+        out->raw = malloc((words + (size_t)(cout + 7) / 8 * 8) * 8 + 64);
+        if (!out->raw) return -1;
+        uint64_t *wi = (uint64_t *)(((uintptr_t)out->raw + 63) & ~(uintptr_t)63);
+        memset(wi, 0, words * 8);
+        for (int c = 0; c < cout; c++)
+            for (int q = 0; q < pw; q++)
+                wi[((size_t)(c / 8) * pw + q) * 8 + c % 8] = wwords[(size_t)c * pw + q];
+        pop_thresholds(thr, cout, n_bits, (int64_t *)(wi + words));
+        out->w = wi;
+        out->pthr = (const int64_t *)(wi + words);
+    }
+#endif
+    (void)level;
+    (void)thr;
+    (void)n_bits;
+    return 0;
+}
+
 static void bconv_rows(const bconv_job *j, int row0, int row1, word_t *patch, int32_t *acc) {
     int nb = (j->cout + 7) / 8;
     for (int oy = row0; oy < row1; oy++) {
@@ -271,10 +467,16 @@ static void bconv_rows(const bconv_job *j, int row0, int row1, word_t *patch, in
                 }
             }
         }
+        uint8_t *row = j->conv + (size_t)oy * j->wo * nb;
+#ifdef BS_VPOPCNT
+        if (j->simd == SIMD_VPOPCNT) {
+            patches_vpop(patch, j->wo, j->wwords, j->pw, j->cout, j->pthr, j->flips, row);
+            continue;
+        }
+#endif
         for (int ox = 0; ox < j->wo; ox++) {
             patch_channels(patch + (size_t)ox * j->pw, j->wwords, j->pw, j->cout, j->n_bits, acc);
-            threshold_pixel(acc, j->cout, j->thr, j->flips,
-                            j->conv + ((size_t)oy * j->wo + ox) * nb);
+            threshold_pixel(acc, j->cout, j->thr, j->flips, row + (size_t)ox * nb);
         }
     }
 }
@@ -309,16 +511,19 @@ int bs_bconv(const uint8_t *in, int n, int h, int w, int cin, const word_t *wwor
     word_t *patch = malloc(sizeof(word_t) * (size_t)wo * pw);
     int32_t *acc = malloc(sizeof(int32_t) * (size_t)cout);
     uint8_t *conv = malloc((size_t)ho * wo * nb);
-    if (!patch || !acc || !conv) {
+    simd_layer sl;
+    int level = simd(), prep = simd_prep(level, wwords, cout, pw, thr, k * k * cin, &sl);
+    if (!patch || !acc || !conv || prep != 0) {
         free(patch);
         free(acc);
         free(conv);
+        free(sl.raw);
         return -1;
     }
     int status = 0;
     for (int i = 0; i < n && status == 0; i++) {
         bconv_job job = {in + (size_t)i * h * w * cin_bytes, h, w, cin_bytes, k, stride, pad, wo,
-                         cout, pw, k * k * cin, wwords, thr, flips, conv};
+                         cout, pw, k * k * cin, sl.w, thr, flips, conv, level, sl.pthr};
 #ifdef BINSORT_THREADS
         if (threads > 1) {
             if (threads > ho) threads = ho;
@@ -347,6 +552,7 @@ int bs_bconv(const uint8_t *in, int n, int h, int w, int cin, const word_t *wwor
     free(patch);
     free(acc);
     free(conv);
+    free(sl.raw);
     return status;
 }
 
@@ -365,25 +571,28 @@ void bs_pad_rows(const uint8_t *rows, int count, int bytes, void *out_words) {
 int bs_bdense(const uint8_t *in, int n, int cin, const word_t *wwords, int cout,
               const int32_t *thr, const uint8_t *flips, uint8_t *out) {
     int in_bytes = cin / 8, pw = words_for(in_bytes), nb = (cout + 7) / 8;
-    word_t *x = calloc((size_t)pw, sizeof(word_t));
+    word_t *x = calloc((size_t)pw * n, sizeof(word_t)); /* the inputs padded to words */
     int32_t *acc = malloc(sizeof(int32_t) * (size_t)cout);
-    if (!x || !acc) {
+    simd_layer sl;
+    int level = simd(), prep = simd_prep(level, wwords, cout, pw, thr, cin, &sl);
+    if (!x || !acc || prep != 0) {
         free(x);
         free(acc);
+        free(sl.raw);
         return -1;
     }
-    for (int i = 0; i < n; i++) {
-        memcpy(x, in + (size_t)i * in_bytes, (size_t)in_bytes);
-        for (int c = 0; c < cout; c++) {
-            const word_t *wv = wwords + (size_t)c * pw;
-            int pop = 0;
-            for (int q = 0; q < pw; q++) pop += POPCOUNT(x[q] ^ wv[q]);
-            acc[c] = cin - 2 * pop;
-        }
+    for (int i = 0; i < n; i++)
+        memcpy(x + (size_t)i * pw, in + (size_t)i * in_bytes, (size_t)in_bytes);
+#ifdef BS_VPOPCNT
+    if (level == SIMD_VPOPCNT) patches_vpop(x, n, sl.w, pw, cout, sl.pthr, flips, out);
+#endif
+    for (int i = 0; i < n && level != SIMD_VPOPCNT; i++) {
+        patch_channels(x + (size_t)i * pw, wwords, pw, cout, cin, acc);
         threshold_pixel(acc, cout, thr, flips, out + (size_t)i * nb);
     }
     free(x);
     free(acc);
+    free(sl.raw);
     return 0;
 }
 
@@ -449,10 +658,13 @@ int bs_run(const bs_layer *layers, int nlayers, const uint8_t *images, int n, in
     return status;
 }
 
-/* This CPU's XOR + popcount peak: `rounds` passes over `words` words that stay in L1, with
- * four independent accumulators. Returns the popcount total so the work cannot be dropped;
+/* This CPU's XOR + popcount peak on the path in use (bs_simd): `rounds` passes over `words`
+ * words that stay in L1, with four independent accumulators. Returns the popcount total so the work cannot be dropped;
  * the caller times it. One word = 8 * WORD_BYTES binary multiply-accumulates. */
 uint64_t bs_popcount_peak(const word_t *a, const word_t *b, int words, int rounds) {
+#ifdef BS_VPOPCNT
+    if (simd() == SIMD_VPOPCNT) return peak_vpop(a, b, words, rounds);
+#endif
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (int r = 0; r < rounds; r++) {
         int q = 0;

@@ -19,6 +19,7 @@ typedef struct {
 int bs_run(const bs_layer *layers, int nlayers, const uint8_t *images, int n, int threads,
            int64_t *scores);
 int bs_layer_size(void);
+int bs_simd(int want);
 int bs_word_bits(void);
 int bs_row_words(int bytes);
 void bs_pad_rows(const uint8_t *rows, int count, int bytes, void *out);

@@ -29,9 +29,15 @@ def test_native_numpy_and_portable_engines_give_identical_scores(which, request)
     h, _ = model.input_shape
     images = random_inputs(24, h, seed=5)
     want = Engine(model).scores(images)
-    assert np.array_equal(native.NativeEngine(model).scores(images), want)
-    assert np.array_equal(native.NativeEngine(model, threads=3).scores(images), want)
-    assert np.array_equal(native.NativeEngine(model, chunk=5).scores(images), want)
+    best = native.popcount_path()
+    try:
+        for path in sorted({"scalar", best}):  # every popcount path this CPU has
+            assert native.popcount_path(path) == path
+            assert np.array_equal(native.NativeEngine(model).scores(images), want), path
+            assert np.array_equal(native.NativeEngine(model, threads=3).scores(images), want)
+            assert np.array_equal(native.NativeEngine(model, chunk=5).scores(images), want)
+    finally:
+        native.popcount_path("best")
     portable = PortableEngine(model)
     assert [portable.scores(im.tobytes()) for im in images[:3]] == want[:3].tolist()
 
@@ -50,7 +56,12 @@ def test_classify_says_which_engine_and_falls_back_to_numpy(tmp_path, tiny_model
     path.write_bytes(tiny_model[1])
     render(1, "test", "F06", 0, 100).save(tmp_path / "a.png")
     rows = {}
-    for engine, env in (("native", {}), ("numpy", {"BINSORT_ENGINE": "numpy"})):
+    runs = (
+        ("native (%s)" % native.popcount_path(), {}),
+        ("native (scalar)", {"BINSORT_POPCOUNT": "scalar"}),
+        ("numpy", {"BINSORT_ENGINE": "numpy"}),
+    )
+    for name, env in runs:
         out = subprocess.run(
             EDGE + ["classify", "--verbose", "--model", str(path), str(tmp_path / "a.png")],
             capture_output=True,
@@ -59,6 +70,7 @@ def test_classify_says_which_engine_and_falls_back_to_numpy(tmp_path, tiny_model
             env=dict(os.environ, **env),
         )
         assert out.returncode == 0, out.stderr
-        assert out.stderr.strip() == "binsort-edge: engine %s" % engine
-        rows[engine] = json.loads(out.stdout)
+        assert out.stderr.strip() == "binsort-edge: engine %s" % name
+        rows[name.split()[0] if name != "native (scalar)" else "scalar"] = json.loads(out.stdout)
+    assert rows["native"] == rows["scalar"]
     assert rows["native"] == rows["numpy"]
