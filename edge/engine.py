@@ -7,11 +7,12 @@ it with the layer's integer threshold and writes packed bits; 2x2 max-pooling th
 packed words: a -1 survives only where all four inputs are -1 (AND), except in channels whose
 threshold is flipped, where the pooled max of the accumulator is the min of the bits (OR).
 Every number is an integer until the output layer's one float scale.
-On numpy >= 2 the popcounts are np.bitwise_count. numpy 1.24 (Raspberry Pi OS bookworm) has no
-bitwise_count; there a binary layer is a +-1 float32 matrix product through BLAS instead, exact
-because every partial sum is an integer far below 2**24. Measured on numpy 1.24.4 for layers of
-this network (tools/bench-engines, docs/engines.md): 3-5x faster than a byte table, 1.1-2.4x
-faster than SWAR on uint64.
+On numpy >= 2 the popcounts are np.bitwise_count, laid out so that the sum over words adds
+whole (pixels, channels) slabs. numpy 1.24 (Raspberry Pi OS bookworm) has no bitwise_count;
+there a binary layer is a +-1 float32 matrix product through BLAS instead, exact because every
+partial sum is an integer far below 2**24. Measured on numpy 1.24.4 for layers of this network
+(tools/bench-engines, docs/engines.md): 3-5x faster than a byte table, 1.1-2.4x faster than
+SWAR on uint64.
 """
 
 import numpy as np
@@ -40,19 +41,15 @@ def _signs(packed: np.ndarray, count: int) -> np.ndarray:
     return 1.0 - 2.0 * bits.astype(np.float32)
 
 
-def _popcount_sum(words: np.ndarray) -> np.ndarray:
-    """Sum of set bits over the last axis (numpy >= 2)."""
-    return np.bitwise_count(words).sum(axis=-1, dtype=np.int32)
-
-
-def _as_words(packed: np.ndarray) -> np.ndarray:
-    """View packed bytes (last axis) as the widest little-endian words that divide it."""
-    n = packed.shape[-1]
-    packed = np.ascontiguousarray(packed)
-    for dtype, size in ((np.dtype("<u8"), 8), (np.dtype("<u4"), 4)):
-        if n % size == 0:
-            return packed.view(dtype)
-    return packed
+def _word_columns(packed: np.ndarray, words: int) -> np.ndarray:
+    """Packed rows (P, bytes) -> (words, P, 1) uint64: zero-padded (+1) to whole 64-bit
+    little-endian words, one row of the result per word position."""
+    count, nbytes = packed.shape
+    if nbytes != 8 * words:
+        padded = np.zeros((count, 8 * words), dtype=np.uint8)
+        padded[:, :nbytes] = packed
+        packed = padded
+    return np.ascontiguousarray(np.ascontiguousarray(packed).view("<u8").T)[:, :, None]
 
 
 def _pad_to_bytes(bits: np.ndarray) -> np.ndarray:
@@ -77,8 +74,9 @@ class _Prepared:
         elif layer.kind in (BCONV, BDENSE):
             self.n = k * k * cin if layer.kind == BCONV else cin
             w = np.frombuffer(layer.weights, dtype=np.uint8).reshape(cout, self.n // 8)
-            if HAS_BITWISE_COUNT:
-                self.weights = _as_words(w)
+            if HAS_BITWISE_COUNT:  # (words, 1, cout), see _binary_acc
+                self.words = -(-self.n // 64)
+                self.weights = _word_columns(w, self.words).transpose(0, 2, 1).copy()
             else:
                 self.weights = np.ascontiguousarray(_signs(w, self.n).T)  # (n, cout) +-1
         else:
@@ -86,34 +84,75 @@ class _Prepared:
             self.weights = w.astype(np.int64).T.copy()  # (cin, cout)
             self.bias = np.frombuffer(layer.bias, dtype="<i4").astype(np.int64)
         if layer.kind != DENSE_OUT:
-            self.thresholds = np.frombuffer(layer.thresholds, dtype="<i4").astype(np.int64)
+            self.thresholds = np.frombuffer(layer.thresholds, dtype="<i4").astype(np.int32)
+            # for float32 accumulators (exact integers below 2**24 in magnitude): clipping the
+            # thresholds to +-2**25 keeps every comparison and makes them exact in float32
+            self.thresholds_f32 = np.clip(self.thresholds, -(2**25), 2**25).astype(np.float32)
             self.flips = np.unpackbits(
                 np.frombuffer(layer.flips, dtype=np.uint8), count=cout, bitorder="little"
             ).astype(bool)
-            self.flip_bytes = pack_signs(_pad_to_bytes(self.flips))
+            if layer.kind in (BCONV, BDENSE) and HAS_BITWISE_COUNT:
+                # acc = n - 2 * pop < T  <=>  pop >= floor((n - T) / 2) + 1: the popcounts
+                # are compared as they are (see _popcounts)
+                self.pop_dtype = np.int16 if self.n < 2**15 else np.int32
+                pop_thr = (self.n - self.thresholds.astype(np.int64)) // 2 + 1
+                self.pop_thresholds = pop_thr.clip(-1, self.n + 1).astype(self.pop_dtype)
 
     def threshold(self, acc: np.ndarray) -> np.ndarray:
         """Integer accumulators (..., cout) -> packed output bits (..., ceil(cout / 8))."""
-        return pack_signs(_pad_to_bytes((acc < self.thresholds) ^ self.flips))
+        thr = self.thresholds_f32 if acc.dtype == np.float32 else self.thresholds
+        return pack_signs(_pad_to_bytes((acc < thr) ^ self.flips))
 
-    def pool(self, packed: np.ndarray) -> np.ndarray:
-        """2x2 stride-2 max-pool on packed maps (N, H, W, B): AND, or OR in flipped channels."""
+    def threshold_pops(self, pops: np.ndarray) -> np.ndarray:
+        """The same bits from popcounts (numpy >= 2): acc < T is pop >= pop_thresholds."""
+        return pack_signs(_pad_to_bytes((pops >= self.pop_thresholds) ^ self.flips))
+
+    def pool_acc(self, acc: np.ndarray, pick=np.maximum) -> np.ndarray:
+        """2x2 stride-2 max-pool of the accumulators (N, H, W, cout), before the threshold.
+        Equal to pooling the thresholded bits: max(acc) < T is AND of the bits, and in flipped
+        channels its negation is OR. Four times fewer thresholds to pack. Popcounts pool with
+        np.minimum (acc falls as the popcount grows)."""
         if self.layer.pool == 1:
-            return packed
-        h, w = packed.shape[1] // 2 * 2, packed.shape[2] // 2 * 2
-        a, b = packed[:, 0:h:2, 0:w:2], packed[:, 0:h:2, 1:w:2]
-        c, d = packed[:, 1:h:2, 0:w:2], packed[:, 1:h:2, 1:w:2]
-        both = a & b & c & d
-        either = a | b | c | d
-        return (both & ~self.flip_bytes) | (either & self.flip_bytes)
+            return acc
+        h, w = acc.shape[1] // 2 * 2, acc.shape[2] // 2 * 2
+        top = pick(acc[:, 0:h:2, 0:w:2], acc[:, 0:h:2, 1:w:2])
+        return pick(top, pick(acc[:, 1:h:2, 0:w:2], acc[:, 1:h:2, 1:w:2]))
 
 
-def _patches(x: np.ndarray, k: int, stride: int) -> np.ndarray:
-    """(N, H, W, C) padded -> (N, Ho, Wo, k*k*C) sliding windows in (ky, kx, c) order."""
-    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))
-    win = win[:, ::stride, ::stride]  # (N, Ho, Wo, C, k, k)
-    n, ho, wo = win.shape[:3]
-    return np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n, ho, wo, -1)
+def _pad_map(x: np.ndarray, pad: int) -> np.ndarray:
+    """(N, H, W, C) -> (N, H + 2 pad, W + 2 pad, C) with zeros around (np.pad is slower)."""
+    if not pad:
+        return x
+    n, h, w, c = x.shape
+    out = np.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=x.dtype)
+    out[:, pad : pad + h, pad : pad + w] = x
+    return out
+
+
+def _patches(x: np.ndarray, k: int, stride: int, align: int = 1) -> np.ndarray:
+    """(N, H, W, C) padded -> (N, Ho, Wo, k*k*C) sliding windows in (ky, kx, c) order, each
+    patch zero-filled at its end to a multiple of `align` bytes when that is a whole number
+    of pixels (the packed bitwise path's 64-bit words; zero bits are +1 on both sides).
+
+    One strided copy per kernel tap, with a pixel's C values moved as one element where they
+    fit one (a packed pixel of 4 or 8 bytes is one uint32 or uint64): several times faster
+    than copying a transposed sliding_window_view (docs/engines.md)."""
+    n, h, w, c = x.shape
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    src = np.ascontiguousarray(x)
+    size = c * x.itemsize
+    if c > 1 and size in (2, 4, 8):
+        src = src.view("<u%d" % size)
+    taps = k * k
+    while (taps * size) % align and align % size == 0:
+        taps += 1
+    out = np.empty((n, ho, wo, taps, src.shape[-1]), dtype=src.dtype)
+    out[:, :, :, k * k :] = 0
+    for ky in range(k):
+        rows = slice(ky, ky + stride * (ho - 1) + 1, stride)
+        for kx in range(k):
+            out[:, :, :, ky * k + kx] = src[:, rows, kx : kx + stride * (wo - 1) + 1 : stride]
+    return out.view(x.dtype).reshape(n, ho, wo, taps * c)
 
 
 class Engine:
@@ -144,28 +183,44 @@ class Engine:
         for p in self.layers:
             layer = p.layer
             if layer.kind == CONV_U8:
-                centred = 2 * x.astype(np.float32) - 255  # padding below is a centred 0
-                pad = layer.pad
-                centred = np.pad(centred, ((0, 0), (pad, pad), (pad, pad)))[..., None]
-                acc = (_patches(centred, layer.k, layer.stride) @ p.weights).astype(np.int64)
-                x = p.pool(p.threshold(acc))
+                centred = 2 * x.astype(np.float32)[..., None] - 255
+                centred = _pad_map(centred, layer.pad)  # padding is a centred 0
+                x = p.threshold(p.pool_acc(_patches(centred, layer.k, layer.stride) @ p.weights))
             elif layer.kind == BCONV:
-                pad = layer.pad  # packed bit 0 is +1: binary maps are padded with +1
-                xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-                x = p.pool(p.threshold(self._binary_acc(p, _patches(xp, layer.k, layer.stride))))
+                xp = _pad_map(x, layer.pad)  # packed bit 0 is +1: padded with +1
+                patches = _patches(xp, layer.k, layer.stride, 8 if HAS_BITWISE_COUNT else 1)
+                if HAS_BITWISE_COUNT:
+                    x = p.threshold_pops(p.pool_acc(self._popcounts(p, patches), np.minimum))
+                else:
+                    x = p.threshold(p.pool_acc(self._binary_acc(p, patches)))
             elif layer.kind == BDENSE:
-                x = p.threshold(self._binary_acc(p, x.reshape(len(x), -1)))
+                flat = x.reshape(len(x), -1)
+                if HAS_BITWISE_COUNT:
+                    x = p.threshold_pops(self._popcounts(p, flat))
+                else:
+                    x = p.threshold(self._binary_acc(p, flat))
             else:
                 return self._dense_out(p, x)
         raise AssertionError("model has no output layer")  # read_bnn guarantees one
 
     @staticmethod
+    def _popcounts(p, packed: np.ndarray) -> np.ndarray:
+        """popcount(x XOR w) for every output channel (numpy >= 2): packed (..., n/8) ->
+        (..., cout). The word position is the outer axis, (words, P, 1) ^ (words, 1, cout), so
+        the sum over words adds whole (P, cout) slabs; summing a short last axis instead was
+        3-4x slower (docs/engines.md)."""
+        lead = packed.shape[:-1]
+        x = _word_columns(packed.reshape(-1, packed.shape[-1]), p.words)
+        pops = np.bitwise_count(x ^ p.weights).sum(axis=0, dtype=p.pop_dtype)
+        return pops.reshape(lead + (pops.shape[-1],))
+
+    @staticmethod
     def _binary_acc(p, packed: np.ndarray) -> np.ndarray:
-        """n - 2 * popcount(x XOR w) for every output channel: packed (..., n/8) -> (..., cout)."""
-        if HAS_BITWISE_COUNT:
-            words = _as_words(packed)
-            return p.n - 2 * _popcount_sum(words[..., None, :] ^ p.weights)
-        return (_signs(packed, p.n) @ p.weights).astype(np.int64)
+        """n - 2 * popcount(x XOR w) for every output channel: packed (..., n/8) -> (..., cout),
+        as a +-1 float32 product through BLAS (numpy 1.24), exact below 2**24."""
+        lead = packed.shape[:-1]
+        acc = _signs(packed.reshape(-1, packed.shape[-1]), p.n) @ p.weights
+        return acc.reshape(lead + (acc.shape[-1],))
 
     @staticmethod
     def _dense_out(p, x: np.ndarray) -> np.ndarray:

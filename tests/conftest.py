@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from host.models import BinaryNet
+from host.models import BinaryNet, arch_spec
 from host.pack import pack_model
 
 LABELS = ["F06", "K11", "S19", "V22", "empty"]
@@ -28,6 +28,26 @@ def randomise_batchnorm(model):
     return model.eval()
 
 
+def lively_model(arch: str, seed: int = 1, classes: int = 5) -> BinaryNet:
+    """An untrained net whose scores still differ from image to image: random BatchNorm
+    gammas (a seventh zero, about half negative, so flipped and constant thresholds occur) and
+    betas, with running statistics measured on random images, so no layer saturates."""
+    torch.manual_seed(seed)
+    model = BinaryNet(arch, classes)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.weight.data = torch.randn(m.num_features)
+        m.weight.data[::7] = 0
+        m.bias.data = torch.randn(m.num_features) * 0.3
+        m.momentum = None  # a plain average over the calibration batches
+    side = arch_spec(arch)["input"]
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.rand(32, 1, side, side) * 2 - 1)
+    return model.eval()
+
+
 def checkpoint_for(arch: str) -> dict:
     return {
         "arch": arch,
@@ -47,6 +67,18 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def bcnn_model():
     model = random_bn_model("bcnn")
+    return model, pack_model(checkpoint_for("bcnn"), model)
+
+
+@pytest.fixture(scope="session")
+def lively_tiny_model():
+    model = lively_model("tiny")
+    return model, pack_model(checkpoint_for("tiny"), model)
+
+
+@pytest.fixture(scope="session")
+def lively_bcnn_model():
+    model = lively_model("bcnn")
     return model, pack_model(checkpoint_for("bcnn"), model)
 
 

@@ -23,12 +23,13 @@ def kernel_built():
         pytest.fail("the native kernel is not built (pip install -e . with a C compiler)")
 
 
-@pytest.mark.parametrize("which", ["tiny_model", "bcnn_model"])
+@pytest.mark.parametrize("which", ["lively_tiny_model", "lively_bcnn_model"])
 def test_native_numpy_and_portable_engines_give_identical_scores(which, request):
     model = read_bnn(request.getfixturevalue(which)[1])
     h, _ = model.input_shape
     images = random_inputs(24, h, seed=5)
     want = Engine(model).scores(images)
+    assert len({tuple(r) for r in want.tolist()}) == 24  # every image scores differently
     best = native.popcount_path()
     try:
         for path in sorted({"scalar", best}):  # every popcount path this CPU has
@@ -74,3 +75,42 @@ def test_classify_says_which_engine_and_falls_back_to_numpy(tmp_path, tiny_model
         rows[name.split()[0] if name != "native (scalar)" else "scalar"] = json.loads(out.stdout)
     assert rows["native"] == rows["scalar"]
     assert rows["native"] == rows["numpy"]
+
+
+def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch):
+    """Packed pixels of 1, 2, 3 and 5 bytes (each takes another patch-copy path), maps with odd
+    sides under 2x2 pooling, and a first layer too narrow for the 16-channel SIMD stem."""
+    from host.models import ARCHS
+    from host.pack import pack_model
+    from host.reference import reference_scores
+    from tests.conftest import checkpoint_for, lively_model
+
+    monkeypatch.setitem(
+        ARCHS,
+        "odd",
+        {
+            "input": 21,
+            "stem": {"cout": 24, "k": 3, "stride": 2, "pool": 2},
+            "convs": [(16, 1), (40, 2), (8, 1)],
+            "dense": [24],
+            "epochs": 1,
+            "demo_count": 1,
+        },
+    )
+    model = read_bnn(pack_model(checkpoint_for("odd"), lively_model("odd", seed=4)))
+    images = random_inputs(40, 21, seed=9)
+    want = reference_scores(model, images)
+    assert len({tuple(r) for r in want.tolist()}) >= 30  # the images really differ here
+    assert np.array_equal(Engine(model).scores(images), want)
+    monkeypatch.setattr("edge.engine.HAS_BITWISE_COUNT", False)
+    assert np.array_equal(Engine(model).scores(images), want)
+    monkeypatch.undo()
+    best = native.popcount_path()
+    try:
+        for path in sorted({"scalar", best}):
+            native.popcount_path(path)
+            assert np.array_equal(native.NativeEngine(model).scores(images), want), path
+    finally:
+        native.popcount_path("best")
+    portable = PortableEngine(model)
+    assert [portable.scores(im.tobytes()) for im in images[:2]] == want[:2].tolist()
