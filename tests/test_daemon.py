@@ -248,6 +248,9 @@ def test_status_endpoint_serves_json_and_a_page_and_counters_survive_a_restart(s
     status = json.loads(body)
     assert status["boxes"] == 12 and status["restarts"] == 1
     assert status["model"]["version"] == 1 and status["frames"] == first["frames"]
+    from edge import native
+
+    assert status["engine"] == "native (%s)" % native.popcount_path()
     page = urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5).read().decode()
     assert "<h1>binsort sorter</h1>" in page and "viewport" in page and ">12<" in page
     daemon2.shutdown()
