@@ -34,11 +34,30 @@ def _as_is(w: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def binary_from_theta(theta: torch.Tensor, mix: float = 1.0) -> torch.Tensor:
-    """sign(theta), gradient straight through. While `mix` < 1 (early training) the forward
-    blends in clamp(theta / std, -1, 1): the weights binarise gradually, like the activations,
-    so the alphas first learn a real-valued net in their subspace."""
-    w = ste_sign(theta, math.inf)
+class _NearZeroSign(torch.autograd.Function):
+    """sign(theta); the gradient passes with weight max(0, 1 - |theta| / (c * std(theta))) / c,
+    so it is spent on the weights an alpha step can actually flip."""
+
+    @staticmethod
+    def forward(ctx, theta, c):
+        ctx.save_for_backward(theta)
+        ctx.width = float(theta.detach().std().clamp(min=1e-12)) * c
+        ctx.c = c
+        return torch.where(theta >= 0, 1.0, -1.0).to(theta.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (theta,) = ctx.saved_tensors
+        return grad * (1 - theta.abs() / ctx.width).clamp(min=0) / ctx.c, None
+
+
+def binary_from_theta(theta: torch.Tensor, mix: float = 1.0, window=None) -> torch.Tensor:
+    """sign(theta). The gradient goes straight through (window None), or, with `window` c,
+    only to weights within c standard deviations of zero (_NearZeroSign). While `mix` < 1
+    (early training) the forward blends in clamp(theta / std, -1, 1): the weights binarise
+    gradually, like the activations, so the alphas first learn a real-valued net in their
+    subspace."""
+    w = ste_sign(theta, math.inf) if window is None else _NearZeroSign.apply(theta, window)
     if mix >= 1.0:
         return w
     soft = (theta / theta.detach().std().clamp(min=1e-12)).clamp(-1.0, 1.0)
@@ -101,6 +120,7 @@ class PrancNet(nn.Module):
         estimator="approx",
         window=1.0,
         alpha_init=1.0,
+        ste_window=None,
     ):
         super().__init__()
         self.net = BinaryNet(arch, classes, estimator, window)
@@ -118,6 +138,7 @@ class PrancNet(nn.Module):
             if kind == "binary":
                 m.weight_fn = _as_is  # set_weights() binarises
         self.mix = 1.0  # gradual binarisation of the weights, driven by the trainer
+        self.ste_window = ste_window  # binary_from_theta's window (training only)
         sizes = [math.prod(s) for s in self.shapes]
         self.ks = split_budget(sizes, alphas, split)
         self.alphas = nn.ParameterList(nn.Parameter(torch.randn(k)) for k in self.ks)
@@ -159,7 +180,9 @@ class PrancNet(nn.Module):
         for i, ((module, attr, _), basis) in enumerate(zip(self.slots, self.bases(), strict=True)):
             theta = basis(self.coefficients(i, keep)) / basis.norm
             if self.slots[i][2] == "binary":
-                theta = binary_from_theta(theta, self.mix if self.training else 1.0)
+                theta = binary_from_theta(
+                    theta, self.mix if self.training else 1.0, self.ste_window
+                )
             setattr(module, attr, theta.view(self.shapes[i]))
 
     def forward(self, x, keep=None):

@@ -127,3 +127,21 @@ def test_fastfood_float_path_matches_the_exact_integers():
     basis = tb.Fastfood(1, 0, 5000, 300)
     exact = basis(alpha)
     assert torch.equal(basis(alpha.double()).long(), exact)
+
+
+def test_near_zero_window_passes_gradient_only_to_weights_an_alpha_step_can_flip():
+    import torch
+
+    from host.pranc import binary_from_theta
+
+    theta = torch.tensor([-3.0, -0.1, 0.0, 0.2, 2.5, -1.0, 1.0, 0.05], requires_grad=True)
+    out = binary_from_theta(theta, 1.0, window=0.5)
+    assert out.tolist() == [-1, -1, 1, 1, 1, -1, 1, 1]
+    out.sum().backward()
+    width = 0.5 * float(theta.detach().std())
+    want = [max(0.0, 1 - abs(v) / width) / 0.5 for v in theta.tolist()]
+    assert torch.allclose(theta.grad, torch.tensor(want))
+    assert theta.grad[0] == 0 and theta.grad[4] == 0 and theta.grad[2] == 2.0
+    plain = torch.tensor([-3.0, 0.1], requires_grad=True)
+    binary_from_theta(plain).sum().backward()
+    assert plain.grad.tolist() == [1.0, 1.0]  # no window: straight through everywhere
