@@ -75,7 +75,7 @@ PRANC_DEFAULTS = {
     "final_frac": 0.25,  # last fraction of epochs: frozen BatchNorm statistics, int16 alphas
     "prefix_prob": 0.5,  # probability that a step trains a random prefix, not the whole model
     "alpha_init": 1.0,  # initial weights spread like a kaiming init times this
-    "ste_window": None,  # binary weights' gradient: straight through, or near zero only
+    "ste_window": 0.5,  # binary weights' gradient only within 0.5 std of zero (None: all)
 }
 
 
