@@ -188,10 +188,11 @@ class Engine:
                 x = p.threshold(p.pool_acc(_patches(centred, layer.k, layer.stride) @ p.weights))
             elif layer.kind == BCONV:
                 xp = _pad_map(x, layer.pad)  # packed bit 0 is +1: padded with +1
-                patches = _patches(xp, layer.k, layer.stride, 8 if HAS_BITWISE_COUNT else 1)
                 if HAS_BITWISE_COUNT:
-                    x = p.threshold_pops(p.pool_acc(self._popcounts(p, patches), np.minimum))
+                    pops = self._conv_popcounts(p, xp)
+                    x = p.threshold_pops(p.pool_acc(pops, np.minimum))
                 else:
+                    patches = _patches(xp, layer.k, layer.stride)
                     x = p.threshold(p.pool_acc(self._binary_acc(p, patches)))
             elif layer.kind == BDENSE:
                 flat = x.reshape(len(x), -1)
@@ -202,6 +203,32 @@ class Engine:
             else:
                 return self._dense_out(p, x)
         raise AssertionError("model has no output layer")  # read_bnn guarantees one
+
+    @staticmethod
+    def _conv_popcounts(p, xp: np.ndarray) -> np.ndarray:
+        """A binary conv's popcounts (numpy >= 2) from the padded packed map (N, H, W, bytes).
+        Pixels of 4 or 8 bytes are copied tap by tap straight into the patches' 64-bit words,
+        word position first (one or two taps a word); other widths go through _patches."""
+        layer = p.layer
+        k, stride, nbytes = layer.k, layer.stride, xp.shape[-1]
+        if nbytes not in (4, 8):
+            return Engine._popcounts(p, _patches(xp, k, stride, 8))
+        n, h, w, _ = xp.shape
+        ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+        per = 8 // nbytes  # taps in one word
+        src = np.ascontiguousarray(xp).view("<u%d" % nbytes)[..., 0]
+        words = np.empty((p.words, n, ho, wo, per), dtype=src.dtype)
+        for t in range(p.words * per):
+            q, j = divmod(t, per)
+            if t >= k * k:
+                words[q, :, :, :, j] = 0  # zero bits: +1 against the weights' zero padding
+                continue
+            ky, kx = divmod(t, k)
+            rows = slice(ky, ky + stride * (ho - 1) + 1, stride)
+            words[q, :, :, :, j] = src[:, rows, kx : kx + stride * (wo - 1) + 1 : stride]
+        x = words.view("<u8").reshape(p.words, -1, 1)
+        pops = np.bitwise_count(x ^ p.weights).sum(axis=0, dtype=p.pop_dtype)
+        return pops.reshape(n, ho, wo, -1)
 
     @staticmethod
     def _popcounts(p, packed: np.ndarray) -> np.ndarray:
