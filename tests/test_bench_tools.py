@@ -1,0 +1,44 @@
+"""tools/bench-engines runs and reports what docs/engines.md says it reports (timings are
+not asserted: speed targets are read from its output, not tested)."""
+
+import json
+import subprocess
+import sys
+
+from edge import native
+from tests.shipkit import ROOT
+
+
+def test_bench_engines_json_has_every_row_and_the_popcount_paths():
+    out = subprocess.run(
+        [sys.executable, "tools/bench-engines", "--arch", "tiny", "--runs", "50"]
+        + ["--skip-numpy124", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    rows = {r["engine"]: r for r in report["rows"]}
+    best = native.popcount_path()
+    assert report["popcount_path"] == best
+    assert rows["binsort native"]["note"] == "%s popcount" % best
+    if best != "scalar":
+        assert rows["binsort native (scalar)"]["note"] == "scalar popcount"
+    names = " | ".join(rows)
+    for engine in ("binsort numpy", "torch float32", "numpy float32"):
+        assert engine in names, names
+    torch_row = next(r for name, r in rows.items() if name.startswith("torch float32"))
+    for r in report["rows"]:
+        assert r["arch"] == "tiny" and r["runs"] == 50
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        want = torch_row["median_ms"] / r["median_ms"]
+        assert abs(r["ratio_vs_torch"] - want) <= 0.01 * want + 0.01
+    peaks = report["popcount_peaks_gmacs_per_s"]
+    assert set(peaks) == {best, "scalar"} and all(v > 0 for v in peaks.values())
+    for path, info in report["binary_layers"]["tiny"].items():
+        assert path in peaks and info["gmacs_per_s"] > 0
+        want = 100 * info["gmacs_per_s"] / peaks[path]
+        assert abs(info["percent_of_popcount_peak"] - want) < 0.2
+    assert report["machine"] and report["numpy"] and report["torch"]
