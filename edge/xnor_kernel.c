@@ -110,6 +110,23 @@ static inline __attribute__((always_inline)) void stem_pixel(const int16_t *taps
     for (int b = 0; b < (groups + 1) / 2; b++) o[b] = (uint8_t)((uint8_t)(bits >> (8 * b)) ^ flips[b]);
 }
 
+/* The first layer's SIMD forms share two steps: the int16 weights of two kernel taps for a run
+ * of channels, interleaved as pmaddwd wants them (tap 2p, tap 2p+1 per channel; the odd last
+ * tap pairs with 0), and one output pixel's k x k centred pixels, with a 0 after them. */
+static void stem_pair_lanes(const int8_t *weights, int kk, int p, int ch0, int channels,
+                            int16_t *lanes) {
+    for (int c = 0; c < channels; c++) {
+        lanes[2 * c] = weights[(ch0 + c) * kk + 2 * p];
+        lanes[2 * c + 1] = 2 * p + 1 < kk ? weights[(ch0 + c) * kk + 2 * p + 1] : 0;
+    }
+}
+
+static inline void stem_taps(const int16_t *base, int wp, int k, int16_t *taps) {
+    for (int ky = 0; ky < k; ky++)
+        for (int kx = 0; kx < k; kx++) taps[ky * k + kx] = base[ky * wp + kx];
+    taps[k * k] = 0;
+}
+
 static void conv_u8_sse2(const int16_t *cen, int wp, int ho, int wo, int k, int stride,
                          const int8_t *weights, int cout, const int32_t *thr,
                          const uint8_t *flips, uint8_t *conv) {
@@ -118,20 +135,14 @@ static void conv_u8_sse2(const int16_t *cen, int wp, int ho, int wo, int k, int 
     for (int p = 0; p < pairs; p++)
         for (int g = 0; g < groups; g++) {
             int16_t lanes[8];
-            for (int c = 0; c < 4; c++) {
-                int ch = 4 * g + c;
-                lanes[2 * c] = weights[ch * kk + 2 * p];
-                lanes[2 * c + 1] = 2 * p + 1 < kk ? weights[ch * kk + 2 * p + 1] : 0;
-            }
+            stem_pair_lanes(weights, kk, p, 4 * g, 4, lanes);
             wv[p * groups + g] = _mm_loadu_si128((const __m128i *)lanes);
         }
     for (int oy = 0; oy < ho; oy++)
         for (int ox = 0; ox < wo; ox++) {
             const int16_t *base = cen + (size_t)oy * stride * wp + (size_t)ox * stride;
             int16_t taps[64];
-            for (int ky = 0; ky < k; ky++)
-                for (int kx = 0; kx < k; kx++) taps[ky * k + kx] = base[ky * wp + kx];
-            taps[kk] = 0;
+            stem_taps(base, wp, k, taps);
             uint8_t *o = conv + ((size_t)oy * wo + ox) * nb;
             if (groups == 8) /* 32 channels (bcnn, tiny): a constant keeps the sums in registers */
                 stem_pixel(taps, pairs, 8, wv, thr, flips, o);
@@ -337,11 +348,7 @@ VPOP_TARGET static void conv_u8_avx512(const int16_t *cen, int wp, int ho, int w
     for (int p = 0; p < pairs; p++)
         for (int g = 0; g < groups; g++) {
             int16_t lanes[32];
-            for (int c = 0; c < 16; c++) {
-                int ch = 16 * g + c;
-                lanes[2 * c] = weights[ch * kk + 2 * p];
-                lanes[2 * c + 1] = 2 * p + 1 < kk ? weights[ch * kk + 2 * p + 1] : 0;
-            }
+            stem_pair_lanes(weights, kk, p, 16 * g, 16, lanes);
             wv[p * groups + g] = _mm512_loadu_si512(lanes);
         }
     for (int g = 0; g < groups; g++) tv[g] = _mm512_loadu_si512(thr + 16 * g);
@@ -349,9 +356,7 @@ VPOP_TARGET static void conv_u8_avx512(const int16_t *cen, int wp, int ho, int w
         for (int ox = 0; ox < wo; ox++) {
             const int16_t *base = cen + (size_t)oy * stride * wp + (size_t)ox * stride;
             int16_t taps[50];
-            for (int ky = 0; ky < k; ky++)
-                for (int kx = 0; kx < k; kx++) taps[ky * k + kx] = base[ky * wp + kx];
-            taps[kk] = 0;
+            stem_taps(base, wp, k, taps);
             __m512i acc[4];
             for (int g = 0; g < groups; g++) acc[g] = _mm512_setzero_si512();
             for (int p = 0; p < pairs; p++) {
