@@ -52,6 +52,12 @@ def _word_columns(packed: np.ndarray, words: int) -> np.ndarray:
     return np.ascontiguousarray(np.ascontiguousarray(packed).view("<u8").T)[:, :, None]
 
 
+def _sum_popcounts(p, x: np.ndarray) -> np.ndarray:
+    """(words, P, 1) uint64 patch words against a layer's (words, 1, cout) weights -> (P, cout)
+    popcounts of x XOR w, summed over the words."""
+    return np.bitwise_count(x ^ p.weights).sum(axis=0, dtype=p.pop_dtype)
+
+
 def _pad_to_bytes(bits: np.ndarray) -> np.ndarray:
     """Pad the last axis of a boolean array with False (+1) to a multiple of 8."""
     extra = (-bits.shape[-1]) % 8
@@ -74,7 +80,7 @@ class _Prepared:
         elif layer.kind in (BCONV, BDENSE):
             self.n = k * k * cin if layer.kind == BCONV else cin
             w = np.frombuffer(layer.weights, dtype=np.uint8).reshape(cout, self.n // 8)
-            if HAS_BITWISE_COUNT:  # (words, 1, cout), see _binary_acc
+            if HAS_BITWISE_COUNT:  # (words, 1, cout), see _popcounts
                 self.words = -(-self.n // 64)
                 self.weights = _word_columns(w, self.words).transpose(0, 2, 1).copy()
             else:
@@ -129,30 +135,24 @@ def _pad_map(x: np.ndarray, pad: int) -> np.ndarray:
     return out
 
 
-def _patches(x: np.ndarray, k: int, stride: int, align: int = 1) -> np.ndarray:
-    """(N, H, W, C) padded -> (N, Ho, Wo, k*k*C) sliding windows in (ky, kx, c) order, each
-    patch zero-filled at its end to a multiple of `align` bytes when that is a whole number
-    of pixels (the packed bitwise path's 64-bit words; zero bits are +1 on both sides).
+def _patches(x: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """(N, H, W, C) padded -> (N, Ho, Wo, k*k*C) sliding windows in (ky, kx, c) order.
 
     One strided copy per kernel tap, with a pixel's C values moved as one element where they
-    fit one (a packed pixel of 4 or 8 bytes is one uint32 or uint64): several times faster
-    than copying a transposed sliding_window_view (docs/engines.md)."""
+    fit one (a packed pixel of 2, 4 or 8 bytes is one uint16, uint32 or uint64): several times
+    faster than copying a transposed sliding_window_view (docs/engines.md)."""
     n, h, w, c = x.shape
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
     src = np.ascontiguousarray(x)
     size = c * x.itemsize
     if c > 1 and size in (2, 4, 8):
         src = src.view("<u%d" % size)
-    taps = k * k
-    while (taps * size) % align and align % size == 0:
-        taps += 1
-    out = np.empty((n, ho, wo, taps, src.shape[-1]), dtype=src.dtype)
-    out[:, :, :, k * k :] = 0
+    out = np.empty((n, ho, wo, k * k, src.shape[-1]), dtype=src.dtype)
     for ky in range(k):
         rows = slice(ky, ky + stride * (ho - 1) + 1, stride)
         for kx in range(k):
             out[:, :, :, ky * k + kx] = src[:, rows, kx : kx + stride * (wo - 1) + 1 : stride]
-    return out.view(x.dtype).reshape(n, ho, wo, taps * c)
+    return out.view(x.dtype).reshape(n, ho, wo, k * k * c)
 
 
 class Engine:
@@ -212,7 +212,7 @@ class Engine:
         layer = p.layer
         k, stride, nbytes = layer.k, layer.stride, xp.shape[-1]
         if nbytes not in (4, 8):
-            return Engine._popcounts(p, _patches(xp, k, stride, 8))
+            return Engine._popcounts(p, _patches(xp, k, stride))
         n, h, w, _ = xp.shape
         ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
         per = 8 // nbytes  # taps in one word
@@ -226,9 +226,7 @@ class Engine:
             ky, kx = divmod(t, k)
             rows = slice(ky, ky + stride * (ho - 1) + 1, stride)
             words[q, :, :, :, j] = src[:, rows, kx : kx + stride * (wo - 1) + 1 : stride]
-        x = words.view("<u8").reshape(p.words, -1, 1)
-        pops = np.bitwise_count(x ^ p.weights).sum(axis=0, dtype=p.pop_dtype)
-        return pops.reshape(n, ho, wo, -1)
+        return _sum_popcounts(p, words.view("<u8").reshape(p.words, -1, 1)).reshape(n, ho, wo, -1)
 
     @staticmethod
     def _popcounts(p, packed: np.ndarray) -> np.ndarray:
@@ -236,10 +234,8 @@ class Engine:
         (..., cout). The word position is the outer axis, (words, P, 1) ^ (words, 1, cout), so
         the sum over words adds whole (P, cout) slabs; summing a short last axis instead was
         3-4x slower (docs/engines.md)."""
-        lead = packed.shape[:-1]
-        x = _word_columns(packed.reshape(-1, packed.shape[-1]), p.words)
-        pops = np.bitwise_count(x ^ p.weights).sum(axis=0, dtype=p.pop_dtype)
-        return pops.reshape(lead + (pops.shape[-1],))
+        pops = _sum_popcounts(p, _word_columns(packed.reshape(-1, packed.shape[-1]), p.words))
+        return pops.reshape(packed.shape[:-1] + (pops.shape[-1],))
 
     @staticmethod
     def _binary_acc(p, packed: np.ndarray) -> np.ndarray:
