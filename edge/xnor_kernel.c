@@ -14,7 +14,9 @@
  * +1 in both patch and weight padding, so they XOR to 0), then every output channel is
  * n - 2 * sum(popcount(patch ^ weight)) over the words. Words are 64-bit, or 32-bit on 32-bit
  * CPUs; popcount is the compiler builtin (POPCNT on x86-64 with -mpopcnt, CNT on AArch64,
- * a short bit-twiddling sequence on ARMv6/ARMv7 without NEON).
+ * a short bit-twiddling sequence on ARMv6/ARMv7 without NEON). On x86-64 CPUs with AVX-512
+ * VPOPCNTDQ a second path, picked at run time, does eight output channels per 512-bit register
+ * (bs_simd; docs/engines.md). Both give the same integers.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -152,6 +154,7 @@ static void conv_u8_sse2(const int16_t *cen, int wp, int ho, int wo, int k, int 
 }
 #endif
 
+/* The popcount path is chosen at run time (bs_simd, below with the AVX-512 functions). */
 static int simd(void);
 #define SIMD_VPOPCNT 2
 #if defined(__x86_64__) && defined(__GNUC__)
