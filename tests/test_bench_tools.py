@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from edge import native
+from tests.hidden_packages import env_without
 from tests.shipkit import ROOT
 
 
@@ -27,7 +28,7 @@ def test_bench_engines_json_has_every_row_and_the_popcount_paths():
     if best != "scalar":
         assert rows["binsort native (scalar)"]["note"] == "scalar popcount"
     names = " | ".join(rows)
-    for engine in ("binsort numpy", "torch float32", "numpy float32"):
+    for engine in ("binsort numpy", "torch float32", "numpy float32", "onnxruntime float32"):
         assert engine in names, names
     torch_row = next(r for name, r in rows.items() if name.startswith("torch float32"))
     for r in report["rows"]:
@@ -42,3 +43,36 @@ def test_bench_engines_json_has_every_row_and_the_popcount_paths():
         want = 100 * info["gmacs_per_s"] / peaks[path]
         assert abs(info["percent_of_popcount_peak"] - want) < 0.2
     assert report["machine"] and report["numpy"] and report["torch"]
+    assert "skipped" not in report
+
+
+def test_bench_engines_refuses_to_run_without_its_onnxruntime_anchor(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "tools/bench-engines", "--arch", "tiny", "--runs", "50", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env_without(tmp_path, "onnxruntime"),
+        timeout=600,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1, out.stderr  # one line, no traceback
+    assert "onnxruntime" in out.stderr and "'.[bench]'" in out.stderr
+    assert "--skip-onnxruntime" in out.stderr
+
+
+def test_bench_engines_names_an_anchor_skipped_on_request(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "tools/bench-engines", "--arch", "tiny", "--runs", "50"]
+        + ["--skip-numpy124", "--skip-onnxruntime", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env_without(tmp_path, "onnxruntime"),
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["skipped"] == ["onnxruntime float32 (--skip-onnxruntime)"]
+    assert not any(r["engine"].startswith("onnxruntime") for r in report["rows"])
+    assert "SKIPPED anchor: onnxruntime" in out.stderr

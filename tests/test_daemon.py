@@ -16,6 +16,7 @@ from edge.daemon import Daemon
 from edge.store import SlotStore
 from protocol.transports import tcp
 from tests.conftest import checkpoint_for, random_bn_model
+from tests.hidden_packages import env_without
 from tests.shipkit import EDGE, ROOT, keys, signed_manifest
 
 LANES = {"F06": "left", "K11": "left", "S19": "right", "V22": "right"}
@@ -390,6 +391,37 @@ def test_picamera2_adapter_takes_the_y_plane_of_the_lores_stream():
     assert frame.image.shape == (60, 80) and (frame.image == expected).all()
     cam.close()
     assert calls["stopped"]
+
+
+def test_a_daemon_whose_config_uses_no_gpio_runs_without_gpiozero(station):
+    install(station, 1)
+    env = env_without(station["tmp"], "gpiozero")
+    plain = station["tmp"] / "plain.toml"
+    _write_config(plain, station["store"], actuator={"kind": "log"})
+    report = station["tmp"] / "report.json"
+    out = subprocess.run(
+        EDGE + ["run", "--config", str(plain), "--max-frames", "80", "--report", str(report)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(report.read_text())["status"]["frames"] == 80
+    # the same environment does hide gpiozero: a config with a photo-eye needs it
+    eye = station["tmp"] / "eye.toml"
+    _write_config(eye, station["store"], photo_eye={"pin": 4}, gpio={"pin_factory": "mock"})
+    out = subprocess.run(
+        EDGE + ["run", "--config", str(eye), "--max-frames", "80"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "GPIO needs gpiozero" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_missing_camera_is_a_one_line_error_at_start(station):
