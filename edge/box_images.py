@@ -17,12 +17,15 @@ simulated camera. numpy and Pillow only.
 
 import glob
 import hashlib
+import io
 import math
 import random
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from edge.code_styles import STYLES, distractor, lay_distractor
 
 DEFAULT_CODES = ("F06", "K11", "S19", "V22")
 EMPTY_LABEL = "empty"
@@ -118,8 +121,135 @@ def _perspective_coeffs(rng: random.Random, size: int, strength: float):
     return np.linalg.solve(np.array(rows), np.array(rhs)).tolist()
 
 
-def render(seed: int, split: str, label: str, index: int, size: int = 100) -> Image.Image:
-    """One grey camera frame of `label` (a code, or 'empty'), fully determined by its arguments."""
+def _carton_face(rng: random.Random, nrng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A box face: carton tone (kraft, white or coloured), grain, corrugation, maybe tape."""
+    kind = rng.random()
+    if kind < 0.6:
+        hue = np.array([rng.uniform(170, 225), rng.uniform(130, 175), rng.uniform(80, 130)])
+    elif kind < 0.8:
+        hue = np.full(3, rng.uniform(200, 245)) + np.array([0, 0, rng.uniform(-10, 5)])
+    else:
+        hue = np.array([rng.uniform(60, 230) for _ in range(3)])
+    card = hue * rng.uniform(0.75, 1.1) + nrng.normal(0, rng.uniform(2, 8), size=(h, w, 1))
+    if rng.random() < 0.5:  # corrugation showing through the liner
+        period = rng.uniform(6, 16)
+        phase = np.sin(2 * np.pi * np.arange(w) / period + rng.uniform(0, 6.3))
+        card = card + rng.uniform(2, 8) * phase[None, :, None]
+    face = Image.fromarray(np.clip(card, 0, 255).astype(np.uint8), "RGB")
+    return face
+
+
+def _tape(rng: random.Random, face: Image.Image, keep_clear=None) -> None:
+    """A strip of packing tape across the face; opaque tape never covers `keep_clear`."""
+    w, h = face.size
+    draw = ImageDraw.Draw(face, "RGBA")
+    t = rng.randint(max(2, h // 12), max(3, h // 5))
+    shade = rng.randint(170, 235)
+    opaque = rng.random() < 0.5
+    alpha = 230 if opaque else rng.randint(40, 90)
+    for _ in range(6):
+        y = rng.randrange(max(1, h - t))
+        if not opaque or keep_clear is None or y + t < keep_clear[1] or y > keep_clear[3]:
+            draw.rectangle([0, y, w, y + t], fill=(shade, shade - 12, shade - 45, alpha))
+            return
+
+
+def _overlaps(a, b) -> bool:
+    return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
+
+
+def _distractors(rng, face, code_h: float, avoid) -> None:
+    """0-3 pieces of other print (lot numbers, dates, logos) placed clear of `avoid`."""
+    w, h = face.size
+    for _ in range(rng.choice((0, 1, 1, 2, 3))):
+        mask = distractor(rng, max(5, int(code_h * rng.uniform(0.25, 0.55))))
+        if mask.width >= w or mask.height >= h:
+            continue
+        for _ in range(8):
+            x, y = rng.randrange(w - mask.width), rng.randrange(h - mask.height)
+            rect = (x, y, x + mask.width, y + mask.height)
+            if avoid is None or not _overlaps(rect, avoid):
+                lay_distractor(rng, face, mask, (x, y))
+                break
+
+
+def _paste_face(img: Image.Image, face: Image.Image, angle: float, anchor, at) -> None:
+    """Turn `face` by `angle` degrees about its centre and paste it so that its point `anchor`
+    lands on the frame point `at`."""
+    rgba = face.convert("RGBA")
+    turned = rgba.rotate(angle, resample=Image.BICUBIC, expand=True)
+    dx, dy = anchor[0] - face.width / 2, anchor[1] - face.height / 2
+    a = math.radians(angle)  # Pillow turns counter-clockwise as seen, y pointing down
+    rx = dx * math.cos(a) + dy * math.sin(a)
+    ry = -dx * math.sin(a) + dy * math.cos(a)
+    x = int(round(at[0] - turned.width / 2 - rx))
+    y = int(round(at[1] - turned.height / 2 - ry))
+    img.paste(turned, (x, y), turned)
+
+
+def _camera(rng, nrng, img: Image.Image, size: int, light_range: bool) -> Image.Image:
+    """Light, optics and sensor: gradient, shadows, glare, motion blur along the belt, defocus,
+    noise, JPEG, and (when `light_range`) the camera's limited-range luma 16-235."""
+    big = img.width
+    draw = ImageDraw.Draw(img, "RGBA")
+    if rng.random() < 0.35:  # a shadow cast across the view
+        x0 = rng.uniform(-big, big)
+        pts = [
+            (x0, 0),
+            (x0 + rng.uniform(0.2, 0.6) * big, 0),
+            (x0 + rng.uniform(0.2, 0.8) * big, big),
+        ]
+        draw.polygon(pts + [(x0, big)], fill=(0, 0, 0, rng.randint(40, 110)))
+    if rng.random() < 0.25:  # something at the border hides a strip of the view
+        depth = int(big * rng.uniform(0.03, 0.08))
+        shade = rng.randint(20, 200)
+        rect = [
+            (0, 0, depth, big),
+            (0, 0, big, depth),
+            (big - depth, 0, big, big),
+            (0, big - depth, big, big),
+        ][rng.randrange(4)]
+        draw.rectangle(rect, fill=(shade, shade, shade, 255))
+    arr = np.asarray(img.convert("L"), dtype=np.float64)
+    yy, xx = np.mgrid[0:big, 0:big] / big
+    angle = rng.uniform(0, 2 * math.pi)
+    light = 1 + rng.uniform(0, 0.5) * ((xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle))
+    arr = arr * light * rng.uniform(0.65, 1.25)
+    if rng.random() < 0.25:  # glare: a bright specular spot
+        gx, gy, r = rng.random(), rng.random(), rng.uniform(0.08, 0.3)
+        arr = arr + rng.uniform(40, 140) * np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * r * r))
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").resize(
+        (size, size), Image.BOX
+    )
+    arr = np.asarray(out, dtype=np.float64)
+    length = rng.choice((1, 1, 2, 3, 4, 5, 6)) if rng.random() < 0.5 else 1
+    if length > 1:  # motion blur along the belt
+        axis = 1 if rng.random() < 0.8 else 0
+        kernel = np.ones(length) / length
+        arr = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), axis, arr)
+        edge = length // 2 + 1  # keep the borders, which 'same' mode darkens
+        if axis == 1:
+            arr[:, :edge], arr[:, -edge:] = np.asarray(out)[:, :edge], np.asarray(out)[:, -edge:]
+        else:
+            arr[:edge], arr[-edge:] = np.asarray(out)[:edge], np.asarray(out)[-edge:]
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    blur = rng.uniform(0, 1.2)
+    if blur > 0.3:  # defocus
+        out = out.filter(ImageFilter.GaussianBlur(blur))
+    arr = np.asarray(out, dtype=np.float64) + nrng.normal(0, rng.uniform(1, 7), size=(size, size))
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if rng.random() < 0.4:  # JPEG artefacts
+        buf = io.BytesIO()
+        out.save(buf, "JPEG", quality=rng.randint(25, 90))
+        out = Image.open(io.BytesIO(buf.getvalue())).convert("L")
+    if light_range:
+        out = out.point(lambda v: 16 + (v * 219 + 127) // 255)
+    return out
+
+
+def render_classic(seed: int, split: str, label: str, index: int, size: int = 100) -> Image.Image:
+    """The first generator's frame (binsort-synth-1): a carton-printed code on a box near the
+    centre. Still the default training set while the styled set's recipe is worked out."""
     rng = seeded_rng(seed, split, label, index)
     nrng = np.random.default_rng(rng.getrandbits(64))
     belt, belt_colour = _belt(rng, nrng, size)
@@ -172,3 +302,64 @@ def render(seed: int, split: str, label: str, index: int, size: int = 100) -> Im
         out = out.filter(ImageFilter.GaussianBlur(blur))
     noisy = np.asarray(out, dtype=np.float64) + nrng.normal(0, rng.uniform(1, 7), size=(size, size))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L")
+
+
+def render(
+    seed: int, split: str, label: str, index: int, size: int = 100, styles=None
+) -> Image.Image:
+    """One grey camera frame of `label` (a code, or 'empty'), fully determined by its arguments.
+
+    `styles`: the code styles to draw from (names of edge.code_styles.STYLES, "all" for every
+    one); None draws the first generator's frame (render_classic).
+    """
+    if styles is None:
+        return render_classic(seed, split, label, index, size)
+    if styles == "all":
+        styles = tuple(STYLES)
+    rng = seeded_rng(seed, split, label, index)
+    nrng = np.random.default_rng(rng.getrandbits(64))
+    big = 2 * size  # drawn large, shrunk at the end
+    belt, belt_colour = _belt(rng, nrng, big)
+    img = Image.fromarray(belt.astype(np.uint8), "RGB")
+    angle = rng.uniform(-15, 15)
+    if label != EMPTY_LABEL:
+        style = STYLES[rng.choice(tuple(styles))]
+        code_h = int(rng.uniform(0.10, 0.35) * big)
+        code_w = int(min(0.88 * big, code_h * rng.uniform(2.4, 3.4)))
+        fw = int(max(code_w + 1.3 * code_h, rng.uniform(0.4, 1.4) * big))
+        fh = int(max(2.8 * code_h, rng.uniform(0.4, 1.4) * big))
+        face = _carton_face(rng, nrng, fw, fh)
+        px = rng.uniform(code_w / 2 + 0.6 * code_h, fw - code_w / 2 - 0.6 * code_h)
+        py = rng.uniform(1.4 * code_h, fh - 1.4 * code_h)
+        rect = (
+            int(px - code_w / 2),
+            int(py - code_h / 2),
+            int(px + code_w / 2),
+            int(py + code_h / 2),
+        )
+        clear = (rect[0] - code_h // 2, rect[1] - code_h, rect[2] + code_h // 2, rect[3] + code_h)
+        if rng.random() < 0.35:
+            _tape(rng, face, clear)
+        _distractors(rng, face, code_h, clear)
+        style(rng, nrng, face, label, rect)
+        # the code anywhere in the central area, wholly inside the frame
+        reach = max(0.0, min(0.15 * big, (big - code_w) / 2 - 4, (big - code_h) / 2 - 4))
+        at = (big / 2 + rng.uniform(-reach, reach), big / 2 + rng.uniform(-reach, reach))
+        _paste_face(img, face, angle, (px, py), at)
+    elif rng.random() < 0.55:  # a box with no code on it: entering, leaving, or in view
+        fw, fh = int(rng.uniform(0.4, 1.4) * big), int(rng.uniform(0.4, 1.4) * big)
+        face = _carton_face(rng, nrng, fw, fh)
+        if rng.random() < 0.35:
+            _tape(rng, face)
+        _distractors(rng, face, rng.uniform(0.1, 0.3) * big, None)
+        shift = rng.uniform(0, 0.9) * big * rng.choice((-1, 1))
+        at = (big / 2 + shift, big / 2 + rng.uniform(-0.15, 0.15) * big)
+        _paste_face(img, face, angle, (fw / 2, fh / 2), at)
+    img = img.transform(
+        (big, big),
+        Image.PERSPECTIVE,
+        _perspective_coeffs(rng, big, big * 0.05),
+        Image.BICUBIC,
+        fillcolor=belt_colour,
+    )
+    return _camera(rng, nrng, img, size, rng.random() < 0.4)

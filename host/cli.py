@@ -12,8 +12,9 @@ from protocol.errors import BinsortError, run_cli
 def _synth(args) -> int:
     from tqdm import tqdm
 
-    from host.synth import synthesise
+    from host.synth import parse_styles, synthesise
 
+    styles = parse_styles(args.styles)
     codes = [c.strip() for c in args.codes.split(",") if c.strip()]
     if not codes:
         raise BinsortError("--codes needs at least one code")
@@ -21,8 +22,21 @@ def _synth(args) -> int:
         raise BinsortError("--count must be at least 2 and --size at least 16")
     total = args.count * (len(codes) + 1)
     with tqdm(total=total, desc="synthesising", unit="img", disable=args.quiet) as bar:
-        info = synthesise(args.out, args.count, args.size, codes, args.seed, progress=bar.update)
-    print("wrote %d images of %s to %s" % (total, ", ".join(info["labels"]), args.out))
+        info = synthesise(
+            args.out, args.count, args.size, codes, args.seed, progress=bar.update, styles=styles
+        )
+    print(
+        "wrote %d images of %s to %s (styles: %s)"
+        % (total, ", ".join(info["labels"]), args.out, ", ".join(styles or ["classic"]))
+    )
+    return 0
+
+
+def _styles(args) -> int:
+    from edge.code_styles import STYLES
+
+    for name, paint in STYLES.items():
+        print("%-10s %s" % (name, (paint.__doc__ or "").strip().splitlines()[0]))
     return 0
 
 
@@ -294,9 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=3000, help="images per label (default 3000)")
     p.add_argument("--size", type=int, default=100, help="image side in pixels (default 100)")
     p.add_argument("--codes", default="F06,K11,S19,V22", help="comma-separated box codes")
+    p.add_argument(
+        "--styles",
+        default=None,
+        help="draw codes in these styles on boxes of any size and place: all, a list "
+        "(label,stamp) or all but some (-stencil); `binsort data styles` lists them (default: "
+        "the first generator's carton-printed codes near the centre)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_synth)
+    p = data.add_parser("styles", help="list the code styles `data synth --styles` takes")
+    p.set_defaults(run=_styles)
 
     p = sub.add_parser("train", help="train a binary net")
     p.add_argument(

@@ -1,8 +1,11 @@
 """Synthetic data sets of box-code images: DIR/{train,test}/<label>/*.png and DIR/labels.json.
 
-Each image is rendered by edge.box_images (what it looks like and why is described there; the
-edge's conveyor simulator uses the same renderer). Every image is a pure function of
-(seed, split, label, index), so a data set is reproducible on any machine.
+Each image is rendered by edge.box_images (what it looks like and why is described there): with
+`styles`, its code drawn in one of the named styles of edge.code_styles on a box of any size and
+place (binsort-synth-2); without, the first generator's carton-printed codes near the centre
+(binsort-synth-1), still the default while the styled set's training recipe is worked out. Every image is a pure function of
+(seed, split, label, index, styles) and the fonts the machine has, so a data set is
+reproducible on any machine with the same fonts.
 """
 
 import json
@@ -10,13 +13,36 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 from edge.box_images import DEFAULT_CODES, EMPTY_LABEL, render
+from edge.code_styles import STYLES
+from protocol.errors import BinsortError
 
 TEST_FRACTION = 0.2
 
 
 def _write_one(job):
-    seed, split, label, index, size, path = job
-    render(seed, split, label, index, size).save(path)
+    seed, split, label, index, size, styles, path = job
+    render(seed, split, label, index, size, styles).save(path)
+
+
+def parse_styles(text: "str | None") -> "tuple | None":
+    """'label,stamp' -> those styles; '-stencil' -> all but stencil; 'all' -> all; None -> None
+    (the first generator's frames, edge.box_images.render_classic)."""
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return tuple(STYLES)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n.lstrip("-") for n in names if n.lstrip("-") not in STYLES]
+    if unknown:
+        raise BinsortError(
+            "unknown style %s (choose from %s)" % (", ".join(unknown), ", ".join(STYLES))
+        )
+    drop = {n[1:] for n in names if n.startswith("-")}
+    keep = [n for n in names if not n.startswith("-")] or list(STYLES)
+    chosen = tuple(n for n in STYLES if n in keep and n not in drop)
+    if not chosen:
+        raise BinsortError("--styles %s leaves no style to draw" % text)
+    return chosen
 
 
 def synthesise(
@@ -27,12 +53,14 @@ def synthesise(
     seed: int = 0,
     workers: int | None = None,
     progress=None,
+    styles: "tuple | None" = None,
 ) -> dict:
     """Write out_dir/{train,test}/<label>/*.png and out_dir/labels.json; `count` images per label.
 
     Returns the contents of labels.json. `progress(n)` is called as images are written.
     """
     labels = [*codes, EMPTY_LABEL]
+    styles = tuple(styles) if styles else None
     n_test = max(1, int(round(count * TEST_FRACTION)))
     jobs = []
     for split, n in (("train", count - n_test), ("test", n_test)):
@@ -40,7 +68,7 @@ def synthesise(
             folder = os.path.join(out_dir, split, label)
             os.makedirs(folder, exist_ok=True)
             jobs.extend(
-                (seed, split, label, i, size, os.path.join(folder, "%05d.png" % i))
+                (seed, split, label, i, size, styles, os.path.join(folder, "%05d.png" % i))
                 for i in range(n)
             )
     workers = workers or min(4, os.cpu_count() or 1)
@@ -59,7 +87,8 @@ def synthesise(
         "size": size,
         "seed": seed,
         "count_per_label": count,
-        "generator": "binsort-synth-1",
+        "generator": "binsort-synth-2" if styles else "binsort-synth-1",
+        "styles": list(styles) if styles else None,
     }
     with open(os.path.join(out_dir, "labels.json"), "w") as f:
         json.dump(info, f, indent=1)

@@ -1,0 +1,126 @@
+"""The generator's named code styles: each one paints the code where it is told, styles can be
+listed, chosen and held out, and the held-out renderers stay apart from the generator."""
+
+import ast
+import json
+import pathlib
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from edge.box_images import render
+from edge.code_styles import DOT_GLYPHS, STYLES, _has_glyph, dot_mask, fonts_for, system_fonts
+from host.synth import parse_styles, synthesise
+from protocol.errors import BinsortError
+from tests.shipkit import HOST, ROOT
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_each_style_paints_the_code_inside_its_box(style):
+    rect = (60, 70, 180, 110)  # 120 x 40 pixels, on a 240 x 180 face
+    for i in range(5):
+        face = Image.new("RGB", (240, 180), (190, 150, 110))
+        rng = random.Random(i)
+        STYLES[style](rng, np.random.default_rng(i), face, "K11", rect)
+        changed = np.abs(np.asarray(face, np.int32) - (190, 150, 110)).sum(axis=2) > 40
+        ys, xs = np.nonzero(changed)
+        assert changed[70:110, 60:180].mean() > 0.05, style  # ink where the code goes
+        # a label's paper, barcode and print reach a little beyond the code, nothing further
+        assert xs.min() >= 60 - 30 and xs.max() <= 180 + 30, (style, xs.min(), xs.max())
+        assert ys.min() >= 70 - 38 and ys.max() <= 110 + 48, (style, ys.min(), ys.max())
+
+
+def test_the_dot_matrix_font_has_every_letter_and_digit_on_a_5x7_grid(monkeypatch):
+    for ch in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
+        rows = DOT_GLYPHS[ch].split()
+        assert len(rows) == 7 and all(len(r) == 5 and set(r) <= {"0", "1"} for r in rows), ch
+    dots = []
+    draw_ellipse = ImageDraw.ImageDraw.ellipse
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw,
+        "ellipse",
+        lambda self, xy, **kw: dots.append(xy) or draw_ellipse(self, xy, **kw),
+    )
+    mask = dot_mask(random.Random(0), "F06", 70)
+    bits = sum(DOT_GLYPHS[ch].count("1") for ch in "F06")
+    assert len(dots) == bits == 14 + 19 + 15
+    assert mask.height >= 70 and np.asarray(mask).max() == 255
+
+
+def test_fonts_lacking_a_character_are_not_drawn_with():
+    fonts = system_fonts()
+    if not fonts:
+        pytest.skip("no system fonts on this machine")
+    assert not _has_glyph(fonts[0], "\ue000")  # a private-use code point no font maps
+    assert fonts_for("F06")[-1] is None and len(fonts_for("F06")) > 1
+    assert fonts_for("F\ue000") == (None,)
+
+
+def test_rendering_depends_on_the_styles_drawn_from():
+    a = np.asarray(render(1, "train", "S19", 4, 100, ("stamp",)))
+    assert np.array_equal(a, np.asarray(render(1, "train", "S19", 4, 100, ("stamp",))))
+    assert not np.array_equal(a, np.asarray(render(1, "train", "S19", 4, 100, ("dotmatrix",))))
+
+
+def test_styles_are_chosen_listed_and_held_out(tmp_path):
+    assert parse_styles(None) is None and parse_styles("all") == tuple(STYLES)
+    assert parse_styles("-stencil,-stamp") == ("carton", "label", "dotmatrix")
+    assert parse_styles("stamp,label") == ("label", "stamp")
+    with pytest.raises(BinsortError, match="unknown style inkjet"):
+        parse_styles("label,inkjet")
+    with pytest.raises(BinsortError, match="leaves no style"):
+        parse_styles("stamp,-stamp")
+    info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
+    assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
+    assert info["generator"] == "binsort-synth-2"
+    out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
+    out = subprocess.run(
+        HOST + ["data", "synth", "--out", str(tmp_path / "x"), "--styles", "inkjet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "inkjet" in out.stderr
+
+
+def _imports(path: pathlib.Path) -> set:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_held_out_renderers_share_no_code_with_the_generator():
+    root = pathlib.Path(ROOT)
+    for path in (root / "tools" / "renderers").glob("*.py"):
+        names = _imports(path)
+        assert not {n for n in names if n.split(".")[0] in ("host", "edge", "protocol")}, path
+    for path in (root / "host").glob("*.py"):
+        assert not any("renderers" in n for n in _imports(path)), path
+
+
+def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path, tiny_model):
+    model = tmp_path / "m.bnn"
+    model.write_bytes(tiny_model[1])
+    out = subprocess.run(
+        [sys.executable, "tools/generalisation", "eval", str(model), "--count", "2"]
+        + ["--work", str(tmp_path / "w"), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)["rows"]
+    assert set(rows) == {"renderer sticker", "renderer marker"} | {
+        "generator, " + s for s in STYLES
+    }
+    assert all(r["n"] == 10 and 0 <= r["accuracy"] <= 1 for r in rows.values())
