@@ -3,9 +3,9 @@
 Each image is rendered by edge.box_images (what it looks like and why is described there): with
 `styles`, its code drawn in one of the named styles of edge.code_styles on a box of any size and
 place (binsort-synth-2); without, the first generator's carton-printed codes near the centre
-(binsort-synth-1), still the default while the styled set's training recipe is worked out. Every image is a pure function of
-(seed, split, label, index, styles) and the fonts the machine has, so a data set is
-reproducible on any machine with the same fonts.
+(binsort-synth-1), still the default while the styled set's training recipe is worked out.
+Every image is a pure function of (seed, split, label, index, styles) and the fonts the machine
+has, so a data set is reproducible on any machine with the same fonts.
 """
 
 import json

@@ -124,3 +124,21 @@ def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path
         "generator, " + s for s in STYLES
     }
     assert all(r["n"] == 10 and 0 <= r["accuracy"] <= 1 for r in rows.values())
+
+
+def test_leave_one_style_out_trains_without_the_style_and_scores_it(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "tools/generalisation", "loso", "--arch", "tiny", "--count", "4"]
+        + ["--test-count", "2", "--epochs", "1", "--styles", "stamp"]
+        + ["--work", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)["rows"]
+    assert list(rows) == ["without stamp"]
+    assert rows["without stamp"]["held out"]["n"] == 10
+    info = json.loads((tmp_path / "loso-data-stamp" / "labels.json").read_text())
+    assert info["styles"] == ["carton", "label", "dotmatrix", "stencil"]
