@@ -187,9 +187,15 @@ def _paste_face(img: Image.Image, face: Image.Image, angle: float, anchor, at) -
     img.paste(turned, (x, y), turned)
 
 
-def _camera(rng, nrng, img: Image.Image, size: int, light_range: bool) -> Image.Image:
+def _camera(
+    rng, nrng, img: Image.Image, size: int, light_range: bool, code_px: float
+) -> Image.Image:
     """Light, optics and sensor: gradient, shadows, glare, motion blur along the belt, defocus,
-    noise, JPEG, and (when `light_range`) the camera's limited-range luma 16-235."""
+    noise, JPEG, and (when `light_range`) the camera's limited-range luma 16-235.
+
+    `code_px`: the code's height in output pixels. Blur is bounded by it, so that a code stays
+    legible: a small code is not smeared more than a quarter of its height (a code a person
+    cannot read teaches the net nothing but noise)."""
     big = img.width
     draw = ImageDraw.Draw(img, "RGBA")
     if rng.random() < 0.35:  # a shadow cast across the view
@@ -223,6 +229,7 @@ def _camera(rng, nrng, img: Image.Image, size: int, light_range: bool) -> Image.
     )
     arr = np.asarray(out, dtype=np.float64)
     length = rng.choice((1, 1, 2, 3, 4, 5, 6)) if rng.random() < 0.5 else 1
+    length = min(length, max(1, int(code_px / 4)))
     if length > 1:  # motion blur along the belt
         axis = 1 if rng.random() < 0.8 else 0
         kernel = np.ones(length) / length
@@ -233,7 +240,7 @@ def _camera(rng, nrng, img: Image.Image, size: int, light_range: bool) -> Image.
         else:
             arr[:edge], arr[-edge:] = np.asarray(out)[:edge], np.asarray(out)[-edge:]
     out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    blur = rng.uniform(0, 1.2)
+    blur = min(rng.uniform(0, 1.2), code_px / 14)
     if blur > 0.3:  # defocus
         out = out.filter(ImageFilter.GaussianBlur(blur))
     arr = np.asarray(out, dtype=np.float64) + nrng.normal(0, rng.uniform(1, 7), size=(size, size))
@@ -362,4 +369,5 @@ def render(
         Image.BICUBIC,
         fillcolor=belt_colour,
     )
-    return _camera(rng, nrng, img, size, rng.random() < 0.4)
+    code_px = code_h * size / big if label != EMPTY_LABEL else size
+    return _camera(rng, nrng, img, size, rng.random() < 0.4, code_px)
