@@ -177,6 +177,33 @@ def _run(args) -> int:
     return 0
 
 
+def _capture(args) -> int:
+    from edge.config import check_capture, load_config
+    from edge.daemon import watch_and_capture
+
+    cfg = load_config(args.config)
+    cap = dict(cfg["capture"] or {"dir": None, "doubt_below": 0.9, "min_free_mb": 100.0})
+    cap.update(dir=args.dir, max_mb=args.max_mb, keep=args.keep, full_frame=args.full_frame)
+    if args.doubt_below is not None:
+        cap["doubt_below"] = args.doubt_below
+    check_capture(cap)
+    cfg["capture"] = cap
+    daemon = watch_and_capture(cfg, _log(args.quiet), args.max_frames)
+    summary = daemon.capture.summary()
+    print(
+        "%d boxes seen, %d captures kept in %s (%d in the ring, %.1f of %.0f MB)"
+        % (
+            daemon.counters.data["boxes"],
+            summary["kept"],
+            args.dir,
+            summary["captures"],
+            summary["bytes"] / 2**20,
+            summary["max_bytes"] / 2**20,
+        )
+    )
+    return 0
+
+
 def _pgm(args) -> int:
     from edge.engine import load_engine
     from edge.portable import write_pgm
@@ -250,6 +277,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="write the final status and decisions as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_run)
+
+    p = sub.add_parser(
+        "capture",
+        help="watch the line and keep decided boxes for training, without sorting",
+        description="Runs the camera, the store's active model and the box tracking of "
+        "`run`, and keeps each decided box's model input (and optionally the whole frame) "
+        "with its decision in a bounded ring. No actuator moves and no model is received; "
+        "stop the daemon first, as both need the camera. `binsort data pull` fetches the "
+        "ring. The daemon itself keeps the same ring with a [capture] section in edge.toml.",
+    )
+    p.add_argument("--config", required=True, help="edge.toml: the store, source and decide")
+    p.add_argument("--dir", required=True, help="the capture folder (the ring)")
+    p.add_argument(
+        "--max-mb", type=float, default=64.0, help="the ring's size; oldest go first (64)"
+    )
+    p.add_argument(
+        "--keep",
+        choices=("all", "doubtful"),
+        default="all",
+        help="every box (default), or only rejected ones and those below --doubt-below",
+    )
+    p.add_argument("--doubt-below", type=float, default=None, help="doubtful: confidence (0.9)")
+    p.add_argument("--full-frame", action="store_true", help="also keep the whole camera frame")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_capture)
     return parser
 
 

@@ -47,13 +47,21 @@ SCHEMA = {
         "serial": (str, None),
         "pranc_min_accuracy": (float, None),
     },
+    "capture": {
+        "dir": (str, None),
+        "max_mb": (float, 64.0),
+        "keep": (str, "all"),
+        "doubt_below": (float, 0.9),
+        "full_frame": (bool, False),
+        "min_free_mb": (float, 100.0),
+    },
     "status": {
         "listen": (str, "127.0.0.1:8080"),
         "state_dir": (str, None),
         "save_every_s": (float, 10.0),
     },
 }
-OPTIONAL_SECTIONS = ("photo_eye", "gpio", "receiver")
+OPTIONAL_SECTIONS = ("photo_eye", "gpio", "receiver", "capture")
 
 
 def _typed(section, key, value, kind):
@@ -146,11 +154,25 @@ def _check_values(cfg) -> None:
     rx = cfg["receiver"]
     if rx is not None and not (rx["listen"] or rx["serial"]):
         raise BinsortError('config [receiver] needs listen = "tcp://0.0.0.0:7600" and/or serial')
+    check_capture(cfg["capture"])
     host, sep, port = cfg["status"]["listen"].rpartition(":")
     if not sep or not port.isdigit():
         raise BinsortError(
             "config [status] listen must be HOST:PORT, not %r" % cfg["status"]["listen"]
         )
+
+
+def check_capture(cap: "dict | None") -> None:
+    if cap is None:
+        return
+    if cap["max_mb"] <= 0:
+        raise BinsortError("config [capture] max_mb must be positive")
+    if cap["min_free_mb"] < 0:
+        raise BinsortError("config [capture] min_free_mb must not be negative")
+    if cap["keep"] not in ("all", "doubtful"):
+        raise BinsortError("config [capture] keep must be all or doubtful, not %r" % cap["keep"])
+    if not 0 <= cap["doubt_below"] <= 1:
+        raise BinsortError("config [capture] doubt_below must be between 0 and 1")
 
 
 def load_config(path: str) -> dict:

@@ -82,6 +82,22 @@ class Daemon:
         self.frames_seen = 0
         self.swaps = []  # frame numbers at which a model was swapped in
         self.truths = [] if record_truth else None  # what the simulator knew of each frame
+        self.fire = True  # `binsort-edge capture` watches the line without sorting
+        self.capture = self.box_frames = None
+        cap = cfg.get("capture")
+        if cap:
+            from edge.capture import BoxFrames, CaptureRing
+
+            self.capture = CaptureRing(
+                cap["dir"] or os.path.join(self.store.root, "captures"),
+                cap["max_mb"],
+                cap["keep"],
+                cap["doubt_below"],
+                cap["full_frame"],
+                cap["min_free_mb"],
+                self._event,
+            )
+            self.box_frames = BoxFrames()
 
     # -- models -------------------------------------------------------------------------------
 
@@ -270,12 +286,30 @@ class Daemon:
         self.counters.frame(time.perf_counter() - t0)
         if d is not None:
             self.lanes.route(d)
-            self.actuator.fire(d.lane, d.seq)
+            if self.fire:
+                self.actuator.fire(d.lane, d.seq)
             self.counters.box(d.lane, d.label, d.why is not None)
             rec = d.as_dict()
             rec["model_version"] = self.model.record["version"]
             self.decisions.append(rec)
+            if self.capture is not None:
+                self.capture.offer(
+                    d,
+                    self.box_frames.middle(d.first, d.last),
+                    dict(self.model.record, labels=self.model.labels),
+                )
+        if self.capture is not None:
+            self._keep_frame(frame, x, scores[0])
         self._trial_step(d is not None)
+
+    def _keep_frame(self, frame, x, scores) -> None:
+        """Hold this frame for a capture while the tracker counts it as part of a box."""
+        frames = self.tracker.frames
+        if frames and frames[-1][0] == frame.index:
+            full = frame.image.copy() if self.capture.full_frame else None
+            self.box_frames.add(frame.index, (x, scores, full))
+        elif not frames:
+            self.box_frames.clear()
 
     def run(self, max_frames=None) -> None:
         """The loop, until SIGTERM/stop(), the source's end, or max_frames."""
@@ -375,6 +409,8 @@ class Daemon:
             link.close()
         if self.source is not None:
             self.source.close()
+        if self.capture is not None:
+            self.capture.close()
         self.counters.save()
 
     def status(self) -> dict:
@@ -398,6 +434,8 @@ class Daemon:
         out["latency_ms"] = self.counters.latency_ms()
         out["events"] = list(self.events)[-20:]
         out["last_decisions"] = list(self.decisions)[-10:]
+        if self.capture is not None:
+            out["capture"] = self.capture.summary()
         return out
 
 
@@ -442,8 +480,29 @@ def run_daemon(cfg: dict, log=None, max_frames=None) -> Daemon:
     """Start services, handle SIGTERM/SIGINT, run the loop; returns the daemon when it ends."""
     daemon = Daemon(cfg, log)
     daemon.start_services()
+    _until_signalled(daemon, max_frames)
+    return daemon
+
+
+def watch_and_capture(cfg: dict, log=None, max_frames=None) -> Daemon:
+    """`binsort-edge capture`: the daemon's camera, model and box tracking, and its capture
+    ring, with no actuator, no receiver and no status server: a line watched, not sorted."""
+    cfg = dict(cfg, receiver=None)
+    cfg["actuator"] = dict(cfg["actuator"], kind="log")
+    daemon = Daemon(cfg, log)
+    daemon.fire = False
+    if daemon.model is None:
+        daemon.shutdown()
+        raise BinsortError(
+            "capture needs a model in the store %s: it decides where one box ends and the "
+            "next begins, and labels each capture" % daemon.store.root
+        )
+    _until_signalled(daemon, max_frames)
+    return daemon
+
+
+def _until_signalled(daemon: Daemon, max_frames) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, daemon.stop)
         signal.signal(signal.SIGINT, daemon.stop)
     daemon.run(max_frames)
-    return daemon

@@ -20,10 +20,22 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 class Decision:
-    __slots__ = ("seq", "label", "confidence", "frames", "first", "last", "t", "lane", "why")
+    __slots__ = (
+        "seq",
+        "label",
+        "confidence",
+        "frames",
+        "first",
+        "last",
+        "t",
+        "lane",
+        "why",
+        "probs",
+    )
 
-    def __init__(self, seq, label, confidence, frames, first, last, t):
+    def __init__(self, seq, label, confidence, frames, first, last, t, probs=()):
         self.seq, self.label, self.confidence = seq, label, confidence
+        self.probs = probs  # mean class probabilities over the box's frames
         self.frames, self.first, self.last, self.t = frames, first, last, t
         self.lane = None
         self.why = None  # why it went to the reject lane
@@ -108,6 +120,7 @@ class BoxTracker:
 
     def _decide(self) -> Decision:
         mean = np.mean(self.probs, axis=0)
+        probs = mean.tolist()
         if self.empty is not None:
             mean[self.empty] = -1.0
         best = int(mean.argmax())
@@ -120,6 +133,7 @@ class BoxTracker:
             first[0],
             last[0],
             (first[1] + last[1]) / 2,
+            probs,
         )
         self.seq += 1
         self._reset()

@@ -41,8 +41,8 @@ def labelled_images(folder: str) -> "tuple[list, list]":
     labels, items = [], []
     for name in sorted(os.listdir(folder)):
         sub = os.path.join(folder, name)
-        if not os.path.isdir(sub) or name in ("train", "test"):
-            continue
+        if not os.path.isdir(sub) or name in ("train", "test") or name.startswith("."):
+            continue  # hidden folders (a pull's sidecars and frames) are not classes
         files = image_files([sub])
         if files:
             items.extend((f, len(labels)) for f in files)

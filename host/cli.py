@@ -8,6 +8,9 @@ import time
 
 from protocol.errors import BinsortError, run_cli
 
+# fine-tuning a trained model (train --init): a few epochs at a lower rate, already binary
+FINE_TUNE = {"epochs": 6, "lr": 2e-3, "real_weight": 0.5}
+
 
 def _synth(args) -> int:
     from tqdm import tqdm
@@ -32,6 +35,32 @@ def _synth(args) -> int:
     return 0
 
 
+def _pull(args) -> int:
+    from host.pull import pull
+
+    opts = {
+        "ssh_key": args.ssh_key,
+        "known_hosts": args.known_hosts,
+        "reconnects": args.reconnects,
+        "remove": args.remove,
+    }
+    c = pull(args.source, args.out, opts, log=(lambda line: None) if args.quiet else print)
+    print(
+        "pulled %d captures (%d KB) into %s; %d were here already, %d gone from the ring, "
+        "%d damaged%s"
+        % (
+            c["pulled"],
+            c["bytes"] >> 10,
+            args.out,
+            c["already"],
+            c["gone"],
+            c["damaged"],
+            ", %d removed from the device" % c["removed"] if args.remove else "",
+        )
+    )
+    return 0
+
+
 def _styles(args) -> int:
     from edge.code_styles import STYLES
 
@@ -40,19 +69,38 @@ def _styles(args) -> int:
     return 0
 
 
+def _train_sources(args) -> list:
+    """--data: a folder, or BASE+DIR[,DIR...] (base first, then real folders); 'synth' as a
+    part is a synthetic set made in OUT/data (kept there for the next run)."""
+    parts = [p.strip() for p in args.data.replace("+", ",").split(",")]
+    if not all(parts):
+        raise BinsortError("--data %r: an empty folder name" % args.data)
+    folders = []
+    for part in parts:
+        if part == "synth":
+            from host.synth import parse_styles, synthesise
+
+            part = os.path.join(args.out, "data")
+            if not os.path.exists(os.path.join(part, "labels.json")):
+                print("synthesising a data set into %s" % part)
+                synthesise(part, args.synth_count, seed=args.seed, styles=parse_styles(args.styles))
+        elif not os.path.isdir(part):
+            raise BinsortError("no such data folder: %s" % part)
+        folders.append(part)
+    return folders
+
+
 def _train(args) -> int:
     from host.train import train
 
-    data = args.data
-    if data == "synth":
-        from host.synth import synthesise
-
-        data = os.path.join(args.out, "data")
-        if not os.path.exists(os.path.join(data, "labels.json")):
-            print("synthesising a data set into %s" % data)
-            synthesise(data, seed=args.seed)
+    folders = _train_sources(args)
+    if args.real_weight is not None and len(folders) < 2:
+        raise BinsortError("--real-weight needs real folders after the base: --data synth+DIR")
+    init = args.init
+    if init and os.path.isdir(init):
+        init = os.path.join(init, "checkpoint.pt")
     metrics = train(
-        data,
+        folders[0] if len(folders) == 1 else folders,
         args.out,
         arch=args.arch,
         epochs=args.epochs,
@@ -66,6 +114,8 @@ def _train(args) -> int:
         binarize_ramp=args.binarize_ramp,
         param=args.param,
         pranc=_pranc_options(args),
+        init=init,
+        real_weight=args.real_weight,
     )
     if "test_accuracy" in metrics:
         print(
@@ -77,6 +127,8 @@ def _train(args) -> int:
                 os.path.join(args.out, "checkpoint.pt"),
             )
         )
+        for name, acc in metrics.get("test_by_source", {}).items():
+            print("  %.4f on %s" % (acc, name))
     return 0
 
 
@@ -318,20 +370,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_synth)
+    p = data.add_parser(
+        "pull",
+        help="fetch a device's captures into a folder sorted by predicted label",
+        description="Fetches the capture ring of a device over SFTP (host key pinned in "
+        "known_hosts, as for ship) into OUT/<predicted label>/. Correct a label by moving the "
+        "image to another folder; a later pull never brings a capture back. Resumable.",
+    )
+    p.add_argument("source", help="ssh://USER@HOST[:PORT]/STORE (or the capture folder)")
+    p.add_argument("--out", required=True, help="the image folder to fill")
+    p.add_argument("--ssh-key", default=None, help="private key (default: ~/.ssh keys)")
+    p.add_argument("--known-hosts", default=None, help="host keys (default ~/.ssh/known_hosts)")
+    p.add_argument(
+        "--reconnects", type=int, default=5, help="reconnects in a row with no progress (5)"
+    )
+    p.add_argument(
+        "--remove", action="store_true", help="delete each capture on the device once it is here"
+    )
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_pull)
     p = data.add_parser("styles", help="list the code styles `data synth --styles` takes")
     p.set_defaults(run=_styles)
 
-    p = sub.add_parser("train", help="train a binary net")
+    p = sub.add_parser("train", help="train a binary net, or fine-tune one (--init)")
     p.add_argument(
-        "--data", required=True, help="a data folder, or 'synth' for a fresh synthetic set"
+        "--data",
+        required=True,
+        help="a data folder, 'synth' for a fresh synthetic set, or BASE+DIR[,DIR...]: a base "
+        "set (synth or a folder) mixed with folders of real images (one sub-folder per label)",
     )
-    p.add_argument("--arch", default="bcnn", help="architecture: bcnn (default) or tiny")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="fine-tune this RUN/checkpoint.pt: its architecture and labels are kept "
+        "(defaults then: %d epochs, --lr %g, no binarisation ramp)"
+        % (FINE_TUNE["epochs"], FINE_TUNE["lr"]),
+    )
+    p.add_argument(
+        "--real-weight",
+        type=float,
+        default=None,
+        help="share of each epoch drawn from the real folders after the base (0-1; default: "
+        "in proportion to their images, or %g with --init)" % FINE_TUNE["real_weight"],
+    )
+    p.add_argument("--synth-count", type=int, default=3000, help="synth: images per label (3000)")
+    p.add_argument("--styles", default="all", help="synth: code styles (all; see data styles)")
+    p.add_argument(
+        "--arch", default=None, help="architecture: bcnn (default) or tiny; --init: its own"
+    )
     p.add_argument("--epochs", type=int, default=None, help="default: the architecture's own")
     p.add_argument(
         "--out", required=True, help="run folder for checkpoint.pt, metrics.json, curves.png"
     )
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-2)")
     p.add_argument(
         "--estimator",
         choices=("ste", "approx"),
@@ -454,6 +546,20 @@ def _with_default_epochs(args) -> int:
         from host.train import PRANC_DEFAULTS
 
         pranc = args.param == "pranc"
+        if args.init:
+            from host.train import load_checkpoint
+
+            init = args.init
+            path = os.path.join(init, "checkpoint.pt") if os.path.isdir(init) else init
+            args.arch = args.arch or load_checkpoint(path)[0]["arch"]
+            fine = FINE_TUNE
+            args.epochs = fine["epochs"] if args.epochs is None else args.epochs
+            args.lr = fine["lr"] if args.lr is None else args.lr
+            args.binarize_ramp = 0.0 if args.binarize_ramp is None else args.binarize_ramp
+            if args.real_weight is None and "+" in args.data + args.data.replace(",", "+"):
+                args.real_weight = fine["real_weight"]
+        args.arch = args.arch or "bcnn"
+        args.lr = 1e-2 if args.lr is None else args.lr
         if args.epochs is None:
             args.epochs = PRANC_DEFAULTS["epochs"] if pranc else arch_spec(args.arch)["epochs"]
         if args.binarize_ramp is None:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from edge.imagefolder import dataset_splits
+from edge.imagefolder import dataset_splits, relabel
 from edge.preprocess import load_inputs
 from host.models import BinaryNet, arch_spec
 from host.pranc import PrancNet
@@ -29,6 +29,29 @@ def load_split(items: list, size: int) -> "tuple[torch.Tensor, torch.Tensor]":
     images = load_inputs([path for path, _ in items], size, size)
     labels = np.array([label for _, label in items], dtype=np.int64)
     return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def load_sources(folders: list, size: int, labels: "list | None" = None) -> "tuple[list, list]":
+    """(labels, [{"name", "train": (x, y), "test": (x, y)}]) for one or more data folders, all
+    labelled in one order: `labels` when given (a model being fine-tuned: a folder with a label
+    outside it is an error), else the first folder's, extended by any label the others add."""
+    fixed = labels is not None
+    labels = list(labels or [])
+    sets = []
+    for folder in folders:
+        have, train_items, test_items = dataset_splits(folder)
+        new = [lb for lb in have if lb not in labels]
+        if new and fixed:
+            raise BinsortError(
+                "%s has label folders %s that the model does not know (its labels: %s): "
+                "rename or remove them" % (folder, ", ".join(new), ", ".join(labels))
+            )
+        labels += new
+        train = relabel(train_items, have, labels)
+        test = relabel(test_items, have, labels)
+        sets.append({"name": folder, "train": load_split(train, size)})
+        sets[-1]["test"] = load_split(test, size)
+    return labels, sets
 
 
 def to_input(pixels: torch.Tensor) -> torch.Tensor:
@@ -155,8 +178,15 @@ def train(
     binarize_ramp: "float | None" = None,
     param: str = "bnn",
     pranc: "dict | None" = None,
+    init: "str | None" = None,
+    real_weight: "float | None" = None,
 ) -> dict:
-    """Train on a data folder; write the run folder; return metrics.
+    """Train on a data folder (or several); write the run folder; return metrics.
+
+    `data_dir`: a folder, or a list of them: the first is the base set (usually synthetic),
+    the others real images; with `real_weight` W, a share W of each epoch's samples is drawn
+    from the others and 1 - W from the base (with replacement), however many images each has.
+    `init`: a checkpoint to start from (fine-tuning): its architecture and labels are kept.
 
     `binarize_ramp`: fraction of the steps over which the activations (and PRANC weights) go
     from clamp to sign (0 binarises from the first step; default 0.25, or 0.6 for PRANC).
@@ -170,19 +200,43 @@ def train(
         device = (
             ("cuda:%d" % (rank % torch.cuda.device_count())) if torch.cuda.is_available() else "cpu"
         )
+    start = None
+    if init:
+        start = load_checkpoint(init)
+        ckpt = start[0]
+        if ckpt.get("param", "bnn") != "bnn" or param != "bnn":
+            raise BinsortError("--init fine-tunes a bnn run; %s was trained as pranc" % init)
+        if arch != ckpt["arch"]:
+            raise BinsortError(
+                "--init %s is a %s model, not %s: leave --arch out, or train a new model"
+                % (init, ckpt["arch"], arch)
+            )
+        estimator, window = ckpt["estimator"], ckpt["window"]
     size = arch_spec(arch)["input"]
 
     # data: every image through the same preprocessing the edge uses
-    labels, train_items, test_items = dataset_splits(data_dir)
-    if not train_items or not test_items:
-        raise BinsortError("%s needs images for both training and testing" % data_dir)
-    train_x, train_y = load_split(train_items, size)
-    test_x, test_y = load_split(test_items, size)
+    folders = [data_dir] if isinstance(data_dir, str) else list(data_dir)
+    labels, sets = load_sources(folders, size, start[0]["labels"] if start else None)
+    train_x = torch.cat([s["train"][0] for s in sets])
+    train_y = torch.cat([s["train"][1] for s in sets])
+    test_x = torch.cat([s["test"][0] for s in sets])
+    test_y = torch.cat([s["test"][1] for s in sets])
+    if not len(train_y) or not len(test_y):
+        raise BinsortError("%s needs images for both training and testing" % " + ".join(folders))
+    weights = None
+    if len(sets) > 1 and real_weight is not None:
+        if not 0 < real_weight < 1:
+            raise BinsortError("the real-image weight must be between 0 and 1: %g" % real_weight)
+        n_base = len(sets[0]["train"][1])
+        weights = torch.full((len(train_y),), real_weight / (len(train_y) - n_base))
+        weights[:n_base] = (1 - real_weight) / n_base
     if rank == 0:
         log(
             "data: %d train / %d test images, labels %s, input %dx%d"
             % (len(train_y), len(test_y), labels, size, size)
         )
+        for s in sets[1:] if len(sets) > 1 else []:
+            log("  %s: %d train / %d test" % (s["name"], len(s["train"][1]), len(s["test"][1])))
 
     # model
     torch.manual_seed(seed)
@@ -204,6 +258,8 @@ def train(
         ).to(device)
         popts["seed"] = model.seed
         bnet = model.net
+    elif start:
+        model = bnet = start[1].to(device)
     elif param == "bnn":
         model = bnet = BinaryNet(arch, len(labels), estimator, window).to(device)
     else:
@@ -241,7 +297,10 @@ def train(
                 calibrate_bn(model, train_x, batch_size, device, gen)
                 model.quantize = True
             freeze_bn(model)
-        order = torch.randperm(len(train_y), generator=gen)[rank::world]
+        if weights is None:
+            order = torch.randperm(len(train_y), generator=gen)[rank::world]
+        else:
+            order = torch.multinomial(weights, len(train_y), True, generator=gen)[rank::world]
         bar = _progress(steps_per_epoch, "epoch %d/%d" % (epoch, epochs), progress and rank == 0)
         total_loss, total_correct, seen = 0.0, 0, 0
         for i in range(0, len(order), batch_size):
@@ -279,6 +338,7 @@ def train(
         saturation = {name: round(m.take_saturation(), 4) for name, m in bnet.sign_layers()}
         if rank == 0:
             test_acc = accuracy(model, test_x, test_y)
+            by_source = {s["name"]: accuracy(model, *s["test"]) for s in sets if len(sets) > 1}
             if popts:
                 quarter = accuracy(model, test_x, test_y, keep=max(1, model.chunks // 4))
             row = {
@@ -292,6 +352,8 @@ def train(
             }
             if popts:
                 row["quarter_prefix_accuracy"] = quarter
+            if by_source:
+                row["test_by_source"] = by_source
             metrics["epochs"].append(row)
             log(
                 "epoch %d: loss %.4f train %.4f test %.4f max saturation %.2f (%s)"
@@ -304,10 +366,14 @@ def train(
                     max(saturation, key=saturation.get),
                 )
             )
+            for name, acc in by_source.items():
+                log("  test %.4f on %s" % (acc, name))
 
     # checkpoint
     if rank == 0:
         metrics["test_accuracy"] = metrics["epochs"][-1]["test_accuracy"]
+        if len(sets) > 1:
+            metrics["test_by_source"] = metrics["epochs"][-1]["test_by_source"]
         metrics["train_seconds"] = round(time.time() - started, 1)
         os.makedirs(out_dir, exist_ok=True)
         checkpoint = {
@@ -319,7 +385,9 @@ def train(
             "window": window,
             "binarize_ramp": binarize_ramp,
             "param": param,
-            "data": os.path.abspath(data_dir),
+            "data": os.path.abspath(folders[0]),
+            "sources": [os.path.abspath(f) for f in folders],
+            "init": os.path.abspath(init) if init else None,
             "pranc": dict(popts, ks=list(model.ks)) if popts else None,
             "model_id": uuid.uuid4().hex[:12],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,9 +1,17 @@
+import os
+import shutil
+import socket
+import subprocess
+import time
+
 import numpy as np
 import pytest
 import torch
 
+from edge.store import SlotStore
 from host.models import BinaryNet, arch_spec
 from host.pack import pack_model
+from tests.shipkit import keys
 
 LABELS = ["F06", "K11", "S19", "V22", "empty"]
 
@@ -98,3 +106,84 @@ def trained_run(tmp_path_factory):
 
 def random_inputs(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size), dtype=np.uint8)
+
+
+# -- a real OpenSSH sshd on 127.0.0.1 (installed by tools/setup-system) ---------------------
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if not os.path.exists(SSHD):
+        pytest.fail(
+            "OpenSSH sshd is not installed: run tools/setup-system (the README's test command does)"
+        )
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key", "stranger_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+        )
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = free_port()
+    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+    (d / "sshd_config").write_text(
+        "\n".join(
+            [
+                "Port %d" % port,
+                "ListenAddress 127.0.0.1",
+                "HostKey %s" % (d / "host_key"),
+                "AuthorizedKeysFile %s" % (d / "authorized_keys"),
+                "PidFile %s" % (d / "sshd.pid"),
+                "StrictModes no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "PermitRootLogin prohibit-password",
+                "Subsystem sftp internal-sftp",
+                "LogLevel ERROR",
+            ]
+        )
+        + "\n"
+    )
+    if os.getuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE
+    )
+    host_pub = (d / "host_key.pub").read_text().split()
+    (d / "known_hosts").write_text("[127.0.0.1]:%d %s %s\n" % (port, host_pub[0], host_pub[1]))
+    (d / "empty_known_hosts").write_text("")
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("sshd did not start: %s" % proc.stderr.read().decode())
+    yield {"port": port, "dir": d, "user": user}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+# -- a device with a model store (the daemon and capture tests) ------------------------------
+
+
+@pytest.fixture()
+def station(tmp_path, tiny_model):
+    key, pub = keys(tmp_path / "k")
+    store = str(tmp_path / "store")
+    SlotStore.init(store, [pub])
+    payload = tiny_model[1]
+    path = tmp_path / "m.bnn"
+    path.write_bytes(payload)
+    return {"key": key, "store": store, "payload": payload, "path": str(path), "tmp": tmp_path}

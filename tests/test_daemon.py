@@ -17,7 +17,7 @@ from edge.store import SlotStore
 from protocol.transports import tcp
 from tests.conftest import checkpoint_for, random_bn_model
 from tests.hidden_packages import env_without
-from tests.shipkit import EDGE, ROOT, keys, signed_manifest
+from tests.shipkit import EDGE, ROOT, signed_manifest
 
 LANES = {"F06": "left", "K11": "left", "S19": "right", "V22": "right"}
 
@@ -40,17 +40,6 @@ def config(store, **over) -> dict:
         else:
             raw.setdefault(section, {}).update(values)
     return check_config(raw)
-
-
-@pytest.fixture()
-def station(tmp_path, tiny_model):
-    key, pub = keys(tmp_path / "k")
-    store = str(tmp_path / "store")
-    SlotStore.init(store, [pub])
-    payload = tiny_model[1]
-    path = tmp_path / "m.bnn"
-    path.write_bytes(payload)
-    return {"key": key, "store": store, "payload": payload, "path": str(path), "tmp": tmp_path}
 
 
 def install(station, version, payload=None, **extra):

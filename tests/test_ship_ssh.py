@@ -3,11 +3,8 @@ tools/setup-system): pinned host keys, SFTP upload with resume, the install thro
 store checks, and clean errors for an unknown host key, a wrong key and a closed port."""
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,72 +12,10 @@ from edge.store import SlotStore
 from protocol.errors import BinsortError
 from protocol.session import RemoteError
 from protocol.transports import ssh
+from tests.conftest import free_port
 from tests.shipkit import HOST, ROOT, keys, signed_manifest, snapshot
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 REMOTE = "%s -m edge.cli" % sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if not os.path.exists(SSHD):
-        pytest.fail(
-            "OpenSSH sshd is not installed: run tools/setup-system (the README's test command does)"
-        )
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key", "stranger_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
-        )
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    os.chmod(d / "authorized_keys", 0o600)
-    port = _free_port()
-    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
-    (d / "sshd_config").write_text(
-        "\n".join(
-            [
-                "Port %d" % port,
-                "ListenAddress 127.0.0.1",
-                "HostKey %s" % (d / "host_key"),
-                "AuthorizedKeysFile %s" % (d / "authorized_keys"),
-                "PidFile %s" % (d / "sshd.pid"),
-                "StrictModes no",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "PermitRootLogin prohibit-password",
-                "Subsystem sftp internal-sftp",
-                "LogLevel ERROR",
-            ]
-        )
-        + "\n"
-    )
-    if os.getuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE
-    )
-    host_pub = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text("[127.0.0.1]:%d %s %s\n" % (port, host_pub[0], host_pub[1]))
-    (d / "empty_known_hosts").write_text("")
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("sshd did not start: %s" % proc.stderr.read().decode())
-    yield {"port": port, "dir": d, "user": user}
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 @pytest.fixture()
@@ -206,7 +141,7 @@ def test_ssh_errors_are_one_line_with_status_2(device, change, message):
 
 def test_ssh_closed_port_and_changed_host_key_are_named(device, sshd, tmp_path):
     with pytest.raises(BinsortError, match="cannot connect"):
-        ssh.ship("ssh://u@127.0.0.1:%d/x" % _free_port(), b"", b"", device["opts"])
+        ssh.ship("ssh://u@127.0.0.1:%d/x" % free_port(), b"", b"", device["opts"])
     other = tmp_path / "other_host"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     kind, blob = (tmp_path / "other_host.pub").read_text().split()[:2]
