@@ -10,9 +10,11 @@ pixels and returns nothing; `STYLES` maps the names `binsort data synth --styles
 - `dotmatrix`: industrial inkjet: characters made of dots on a 5x7 grid, drawn here;
 - `stencil`: sprayed through a stencil: bold glyphs broken by bridges, soft edges, overspray.
 
-Glyphs come from every TrueType/OpenType font in the system's font folders (regular to bold by
-stroke width, normal to condensed by squeezing; fonts lacking a character are skipped), or
-are drawn here (the dot grid). numpy and Pillow only; every choice comes from the `rng` given.
+Glyphs come from every TrueType/OpenType font in the system's font folders and matplotlib's
+(regular to bold by stroke width, normal to condensed by squeezing; fonts lacking a character,
+symbol faces and the faces held out for evaluation are skipped), or are drawn here (the dot
+grid). tools/setup-system installs a dozen font packages (sans, serif, mono, OCR-A/B).
+numpy and Pillow only; every choice comes from the `rng` given.
 """
 
 import glob
@@ -23,7 +25,17 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", os.path.expanduser("~/.fonts"))
+FONT_DIRS = (
+    "/usr/share/fonts",
+    "/usr/local/share/fonts",
+    "/usr/share/texmf/fonts/opentype",  # Debian's TeX Gyre faces live here
+    os.path.expanduser("~/.fonts"),
+)
+# Faces never drawn here: symbol and math faces whose letters are not letters, and the faces
+# tools/renderers/sticker.py draws its codes in, so that it measures reading a typeface the
+# generator never showed (see tools/renderers/README.md).
+SKIP_FONTS = ("cmex10", "cmsy10", "cmmi10", "LastResort", "STIXSiz", "STIXNonUni")
+HELD_OUT_FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "cmr10.ttf", "cmb10.ttf")
 
 # 5x7 dot-matrix glyphs (industrial inkjet and dot printers), rows top to bottom
 DOT_GLYPHS = {
@@ -68,14 +80,36 @@ DOT_GLYPHS = {
 }
 
 
+def _bundled_font_dir() -> "str | None":
+    """matplotlib's own fonts (DejaVu, STIX, Computer Modern), found without importing it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("matplotlib")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(list(spec.submodule_search_locations)[0], "mpl-data", "fonts", "ttf")
+
+
 @lru_cache(maxsize=1)
 def system_fonts() -> tuple:
-    """Every TrueType/OpenType file in the system font folders, in a stable order."""
+    """Every TrueType/OpenType file in the system font folders and matplotlib's, less the
+    skipped and held-out faces, in a stable order."""
     found = set()
-    for folder in FONT_DIRS:
+    for folder in FONT_DIRS + (_bundled_font_dir() or "",):
+        if not folder:
+            continue
         for ext in ("ttf", "otf", "TTF", "OTF"):
             found.update(glob.glob(os.path.join(folder, "**", "*." + ext), recursive=True))
-    return tuple(sorted(found))
+    keep = []
+    for path in found:
+        name = os.path.basename(path)
+        if name in HELD_OUT_FONTS or name.startswith(SKIP_FONTS):
+            continue
+        keep.append(path)
+    return tuple(sorted(keep, key=lambda p: (os.path.basename(p), p)))
 
 
 @lru_cache(maxsize=8)  # each face holds its font file in memory (~0.5 MB)

@@ -3,6 +3,7 @@ listed, chosen and held out, and the held-out renderers stay apart from the gene
 
 import ast
 import json
+import os
 import pathlib
 import random
 import subprocess
@@ -13,7 +14,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from edge.box_images import render
-from edge.code_styles import DOT_GLYPHS, STYLES, _has_glyph, dot_mask, fonts_for, system_fonts
+from edge.code_styles import (
+    DOT_GLYPHS,
+    HELD_OUT_FONTS,
+    STYLES,
+    _has_glyph,
+    dot_mask,
+    fonts_for,
+    system_fonts,
+)
 from host.synth import parse_styles, synthesise
 from protocol.errors import BinsortError
 from tests.shipkit import HOST, ROOT
@@ -53,11 +62,9 @@ def test_the_dot_matrix_font_has_every_letter_and_digit_on_a_5x7_grid(monkeypatc
 
 def test_fonts_lacking_a_character_are_not_drawn_with():
     fonts = system_fonts()
-    if not fonts:
-        pytest.skip("no system fonts on this machine")
-    assert not _has_glyph(fonts[0], "\ue000")  # a private-use code point no font maps
+    assert not _has_glyph(fonts[0], "\U0010fffd")  # a private-use code point no font maps
     assert fonts_for("F06")[-1] is None and len(fonts_for("F06")) > 1
-    assert fonts_for("F\ue000") == (None,)
+    assert fonts_for("F\U0010fffd") == (None,)
 
 
 def test_rendering_depends_on_the_styles_drawn_from():
@@ -105,6 +112,17 @@ def test_the_held_out_renderers_share_no_code_with_the_generator():
         assert not {n for n in names if n.split(".")[0] in ("host", "edge", "protocol")}, path
     for path in (root / "host").glob("*.py"):
         assert not any("renderers" in n for n in _imports(path)), path
+
+
+def test_the_sticker_renderers_typefaces_are_never_drawn_by_the_generator():
+    sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
+    import sticker
+
+    faces = {os.path.basename(p) for p in sticker.FONT_FILES}
+    assert faces == set(HELD_OUT_FONTS)  # matplotlib, a host dependency, ships all four
+    assert not faces & {os.path.basename(p) for p in system_fonts()}
+    families = {os.path.basename(os.path.dirname(p)) for p in system_fonts()}
+    assert len(system_fonts()) > 50 and {"liberation2", "ocr-a", "ttf"} <= families
 
 
 def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path, tiny_model):

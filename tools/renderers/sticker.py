@@ -15,15 +15,13 @@ SCALE = 3  # drawn at 3x, then averaged down
 
 
 def _matplotlib_fonts() -> list:
-    """Serif, typewriter and sans faces that ship with matplotlib (STIX, Computer Modern): font
-    families the training generator, which reads the system's font folders, never draws with."""
+    """Serif faces that ship with matplotlib (STIX, Computer Modern roman and bold): the faces
+    the training generator holds out (HELD_OUT_FONTS in edge/code_styles.py names them)."""
     import matplotlib
 
     folder = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
-    names = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "cmr10.ttf", "cmb10.ttf", "cmss10.ttf")
-    return [
-        p for p in (os.path.join(folder, n) for n in names + ("cmtt10.ttf",)) if os.path.exists(p)
-    ]
+    names = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "cmr10.ttf", "cmb10.ttf")
+    return [p for p in (os.path.join(folder, n) for n in names) if os.path.exists(p)]
 
 
 FONT_FILES = _matplotlib_fonts()
