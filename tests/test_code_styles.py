@@ -139,7 +139,7 @@ def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout)["rows"]
     assert set(rows) == {"renderer sticker", "renderer marker"} | {
-        "generator, " + s for s in STYLES
+        "generator, " + s for s in tuple(STYLES) + ("classic",)
     }
     assert all(r["n"] == 10 and 0 <= r["accuracy"] <= 1 for r in rows.values())
 
