@@ -187,6 +187,15 @@ def _paste_face(img: Image.Image, face: Image.Image, angle: float, anchor, at) -
     img.paste(turned, (x, y), turned)
 
 
+def _border_strip(rng, draw: ImageDraw.ImageDraw, size: int, depth: tuple) -> None:
+    """Something at the border (a guide rail, the next box) hides a strip of the view."""
+    side = rng.randrange(4)
+    d = int(size * rng.uniform(*depth))
+    shade = rng.randint(20, 200)
+    rect = [(0, 0, d, size), (0, 0, size, d), (size - d, 0, size, size), (0, size - d, size, size)]
+    draw.rectangle(rect[side], fill=(shade, shade, shade, 255))
+
+
 def _camera(
     rng, nrng, img: Image.Image, size: int, light_range: bool, code_px: float
 ) -> Image.Image:
@@ -206,16 +215,8 @@ def _camera(
             (x0 + rng.uniform(0.2, 0.8) * big, big),
         ]
         draw.polygon(pts + [(x0, big)], fill=(0, 0, 0, rng.randint(40, 110)))
-    if rng.random() < 0.25:  # something at the border hides a strip of the view
-        depth = int(big * rng.uniform(0.03, 0.08))
-        shade = rng.randint(20, 200)
-        rect = [
-            (0, 0, depth, big),
-            (0, 0, big, depth),
-            (big - depth, 0, big, big),
-            (0, big - depth, big, big),
-        ][rng.randrange(4)]
-        draw.rectangle(rect, fill=(shade, shade, shade, 255))
+    if rng.random() < 0.25:
+        _border_strip(rng, draw, big, (0.03, 0.08))
     arr = np.asarray(img.convert("L"), dtype=np.float64)
     yy, xx = np.mgrid[0:big, 0:big] / big
     angle = rng.uniform(0, 2 * math.pi)
@@ -286,17 +287,8 @@ def render_classic(seed: int, split: str, label: str, index: int, size: int = 10
         x0 = rng.uniform(-size, size)
         pts = [(x0, 0), (x0 + rng.uniform(20, 60), 0), (x0 + rng.uniform(20, 80), size), (x0, size)]
         draw.polygon(pts, fill=(0, 0, 0, rng.randint(40, 110)))
-    if rng.random() < 0.25:  # something at the border hides part of the box
-        side = rng.randrange(4)
-        depth = int(size * rng.uniform(0.04, 0.1))
-        shade = rng.randint(20, 200)
-        rect = [
-            (0, 0, depth, size),
-            (0, 0, size, depth),
-            (size - depth, 0, size, size),
-            (0, size - depth, size, size),
-        ][side]
-        draw.rectangle(rect, fill=(shade, shade, shade, 255))
+    if rng.random() < 0.25:
+        _border_strip(rng, draw, size, (0.04, 0.1))
 
     arr = np.asarray(img.convert("L"), dtype=np.float64)
     yy, xx = np.mgrid[0:size, 0:size] / size

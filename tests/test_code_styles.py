@@ -125,19 +125,23 @@ def test_the_sticker_renderers_typefaces_are_never_drawn_by_the_generator():
     assert len(system_fonts()) > 50 and {"liberation2", "ocr-a", "ttf"} <= families
 
 
-def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path, tiny_model):
-    model = tmp_path / "m.bnn"
-    model.write_bytes(tiny_model[1])
+def generalisation(*args) -> dict:
+    """tools/generalisation with --json; its rows."""
     out = subprocess.run(
-        [sys.executable, "tools/generalisation", "eval", str(model), "--count", "2"]
-        + ["--work", str(tmp_path / "w"), "--json"],
+        [sys.executable, "tools/generalisation", *args, "--json"],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=300,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = json.loads(out.stdout)["rows"]
+    return json.loads(out.stdout)["rows"]
+
+
+def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path, tiny_model):
+    model = tmp_path / "m.bnn"
+    model.write_bytes(tiny_model[1])
+    rows = generalisation("eval", str(model), "--count", "2", "--work", str(tmp_path / "w"))
     assert set(rows) == {"renderer sticker", "renderer marker"} | {
         "generator, " + s for s in tuple(STYLES) + ("classic",)
     }
@@ -145,17 +149,10 @@ def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path
 
 
 def test_leave_one_style_out_trains_without_the_style_and_scores_it(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "tools/generalisation", "loso", "--arch", "tiny", "--count", "4"]
-        + ["--test-count", "2", "--epochs", "1", "--styles", "stamp"]
-        + ["--work", str(tmp_path), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = json.loads(out.stdout)["rows"]
+    rows = generalisation(
+        "loso", "--arch", "tiny", "--count", "4", "--test-count", "2", "--epochs", "1",
+        "--styles", "stamp", "--work", str(tmp_path),
+    )  # fmt: skip
     assert list(rows) == ["without stamp"]
     assert rows["without stamp"]["held out"]["n"] == 10
     info = json.loads((tmp_path / "loso-data-stamp" / "labels.json").read_text())
