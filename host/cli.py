@@ -362,10 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", default="F06,K11,S19,V22", help="comma-separated box codes")
     p.add_argument(
         "--styles",
-        default=None,
-        help="draw codes in these styles on boxes of any size and place: all, a list "
-        "(label,stamp) or all but some (-stencil); `binsort data styles` lists them (default: "
-        "the first generator's carton-printed codes near the centre)",
+        default="all",
+        help="draw codes in these styles on boxes of any size and place: all (default), a list "
+        "(label,stamp) or all but some (-stencil); `binsort data styles` lists them. classic: "
+        "the first generator's carton-printed codes near the centre, which read no other boxes",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -416,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synth-count", type=int, default=3000, help="synth: images per label (3000)")
     p.add_argument("--styles", default="all", help="synth: code styles (all; see data styles)")
     p.add_argument(
-        "--arch", default=None, help="architecture: bcnn (default) or tiny; --init: its own"
+        "--arch",
+        default=None,
+        help="architecture (host/models.py: the default, bcnn, tiny); --init: the checkpoint's",
     )
     p.add_argument("--epochs", type=int, default=None, help="default: the architecture's own")
     p.add_argument(
@@ -530,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthesise, train, pack and evaluate on the edge engine")
     p.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")
-    p.add_argument("--arch", default="bcnn")
+    p.add_argument("--arch", default=None, help="architecture (default: the demo's own)")
     p.add_argument("--count", type=int, default=None, help="images per label")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -541,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _with_default_epochs(args) -> int:
+    if args.command in ("train", "demo"):
+        from host.models import DEFAULT_ARCH
+
+        args.arch = args.arch or (None if args.command == "train" and args.init else DEFAULT_ARCH)
     if args.command == "train":
         from host.models import arch_spec
         from host.train import PRANC_DEFAULTS
@@ -556,9 +562,8 @@ def _with_default_epochs(args) -> int:
             args.epochs = fine["epochs"] if args.epochs is None else args.epochs
             args.lr = fine["lr"] if args.lr is None else args.lr
             args.binarize_ramp = 0.0 if args.binarize_ramp is None else args.binarize_ramp
-            if args.real_weight is None and "+" in args.data + args.data.replace(",", "+"):
+            if args.real_weight is None and ("+" in args.data or "," in args.data):
                 args.real_weight = fine["real_weight"]
-        args.arch = args.arch or "bcnn"
         args.lr = 1e-2 if args.lr is None else args.lr
         if args.epochs is None:
             args.epochs = PRANC_DEFAULTS["epochs"] if pranc else arch_spec(args.arch)["epochs"]

@@ -13,10 +13,11 @@ import time
 import numpy as np
 import torch
 
+from edge.code_styles import STYLES
 from edge.engine import load_engine
 from host.evaluate import format_report, load_labelled, summarise
 from host.line_demo import run_line
-from host.models import arch_spec
+from host.models import DEFAULT_ARCH, arch_spec
 from host.pack import float_state_bytes, pack_model
 from host.reference import reference_scores
 from host.synth import synthesise
@@ -25,7 +26,7 @@ from host.train import load_checkpoint, to_input, train
 
 def run_demo(
     out_dir: str = "demo-out",
-    arch: str = "bcnn",
+    arch: str = DEFAULT_ARCH,
     count: int | None = None,
     epochs: int | None = None,
     seed: int = 0,
@@ -36,13 +37,13 @@ def run_demo(
     say = (lambda *a: None) if quiet else print
     spec = arch_spec(arch)
     count = count or spec["demo_count"]
-    epochs = epochs or spec["epochs"]
+    epochs = epochs or spec.get("demo_epochs", spec["epochs"])
     timings = {}
     started = time.time()
 
     data_dir = os.path.join(out_dir, "data")
     say("1/5 synthesising %d images per label into %s" % (count, data_dir))
-    synthesise(data_dir, count=count, seed=seed)
+    synthesise(data_dir, count=count, seed=seed, styles=tuple(STYLES))
     timings["synth_s"] = round(time.time() - started, 1)
 
     run_dir = os.path.join(out_dir, "run")

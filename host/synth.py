@@ -2,8 +2,9 @@
 
 Each image is rendered by edge.box_images (what it looks like and why is described there): with
 `styles`, its code drawn in one of the named styles of edge.code_styles on a box of any size and
-place (binsort-synth-2); without, the first generator's carton-printed codes near the centre
-(binsort-synth-1), still the default while the styled set's training recipe is worked out.
+place (binsort-synth-2, what `binsort data synth`, `train --data synth` and the demo draw);
+without, the first generator's carton-printed codes near the centre (binsort-synth-1, kept for
+the fast tests and the conveyor simulator: a model trained on it reads no other boxes).
 Every image is a pure function of (seed, split, label, index, styles) and the fonts the machine
 has, so a data set is reproducible on any machine with the same fonts.
 """
@@ -25,9 +26,9 @@ def _write_one(job):
 
 
 def parse_styles(text: "str | None") -> "tuple | None":
-    """'label,stamp' -> those styles; '-stencil' -> all but stencil; 'all' -> all; None -> None
-    (the first generator's frames, edge.box_images.render_classic)."""
-    if text is None:
+    """'label,stamp' -> those styles; '-stencil' -> all but stencil; 'all' -> all; 'classic' or
+    None -> None (the first generator's frames, edge.box_images.render_classic)."""
+    if text is None or text.strip() == "classic":
         return None
     if text.strip() == "all":
         return tuple(STYLES)

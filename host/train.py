@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from edge.imagefolder import dataset_splits, relabel
 from edge.preprocess import load_inputs
-from host.models import BinaryNet, arch_spec
+from host.models import DEFAULT_ARCH, BinaryNet, arch_spec
 from host.pranc import PrancNet
 from protocol.errors import BinsortError
 
@@ -165,7 +165,7 @@ def _distributed() -> "tuple[int, int]":
 def train(
     data_dir: str,
     out_dir: str,
-    arch: str = "bcnn",
+    arch: str = DEFAULT_ARCH,
     epochs: int = 12,
     batch_size: int = 64,
     lr: float = 1e-2,
@@ -180,13 +180,15 @@ def train(
     pranc: "dict | None" = None,
     init: "str | None" = None,
     real_weight: "float | None" = None,
+    frozen_bn: bool = True,
 ) -> dict:
     """Train on a data folder (or several); write the run folder; return metrics.
 
     `data_dir`: a folder, or a list of them: the first is the base set (usually synthetic),
     the others real images; with `real_weight` W, a share W of each epoch's samples is drawn
     from the others and 1 - W from the base (with replacement), however many images each has.
-    `init`: a checkpoint to start from (fine-tuning): its architecture and labels are kept.
+    `init`: a checkpoint to start from (fine-tuning): its architecture and labels are kept, and
+    with `frozen_bn` its BatchNorm statistics too (gamma and beta still learn).
 
     `binarize_ramp`: fraction of the steps over which the activations (and PRANC weights) go
     from clamp to sign (0 binarises from the first step; default 0.25, or 0.6 for PRANC).
@@ -291,6 +293,8 @@ def train(
     final_phase = epochs - round(popts["final_frac"] * epochs) if popts else epochs + 1
     for epoch in range(1, epochs + 1):
         model.train()
+        if start and frozen_bn:
+            freeze_bn(model)  # a few real images must not move what the base set measured
         if popts and epoch > final_phase:
             if not model.quantize:
                 log("final phase: BatchNorm statistics frozen, int16 alphas in the loop")

@@ -91,6 +91,15 @@ def lively_bcnn_model():
 
 
 @pytest.fixture(scope="session")
+def lively_default_model():
+    """The default architecture (96x96 input) as the demo and `binsort train` make it."""
+    from host.models import DEFAULT_ARCH
+
+    model = lively_model(DEFAULT_ARCH)
+    return model, pack_model(checkpoint_for(DEFAULT_ARCH), model)
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A tiny synthetic data set and a one-epoch tiny run on it (seconds, not minutes)."""
     from host.synth import synthesise

@@ -11,7 +11,10 @@ import sys
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-OURS = {"host", "edge", "protocol", "tests"}
+# our packages, and the held-out renderers (tools/renderers/*.py, imported by module name)
+OURS = {"host", "edge", "protocol", "tests"} | {
+    p.stem for p in (ROOT / "tools" / "renderers").glob("*.py")
+}
 # Imported only on a Raspberry Pi, where Raspberry Pi OS ships it with apt (libcamera's Python
 # binding cannot be built by pip); the adapter says so when it is missing.
 ONLY_ON_A_PI = {"picamera2"}

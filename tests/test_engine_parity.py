@@ -23,7 +23,9 @@ def kernel_built():
         pytest.fail("the native kernel is not built (pip install -e . with a C compiler)")
 
 
-@pytest.mark.parametrize("which", ["lively_tiny_model", "lively_bcnn_model"])
+@pytest.mark.parametrize(
+    "which", ["lively_tiny_model", "lively_bcnn_model", "lively_default_model"]
+)
 def test_native_numpy_and_portable_engines_give_identical_scores(which, request):
     model = read_bnn(request.getfixturevalue(which)[1])
     h, _ = model.input_shape
