@@ -9,7 +9,7 @@ import time
 from protocol.errors import BinsortError, run_cli
 
 # fine-tuning a trained model (train --init): a few epochs at a lower rate, already binary
-FINE_TUNE = {"epochs": 6, "lr": 2e-3, "real_weight": 0.5}
+FINE_TUNE = {"epochs": 12, "lr": 1e-3, "real_weight": 0.5}
 
 
 def _synth(args) -> int:
