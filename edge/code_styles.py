@@ -20,7 +20,7 @@ numpy and Pillow only; every choice comes from the `rng` given.
 import glob
 import os
 import random
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -125,7 +125,7 @@ def _glyph(font, ch: str) -> bytes:
     return img.tobytes()
 
 
-@lru_cache(maxsize=4096)
+@cache  # fonts x characters drawn: about 10,000 booleans
 def _has_glyph(path, ch: str) -> bool:
     """Whether the font draws `ch` as itself (not blank, not its missing-glyph box)."""
     if path is None or ch == " ":
