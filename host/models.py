@@ -31,8 +31,8 @@ ARCHS = {
         "convs": [(32, 1), (32, 1), (32, 2), (64, 1), (64, 1), (64, 2), (64, 1), (64, 1), (64, 1)],
         "dense": [128, 128],
         "epochs": 28,
-        "demo_count": 2000,
-        "demo_epochs": 16,
+        "demo_count": 3000,
+        "demo_epochs": 15,
     },
     "tiny": {
         "input": 32,
