@@ -196,7 +196,7 @@ class CaptureRing:
             self._put(fname, data)
         self._put(name + ".json", meta)  # last: the capture now exists
         fsync_dir(self.root)
-        self.captures.append((name, size))
+        self.captures.append((name, size, [f for f, _ in blobs.values()]))
         self.used += size
         self.next_number += 1
         self.stats["kept"] += 1
@@ -237,20 +237,17 @@ class CaptureRing:
         return True
 
     def _evict(self) -> None:
-        name, size = self.captures.pop(0)
+        name, size, files = self.captures.pop(0)
         # the sidecar first: a capture without one is not a capture, whatever else remains
-        for fname in [name + ".json"] + [f for f in self._files_of(name) if f != name + ".json"]:
+        for fname in [name + ".json"] + files:
             with contextlib.suppress(FileNotFoundError):  # pulled and removed already
                 os.remove(os.path.join(self.root, fname))
         self.used -= size
         self.stats["evicted"] += 1
 
-    def _files_of(self, name: str) -> list:
-        return [f for f in os.listdir(self.root) if f.split(".", 1)[0] == name]
-
     def _scan(self) -> "tuple[list, int, int]":
-        """Captures on disk, oldest first, with their sizes; removes what a crash left half
-        written (temporary files, and image files whose sidecar never came)."""
+        """Captures on disk, oldest first: (name, bytes, files besides the sidecar). Removes
+        what a crash left half written (temporary files, image files whose sidecar never came)."""
         groups = {}
         for fname in os.listdir(self.root):
             stem = fname.split(".", 1)[0]
@@ -266,6 +263,6 @@ class CaptureRing:
                     os.remove(os.path.join(self.root, fname))
                 continue
             size = sum(os.path.getsize(os.path.join(self.root, f)) for f in groups[stem])
-            captures.append((stem, size))
+            captures.append((stem, size, [f for f in groups[stem] if f != stem + ".json"]))
             used += size
         return captures, used, number

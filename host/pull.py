@@ -14,6 +14,7 @@ in the sidecar before it is moved into place, and a download cut off resumes whe
 The device's files are untrusted input: names and labels are checked before they touch a path.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -132,18 +133,17 @@ class Puller:
         _, _, _, path = ssh.parse(self.url)
         sftp = client.open_sftp()
         ring = _capture_dir(sftp, path)
-        names = sorted(
-            f[: -len(".json")]
-            for f in sftp.listdir(ring)
-            if f.endswith(".json") and NAME.match(f[: -len(".json")])
-        )
+        files = {}  # capture name -> its files in the ring, from one listing
+        for f in sftp.listdir(ring):
+            files.setdefault(f.split(".", 1)[0], []).append(f)
+        names = sorted(n for n, fs in files.items() if NAME.match(n) and n + ".json" in fs)
         for name in names:
             if name in self.state["pulled"]:
                 self.counts["already"] += 1
-                if self.options.get("remove"):
-                    self._remove(sftp, ring, name)
+            elif not self._pull_capture(sftp, ring, name):
                 continue
-            self._pull_capture(sftp, ring, name)
+            if self.options.get("remove"):
+                self._remove(sftp, ring, name, files[name])
 
     def _read_remote(self, sftp, path: str, limit: int) -> "bytes | None":
         try:
@@ -152,22 +152,23 @@ class Puller:
         except FileNotFoundError:
             return None
 
-    def _pull_capture(self, sftp, ring: str, name: str) -> None:
+    def _pull_capture(self, sftp, ring: str, name: str) -> bool:
+        """Fetch one capture into place; False when it is gone or damaged."""
         raw = self._read_remote(sftp, "%s/%s.json" % (ring, name), 1 << 20)
         if raw is None:  # the ring dropped it since the listing
             self.counts["gone"] += 1
-            return
+            return False
         meta = _check_sidecar(raw, name)
         if meta is None:
             self.log("skipped %s: its sidecar is not a binsort capture" % name)
             self.counts["damaged"] += 1
-            return
+            return False
         label = meta["label"] if LABEL.match(meta["label"]) else "_unlabelled"
         fetched = {}
         for role, f in meta["files"].items():
             local = self._fetch(sftp, ring, f)
             if local is None:
-                return
+                return False
             fetched[role] = (local, f["name"])
         os.makedirs(os.path.join(self.out, label), exist_ok=True)
         write_atomic(os.path.join(self.out, ".captures", name + ".json"), raw)
@@ -177,8 +178,7 @@ class Puller:
         self.state["pulled"][name] = os.path.join(label, fetched["input"][1])
         self._save_state()
         self.counts["pulled"] += 1
-        if self.options.get("remove"):
-            self._remove(sftp, ring, name)
+        return True
 
     def _fetch(self, sftp, ring: str, f: dict) -> "str | None":
         """One file into .partial/, resuming after what is there; its path once its size and
@@ -220,15 +220,16 @@ class Puller:
             return None
         return local
 
-    def _remove(self, sftp, ring: str, name: str) -> None:
+    def _remove(self, sftp, ring: str, name: str, files: list) -> None:
         """Free the device's ring of a capture that is safely here (sidecar first)."""
         try:
             sftp.remove("%s/%s.json" % (ring, name))
         except FileNotFoundError:
             return
-        for fname in sftp.listdir(ring):
-            if fname.split(".", 1)[0] == name:
-                sftp.remove("%s/%s" % (ring, fname))
+        for fname in files:
+            if fname != name + ".json":
+                with contextlib.suppress(FileNotFoundError):
+                    sftp.remove("%s/%s" % (ring, fname))
         self.counts["removed"] += 1
 
 
