@@ -1,7 +1,7 @@
-"""The optional native kernel (edge/xnor_kernel.c). Everything else is in pyproject.toml.
+"""The optional native kernel (edge/engine/xnor_kernel.c). Everything else is in pyproject.toml.
 
 optional=True: where no C compiler works, pip installs binsort without it and the edge uses
-its numpy engine (edge/native.py says which engine runs).
+its numpy engine (edge/engine/native.py says which engine runs).
 """
 
 import platform
@@ -15,9 +15,9 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 setup(
     ext_modules=[
         Extension(
-            "edge._xnor",
-            ["edge/xnor_kernel.c"],
-            depends=["edge/xnor_kernel.h"],
+            "edge.engine._xnor",
+            ["edge/engine/xnor_kernel.c"],
+            depends=["edge/engine/xnor_kernel.h"],
             define_macros=[("BINSORT_PYTHON_MODULE", "1"), ("BINSORT_THREADS", "1")],
             extra_compile_args=flags,
             optional=True,

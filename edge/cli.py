@@ -11,8 +11,8 @@ from protocol.errors import BinsortError, run_cli
 
 def _classify(args) -> int:
     from edge.engine import load_engine
-    from edge.imagefolder import image_files
-    from edge.preprocess import load_inputs
+    from edge.imaging.imagefolder import image_files
+    from edge.imaging.preprocess import load_inputs
 
     engine = load_engine(args.model)
     if args.verbose:
@@ -40,7 +40,7 @@ def _classify(args) -> int:
 
 
 def _store(args) -> int:
-    from edge.store import DEFAULT_MAX_BYTES, SlotStore
+    from edge.install.store import DEFAULT_MAX_BYTES, SlotStore
 
     if args.init:
         store = SlotStore.init(args.store, args.trust, args.max_bytes or DEFAULT_MAX_BYTES)
@@ -79,7 +79,7 @@ def _store(args) -> int:
 
 
 def _open_store(args):
-    from edge.store import SlotStore
+    from edge.install.store import SlotStore
 
     if args.trust:
         return SlotStore.init(args.store, args.trust)
@@ -97,7 +97,7 @@ def _log(quiet: bool):
 def _receive(args) -> int:
     import time
 
-    from edge.receiver import serve_link
+    from edge.install.receiver import serve_link
 
     store = _open_store(args)
     log = _log(args.quiet)
@@ -138,7 +138,7 @@ def _receive(args) -> int:
 
 
 def _install(args) -> int:
-    from edge.store import Rejected, SlotStore
+    from edge.install.store import Rejected, SlotStore
 
     store = SlotStore(args.store)
     try:
@@ -166,8 +166,8 @@ def _install(args) -> int:
 
 
 def _run(args) -> int:
-    from edge.config import load_config
-    from edge.daemon import run_daemon
+    from edge.line.config import load_config
+    from edge.line.daemon import run_daemon
 
     cfg = load_config(args.config)
     daemon = run_daemon(cfg, _log(args.quiet), args.max_frames)
@@ -178,8 +178,8 @@ def _run(args) -> int:
 
 
 def _capture(args) -> int:
-    from edge.config import check_capture, load_config
-    from edge.daemon import watch_and_capture
+    from edge.line.config import check_capture, load_config
+    from edge.line.daemon import watch_and_capture
 
     cfg = load_config(args.config)
     cap = dict(cfg["capture"] or {"dir": None, "doubt_below": 0.9, "min_free_mb": 100.0})
@@ -206,9 +206,9 @@ def _capture(args) -> int:
 
 def _pgm(args) -> int:
     from edge.engine import load_engine
-    from edge.portable import write_pgm
-    from edge.preprocess import load_inputs
-    from edge.store import write_atomic
+    from edge.imaging.preprocess import load_inputs
+    from edge.install.store import write_atomic
+    from edge.portable.engine import write_pgm
 
     engine = load_engine(args.model)
     h, w = engine.model.input_shape
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_install)
 
     p = sub.add_parser("run", help="run the sorting daemon (camera -> model -> actuators)")
-    p.add_argument("--config", required=True, help="edge.toml (see edge/edge.toml)")
+    p.add_argument("--config", required=True, help="edge.toml (see edge/line/edge.toml)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--report", default=None, help="write the final status and decisions as JSON")
     p.add_argument("--quiet", action="store_true")

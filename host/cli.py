@@ -62,7 +62,7 @@ def _pull(args) -> int:
 
 
 def _styles(args) -> int:
-    from edge.code_styles import STYLES
+    from edge.imaging.code_styles import STYLES
 
     for name, paint in STYLES.items():
         print("%-10s %s" % (name, (paint.__doc__ or "").strip().splitlines()[0]))
@@ -197,8 +197,8 @@ def _pack(args) -> int:
 
 def _pack_test_data(args, ckpt, model):
     """The test images each prefix's accuracy is measured on: --data, else the run's data."""
-    from edge.imagefolder import dataset_splits
-    from edge.preprocess import load_inputs
+    from edge.imaging.imagefolder import dataset_splits
+    from edge.imaging.preprocess import load_inputs
 
     data = args.data or ckpt.get("data")
     if not data or not os.path.isdir(data):

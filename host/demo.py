@@ -13,8 +13,8 @@ import time
 import numpy as np
 import torch
 
-from edge.code_styles import STYLES
 from edge.engine import load_engine
+from edge.imaging.code_styles import STYLES
 from host.evaluate import format_report, load_labelled, summarise
 from host.line_demo import run_line
 from host.models import DEFAULT_ARCH, arch_spec

@@ -3,8 +3,8 @@
 import numpy as np
 
 from edge.engine import load_engine
-from edge.imagefolder import labelled_images, relabel
-from edge.preprocess import load_inputs
+from edge.imaging.imagefolder import labelled_images, relabel
+from edge.imaging.preprocess import load_inputs
 
 
 def load_labelled(engine, data_dir: str) -> "tuple[np.ndarray, np.ndarray]":
@@ -36,7 +36,7 @@ def evaluate(model_path: str, data_dir: str, prefix_bytes=None) -> dict:
     images, truth = load_labelled(engine, data_dir)
     result = summarise(engine.model.labels, truth, engine.scores(images))
     out = {"model": model_path, "data": data_dir, "engine": engine.name, **result}
-    stream = getattr(engine, "stream", None)
+    stream = engine.source
     if stream is not None:
         out["stream"] = stream_summary(stream)
     return out

@@ -12,9 +12,9 @@ import os
 import threading
 import time
 
-from edge.config import check_config
-from edge.daemon import Daemon, score_decisions
-from edge.store import SlotStore
+from edge.install.store import SlotStore
+from edge.line.config import check_config
+from edge.line.daemon import Daemon, score_decisions
 from host.ship import ship
 from protocol.signing import new_key_pair
 

@@ -8,8 +8,8 @@ lands within rounding of zero; the parity tests measure how often that changes a
 import numpy as np
 import torch
 
-from edge.engine import pack_signs
-from edge.preprocess import PREPROCESS_KIND, preprocess
+from edge.engine.bits import pack_signs
+from edge.imaging.preprocess import PREPROCESS_KIND, preprocess
 from host.models import BinaryNet, arch_spec
 from protocol import bnn
 from protocol.fold import fold_thresholds
@@ -156,7 +156,7 @@ def deployed_layers(model: BinaryNet) -> list:
 
 def golden_inputs(labels: list, size: int, count: int = GOLDEN_COUNT) -> np.ndarray:
     """Self-test inputs: synthetic frames of the first labels, through the edge preprocessing."""
-    from edge.box_images import render
+    from edge.imaging.box_images import render
 
     frames = [np.asarray(render(1234, "golden", labels[i % len(labels)], i)) for i in range(count)]
     return np.stack([preprocess(f, size, size) for f in frames])

@@ -1,6 +1,6 @@
 """A PRANC run -> a `.pranc` stream (or the `.bnn` of its complete model).
 
-The deployed layers come from edge.pranc.build_layers fed with the host's own torch
+The deployed layers come from edge.engine.stream.build_layers fed with the host's own torch
 reconstruction, so the stream's per-chunk CRC32 is what every edge must reproduce. The host
 measures each prefix's accuracy on the test images (the exact deployed model, through the
 host reference) and writes it into the chunk.
@@ -9,7 +9,7 @@ host reference) and writes it into the chunk.
 import numpy as np
 import torch
 
-from edge.pranc import build_layers, model_meta
+from edge.engine.stream import build_layers, model_meta
 from host.pack import deployed_layers, write_with_golden
 from host.pack import model_meta as host_meta
 from host.pranc import PrancNet

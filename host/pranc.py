@@ -9,7 +9,7 @@ travel as they are in the stream's fixed part.
 Binary layers use sign(theta) with no XNOR scale (the next BatchNorm absorbs any positive scale,
 and without it their thresholds do not depend on alpha, so one set serves every prefix). The
 first layer's int8 weights and the last layer's int16 weights are quantised from theta per
-channel / per layer exactly as the edge does it (edge.pranc).
+channel / per layer exactly as the edge does it (edge.engine.stream).
 
 Prefixes: the alphas of every layer are cut into `chunks` equal runs (protocol.pranc.chunk_bounds);
 a stream prefix of c chunks is the model with the first c runs of every layer and zeros after.

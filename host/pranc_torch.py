@@ -2,7 +2,7 @@
 
 torch has no unsigned 32-bit multiply on every device, so the hash runs in int64 with each
 32 x 32-bit product split into 16-bit halves: every intermediate stays below 2^49, exact on CPU
-and CUDA alike. The same values as protocol.prng and edge.basis (checked by the tests against
+and CUDA alike. The same values as protocol.prng and edge.engine.basis (checked by the tests against
 the vectors in docs/format.md).
 
 The fastfood basis is differentiable in float (training) and exact in int64 (packing) with the
@@ -12,7 +12,7 @@ it never holds the k x d basis.
 
 import torch
 
-from edge.basis import block_size
+from edge.engine.basis import block_size
 from protocol.prng import MUL1, MUL2, SEED_SALT
 
 _MASK = 0xFFFFFFFF
@@ -47,7 +47,7 @@ def hash32(seed: int, layer: int, streams: torch.Tensor, indices: torch.Tensor) 
 
 
 def signs(seed, layer, streams, count, dtype=torch.float32):
-    """(len(streams), count) of +1/-1 as edge.basis.signs."""
+    """(len(streams), count) of +1/-1 as edge.engine.basis.signs."""
     dev = streams.device
     words = hash32(seed, layer, streams, torch.arange((count + 31) // 32, device=dev))
     bit = torch.arange(32, device=dev)
@@ -56,7 +56,7 @@ def signs(seed, layer, streams, count, dtype=torch.float32):
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised Walsh-Hadamard transform along the last axis (edge.basis.fwht)."""
+    """Unnormalised Walsh-Hadamard transform along the last axis (edge.engine.basis.fwht)."""
     n = x.shape[-1]
     lead = x.shape[:-1]
     h = 1

@@ -21,8 +21,8 @@ import os
 import re
 import stat
 
-from edge.capture import CAPTURE_FORMAT, MARKER, NAME
-from edge.store import write_atomic
+from edge.install.store import write_atomic
+from edge.line.capture import CAPTURE_FORMAT, MARKER, NAME
 from protocol.errors import BinsortError
 from protocol.transports import ssh
 

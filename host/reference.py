@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge.engine import unpack_signs
+from edge.engine.bits import unpack_signs
 from protocol.bnn import BCONV, BDENSE, CONV_U8, BnnModel
 
 

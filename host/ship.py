@@ -17,12 +17,13 @@ from protocol.signing import load_private, sign_manifest
 def read_payload(path: str) -> "tuple[bytes, str, list, list]":
     """(bytes, kind, chunk ends, chunk accuracies or None) of a model file, checked."""
     from protocol.bnn import read_bnn, read_model_file
+    from protocol.kinds import model_kind
 
     with_data = {}
 
     def parse(data: bytes):
         with_data["data"] = data
-        if data[:4] == b"BSPR":
+        if model_kind(data) == "pranc":
             from protocol.pranc import StreamReader
 
             reader = StreamReader()

@@ -1,20 +1,20 @@
 """Synthetic data sets of box-code images: DIR/{train,test}/<label>/*.png and DIR/labels.json.
 
-Each image is rendered by edge.box_images (what it looks like and why is described there): with
-`styles`, its code drawn in one of the named styles of edge.code_styles on a box of any size and
-place (binsort-synth-2, what `binsort data synth`, `train --data synth` and the demo draw);
-without, the first generator's carton-printed codes near the centre (binsort-synth-1, kept for
-the fast tests and the conveyor simulator: a model trained on it reads no other boxes).
-Every image is a pure function of (seed, split, label, index, styles) and the fonts the machine
-has, so a data set is reproducible on any machine with the same fonts.
+Each image is rendered by edge.imaging.box_images (what it looks like and why is described there):
+with `styles`, its code drawn in one of the named styles of edge.imaging.code_styles on a box of any
+size and place (binsort-synth-2, what `binsort data synth`, `train --data synth` and the demo draw);
+without, the first generator's carton-printed codes near the centre (binsort-synth-1, kept for the
+fast tests and the conveyor simulator: a model trained on it reads no other boxes). Every image is a
+pure function of (seed, split, label, index, styles) and the fonts the machine has, so a data set is
+reproducible on any machine with the same fonts.
 """
 
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from edge.box_images import DEFAULT_CODES, EMPTY_LABEL, render
-from edge.code_styles import STYLES
+from edge.imaging.box_images import DEFAULT_CODES, EMPTY_LABEL, render
+from edge.imaging.code_styles import STYLES
 from protocol.errors import BinsortError
 
 TEST_FRACTION = 0.2
@@ -27,7 +27,7 @@ def _write_one(job):
 
 def parse_styles(text: "str | None") -> "tuple | None":
     """'label,stamp' -> those styles; '-stencil' -> all but stencil; 'all' -> all; 'classic' or
-    None -> None (the first generator's frames, edge.box_images.render_classic)."""
+    None -> None (the first generator's frames, edge.imaging.box_images.render_classic)."""
     if text is None or text.strip() == "classic":
         return None
     if text.strip() == "all":

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from edge.imagefolder import dataset_splits, relabel
-from edge.preprocess import load_inputs
+from edge.imaging.imagefolder import dataset_splits, relabel
+from edge.imaging.preprocess import load_inputs
 from host.models import DEFAULT_ARCH, BinaryNet, arch_spec
 from host.pranc import PrancNet
 from protocol.errors import BinsortError

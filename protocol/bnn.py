@@ -117,12 +117,12 @@ class BnnModel:
         return (self.meta["input"]["height"], self.meta["input"]["width"])
 
 
-def _section(tag: bytes, payload: bytes) -> bytes:
+def section(tag: bytes, payload: bytes) -> bytes:
     head = struct.pack(_SECTION, tag, len(payload))
     return head + payload + struct.pack("<I", binascii.crc32(head + payload) & 0xFFFFFFFF)
 
 
-def _layer_payload(layer: Layer) -> bytes:
+def layer_payload(layer: Layer) -> bytes:
     head = struct.pack(
         _LAYER,
         layer.kind,
@@ -143,17 +143,17 @@ def _layer_payload(layer: Layer) -> bytes:
 
 def write_bnn(meta: dict, layers: list, golden: list) -> bytes:
     """Serialise a model. `golden` is a list of (input image bytes, list of int scores)."""
-    sections = [_section(b"META", json.dumps(meta, sort_keys=True).encode("utf-8"))]
-    sections.extend(_section(b"LAYR", _layer_payload(layer)) for layer in layers)
+    sections = [section(b"META", json.dumps(meta, sort_keys=True).encode("utf-8"))]
+    sections.extend(section(b"LAYR", layer_payload(layer)) for layer in layers)
     h, w = meta["input"]["height"], meta["input"]["width"]
     gold = [struct.pack(_GOLD, len(golden), h, w, len(meta["labels"]))]
     for image, scores in golden:
         gold.append(bytes(image))
         gold.append(struct.pack("<%dq" % len(scores), *scores))
-    sections.append(_section(b"GOLD", b"".join(gold)))
+    sections.append(section(b"GOLD", b"".join(gold)))
     body = struct.pack(_HEADER, MAGIC, VERSION_MAJOR, VERSION_MINOR, len(sections) + 1)
     body += b"".join(sections)
-    return body + _section(b"HASH", hashlib.sha256(body).digest())
+    return body + section(b"HASH", hashlib.sha256(body).digest())
 
 
 def _check(cond: bool, what: str) -> None:
@@ -211,7 +211,7 @@ def _parse_layer(payload: bytes, index: int) -> Layer:
     return layer
 
 
-def _check_meta(meta) -> None:
+def check_meta(meta) -> None:
     _check(isinstance(meta, dict), "META is not a JSON object")
     labels = meta.get("labels")
     _check(
@@ -225,7 +225,7 @@ def _check_meta(meta) -> None:
         _check(isinstance(v, int) and 0 < v <= 4096, "META input %s is invalid" % key)
 
 
-def _check_chain(meta: dict, layers: list) -> None:
+def check_chain(meta: dict, layers: list) -> None:
     _check(len(layers) >= 2, "a model needs at least an input and an output layer")
     first, last = layers[0], layers[-1]
     _check(first.kind == CONV_U8 and first.cin == 1, "the first layer must read 8-bit grey pixels")
@@ -306,9 +306,9 @@ def read_bnn(data: bytes) -> BnnModel:
         meta = json.loads(sections[0][2].decode("utf-8"))
     except (ValueError, UnicodeError):
         raise FormatError("not a valid .bnn model: META is not UTF-8 JSON") from None
-    _check_meta(meta)
+    check_meta(meta)
     layers = [_parse_layer(s[2], i) for i, s in enumerate(sections[1:-2])]
-    _check_chain(meta, layers)
+    check_chain(meta, layers)
     golden = _parse_gold(sections[-2][2], meta)
     return BnnModel(meta, layers, golden, digest)
 

@@ -104,7 +104,7 @@ def _check_head(head) -> None:
     _check(isinstance(chunks, int) and 1 <= chunks <= 0xFFFF, "bad chunk count")
     arch = head.get("arch")
     _check(isinstance(arch, str) and arch, "HEAD names no architecture")
-    bnn._check_meta(head)
+    bnn.check_meta(head)
     specs = head.get("layers")
     _check(isinstance(specs, list) and 2 <= len(specs) <= 256, "HEAD has no layer list")
     for i, d in enumerate(specs):
@@ -121,7 +121,7 @@ def _check_head(head) -> None:
         layers = geometry_layers(head)
         for i, layer in enumerate(layers):
             bnn.check_geometry(layer, i)
-        bnn._check_chain(head, layers)
+        bnn.check_chain(head, layers)
     except FormatError as e:
         raise FormatError(
             "architecture %r cannot run on this edge: %s" % (arch, str(e).split(": ", 1)[-1])
@@ -288,7 +288,7 @@ def layers_digest(layers: list) -> int:
     """CRC32 of the packed layers as a .bnn stores them: what reconstruction must reproduce."""
     crc = 0
     for layer in layers:
-        crc = binascii.crc32(bnn._layer_payload(layer), crc)
+        crc = binascii.crc32(bnn.layer_payload(layer), crc)
     return crc & 0xFFFFFFFF
 
 

@@ -6,9 +6,9 @@ of `mix32`, a 32-bit integer finaliser (two odd multiplies and three xor-shifts,
 C. Wellons' "lowbias32"), one round per input word. Library generators (torch, numpy, `random`)
 are never used for a basis: their streams differ between devices and versions.
 
-This is the reference implementation, in plain integers so MicroPython runs it; edge.basis holds
-the numpy one and host.pranc_torch the torch one, and all three are checked against the fixed
-vectors in docs/format.md.
+This is the reference implementation, in plain integers so MicroPython runs it;
+edge.engine.basis holds the numpy one and host.pranc_torch the torch one, and all three are
+checked against the fixed vectors in docs/format.md.
 """
 
 HASH_ID = "bs-mix32"

@@ -18,7 +18,8 @@ duplicated and reordered frames cost time, never correctness. Frames of another 
 ignored, so bytes left on a serial line by an earlier session do no harm.
 
 `Receiver` is a pure state machine (frames in, frames out, time passed in) in the subset that
-MicroPython runs; what it stores goes through a sink (edge.receiver). `Sender` drives a link.
+MicroPython runs; what it stores goes through a sink (edge.install.receiver). `Sender` drives a
+link.
 """
 
 import json

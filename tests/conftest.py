@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge.store import SlotStore
+from edge.install.store import SlotStore
 from host.models import BinaryNet, arch_spec
 from host.pack import pack_model
 from tests.shipkit import keys

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import edge.store as store_module  # noqa: E402
+import edge.install.store as store_module  # noqa: E402
 
 STEPS = [0]
 KILL_AT = int(sys.argv[1])

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from edge import native
+from edge.engine import native
 from tests.hidden_packages import env_without
 from tests.shipkit import ROOT
 

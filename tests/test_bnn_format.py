@@ -58,7 +58,7 @@ def test_consistent_rewrite_of_a_section_still_fails_the_file_hash(tiny_model):
     forged = bnn.write_bnn(model.meta, model.layers, model.golden)
     # replace the HASH section by a CRC-valid one over the wrong digest
     body = forged[: -(8 + 32 + 4)]
-    bad = body + bnn._section(b"HASH", bytes(32))
+    bad = body + bnn.section(b"HASH", bytes(32))
     with pytest.raises(FormatError, match="SHA-256 mismatch"):
         bnn.read_bnn(bad)
 

@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 
-from edge.capture import BoxFrames, CaptureRing
-from edge.daemon import Daemon
-from edge.store import SlotStore
+from edge.install.store import SlotStore
+from edge.line.capture import BoxFrames, CaptureRing
+from edge.line.daemon import Daemon
 from tests.shipkit import ROOT
 from tests.test_daemon import config, install, run_sim
 

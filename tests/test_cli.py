@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from edge.box_images import render
+from edge.imaging.box_images import render
 
 
 def run(*args, module="host.cli"):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from edge.box_images import render
-from edge.code_styles import (
+from edge.imaging.box_images import render
+from edge.imaging.code_styles import (
     DOT_GLYPHS,
     HELD_OUT_FONTS,
     STYLES,

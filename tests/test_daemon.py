@@ -11,9 +11,9 @@ import urllib.request
 
 import pytest
 
-from edge.config import check_config
-from edge.daemon import Daemon
-from edge.store import SlotStore
+from edge.install.store import SlotStore
+from edge.line.config import check_config
+from edge.line.daemon import Daemon
 from protocol.transports import tcp
 from tests.conftest import checkpoint_for, random_bn_model
 from tests.hidden_packages import env_without
@@ -238,7 +238,7 @@ def test_status_endpoint_serves_json_and_a_page_and_counters_survive_a_restart(s
     status = json.loads(body)
     assert status["boxes"] == 12 and status["restarts"] == 1
     assert status["model"]["version"] == 1 and status["frames"] == first["frames"]
-    from edge import native
+    from edge.engine import native
 
     assert status["engine"] == "native (%s)" % native.popcount_path()
     page = urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5).read().decode()
@@ -340,7 +340,7 @@ def test_picamera2_adapter_takes_the_y_plane_of_the_lores_stream():
     YUV420 lores stream with few buffers and crops the Y plane out of the strided buffer."""
     import numpy as np
 
-    from edge.sources.camera import CameraSource
+    from edge.line.sources.camera import CameraSource
 
     calls = {}
 

@@ -114,3 +114,45 @@ def test_what_tests_and_tools_import_is_in_the_extras_the_test_command_installs(
 def test_ci_runs_the_readme_test_command_in_a_fresh_virtual_environment():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "-m venv --clear" in ci and "README.md" in ci
+
+
+def module_file(name: str) -> "pathlib.Path | None":
+    """The file of one of our modules by dotted name, or None when it is not one of ours."""
+    path = ROOT.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def test_the_micropython_manifest_holds_every_module_its_files_import_and_nothing_else():
+    """edge/portable/manifest.txt is what tools/micropython.mjs loads: a portable module that
+    imports one of ours not listed would fail only under MicroPython, and a file listed that
+    imports numpy could never run there."""
+    listed = [
+        line.strip()
+        for line in (ROOT / "edge" / "portable" / "manifest.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert "edge/portable/engine.py" in listed and "protocol/bnn.py" in listed
+    needed = set()
+    for rel in listed:
+        path = ROOT / rel
+        assert path.exists(), rel
+        parent = path.parent
+        while parent != ROOT:  # a package's __init__ runs before its modules
+            needed.add(str((parent / "__init__.py").relative_to(ROOT)))
+            parent = parent.parent
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module] + [node.module + "." + a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ("numpy", "torch", "PIL"), (rel, name)
+                found = module_file(name)
+                if found is not None:
+                    needed.add(str(found.relative_to(ROOT)))
+    assert needed <= set(listed), sorted(needed - set(listed))

@@ -1,9 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import edge.engine as engine_mod
-from edge.engine import Engine, pack_signs, unpack_signs
+from edge.engine import NumpyEngine
+from edge.engine.bits import pack_signs, unpack_signs
 from host.reference import reference_scores
 from protocol.bnn import read_bnn
 from tests.conftest import random_inputs
@@ -21,7 +24,7 @@ def test_engine_scores_equal_the_host_reference_exactly_on_1000_random_inputs(fi
     want = reference_scores(model, x)
     if fixture.startswith("lively"):
         assert len({tuple(r) for r in want.tolist()}) >= 990
-    assert np.array_equal(Engine(model).scores(x), want)
+    assert np.array_equal(NumpyEngine(model).scores(x), want)
 
 
 @pytest.mark.parametrize("which", ["lively_tiny_model", "lively_bcnn_model"])
@@ -29,13 +32,13 @@ def test_blas_path_for_numpy_without_bitwise_count_gives_the_same_scores(
     which, request, monkeypatch
 ):
     """numpy 1.24 has no bitwise_count: binary layers become +-1 float32 products there."""
-    import edge.engine as engine_module
+    import edge.engine.numpy_engine as engine_module
 
     model = read_bnn(request.getfixturevalue(which)[1])
     x = random_inputs(60, model.input_shape[0], seed=3)
-    fast = Engine(model).scores(x)
+    fast = NumpyEngine(model).scores(x)
     monkeypatch.setattr(engine_module, "HAS_BITWISE_COUNT", False)
-    blas = Engine(model)
+    blas = NumpyEngine(model)
     assert blas.layers[1].weights.dtype == np.float32  # really the other path
     assert np.array_equal(blas.scores(x), fast)
 
@@ -43,7 +46,7 @@ def test_blas_path_for_numpy_without_bitwise_count_gives_the_same_scores(
 def test_deployed_labels_match_the_float_model_on_random_inputs(lively_bcnn_model):
     float_model, data = lively_bcnn_model
     x = random_inputs(500, 64, seed=11)
-    scores = Engine(read_bnn(data)).scores(x)
+    scores = NumpyEngine(read_bnn(data)).scores(x)
     assert len(set(scores.argmax(1).tolist())) >= 3  # not one label for every input
     with torch.no_grad():
         float_pred = float_model(((2 * torch.from_numpy(x).float() - 255) / 255).unsqueeze(1))
@@ -54,14 +57,14 @@ def test_deployed_labels_match_the_float_model_on_random_inputs(lively_bcnn_mode
 def test_golden_self_test_passes_and_catches_an_engine_computing_a_different_layer(tiny_model):
     _, data = tiny_model
     model = read_bnn(data)
-    assert Engine(model).self_test() == []
+    assert NumpyEngine(model).self_test() == []
     model.layers[1].weights = bytes(b ^ 0xFF for b in model.layers[1].weights)
-    assert Engine(model).self_test() != []
+    assert NumpyEngine(model).self_test() != []
 
 
 def test_pooling_the_accumulators_is_and_of_the_bits_and_or_in_flipped_channels(tiny_model):
     _, data = tiny_model
-    prepared = Engine(read_bnn(data)).layers[0]
+    prepared = NumpyEngine(read_bnn(data)).layers[0]
     flips = prepared.flips
     assert flips.any() and not flips.all()
     rng = np.random.default_rng(0)  # accumulators on both sides of every threshold
@@ -81,7 +84,10 @@ def test_pack_and_unpack_signs_follow_the_documented_bit_order():
     assert unpack_signs(pack_signs(negative), 16).tolist() == [-1 if v else 1 for v in negative]
 
 
-def test_engine_module_never_imports_torch():
-    with open(engine_mod.__file__) as f:
-        source = f.read()
-    assert "import torch" not in source
+def test_engine_package_never_imports_torch():
+    folder = os.path.dirname(engine_mod.__file__)
+    sources = [name for name in os.listdir(folder) if name.endswith(".py")]
+    assert "numpy_engine.py" in sources and "native.py" in sources
+    for name in sources:
+        with open(os.path.join(folder, name)) as f:
+            assert "import torch" not in f.read(), name

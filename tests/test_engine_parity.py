@@ -9,9 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from edge import native
-from edge.engine import Engine, load_engine
-from edge.portable import PortableEngine
+from edge.engine import NumpyEngine, load_engine, native
+from edge.portable.engine import PortableEngine
 from protocol.bnn import read_bnn
 from tests.conftest import random_inputs
 from tests.shipkit import EDGE, ROOT
@@ -30,7 +29,7 @@ def test_native_numpy_and_portable_engines_give_identical_scores(which, request)
     model = read_bnn(request.getfixturevalue(which)[1])
     h, _ = model.input_shape
     images = random_inputs(24, h, seed=5)
-    want = Engine(model).scores(images)
+    want = NumpyEngine(model).scores(images)
     assert len({tuple(r) for r in want.tolist()}) == 24  # every image scores differently
     best = native.popcount_path()
     try:
@@ -53,7 +52,7 @@ def test_native_engine_passes_the_golden_self_test_and_is_the_default(tmp_path, 
 
 
 def test_classify_says_which_engine_and_falls_back_to_numpy(tmp_path, tiny_model):
-    from edge.box_images import render
+    from edge.imaging.box_images import render
 
     path = tmp_path / "m.bnn"
     path.write_bytes(tiny_model[1])
@@ -103,9 +102,9 @@ def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch):
     images = random_inputs(40, 21, seed=9)
     want = reference_scores(model, images)
     assert len({tuple(r) for r in want.tolist()}) >= 30  # the images really differ here
-    assert np.array_equal(Engine(model).scores(images), want)
-    monkeypatch.setattr("edge.engine.HAS_BITWISE_COUNT", False)
-    assert np.array_equal(Engine(model).scores(images), want)
+    assert np.array_equal(NumpyEngine(model).scores(images), want)
+    monkeypatch.setattr("edge.engine.numpy_engine.HAS_BITWISE_COUNT", False)
+    assert np.array_equal(NumpyEngine(model).scores(images), want)
     monkeypatch.undo()
     best = native.popcount_path()
     try:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from edge.box_images import render
+from edge.imaging.box_images import render
 from tests.test_cli import assert_clean_error, run
 
 

@@ -7,7 +7,7 @@ import venv
 import numpy as np
 import pytest
 
-from edge.engine import Engine
+from edge.engine import NumpyEngine
 from protocol.bnn import read_bnn
 from tests.conftest import random_inputs
 
@@ -17,12 +17,12 @@ CHECK = """
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from edge.engine import Engine
+from edge.engine import NumpyEngine
 from protocol.bnn import read_bnn
 assert np.__version__.startswith("1.24") and not hasattr(np, "bitwise_count"), np.__version__
 model = read_bnn(open(sys.argv[2], "rb").read())
 data = np.load(sys.argv[3])
-engine = Engine(model)
+engine = NumpyEngine(model)
 assert engine.self_test() == []
 print("equal" if np.array_equal(engine.scores(data["x"]), data["scores"]) else "different")
 """
@@ -35,7 +35,7 @@ def test_engine_on_numpy_1_24_gives_the_same_scores_as_on_current_numpy(
     _, blob = lively_bcnn_model
     (tmp_path / "m.bnn").write_bytes(blob)
     x = random_inputs(300, 64, seed=9)
-    scores = Engine(read_bnn(blob)).scores(x)
+    scores = NumpyEngine(read_bnn(blob)).scores(x)
     assert len({tuple(r) for r in scores.tolist()}) == 300
     np.savez(tmp_path / "expected.npz", x=x, scores=scores)
     env_dir = tmp_path / "np124"

@@ -10,10 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from edge.box_images import render
-from edge.engine import Engine
-from edge.portable import PortableEngine, read_pgm, write_pgm
-from edge.preprocess import preprocess
+from edge.engine import NumpyEngine
+from edge.imaging.box_images import render
+from edge.imaging.preprocess import preprocess
+from edge.portable.engine import PortableEngine, read_pgm, write_pgm
 from protocol import frames as fr
 from protocol import manifest as mf
 from protocol import prng
@@ -58,7 +58,7 @@ def test_portable_engine_equals_numpy_under_cpython(lively_tiny_model, lively_bc
         model = read_bnn(data)
         h, _ = model.input_shape
         images = box_inputs(n, h)
-        want = Engine(model).scores(images)
+        want = NumpyEngine(model).scores(images)
         assert len({tuple(r) for r in want.tolist()}) == n
         portable = PortableEngine(model)
         got = [portable.scores(im.tobytes()) for im in images]
@@ -94,7 +94,7 @@ def test_micropython_engine_gives_the_numpy_scores_on_50_images(tmp_path, lively
     model_path.write_bytes(lively_tiny)
     model = read_bnn(lively_tiny)
     images = box_inputs(50, model.input_shape[0])
-    want = Engine(model).scores(images)
+    want = NumpyEngine(model).scores(images)
     assert len({tuple(r) for r in want}) == 50  # the images really differ for this model
     out = subprocess.run(
         [CLASSIFY, str(model_path), *_write_inputs(tmp_path, images)],
@@ -210,7 +210,7 @@ def _receive(tmp_path, stream, *flags):
         [
             "node",
             MPY,
-            os.path.join(ROOT, "edge", "portable_receive.py"),
+            os.path.join(ROOT, "edge", "portable", "receive.py"),
             str(tmp_path / "stream.bin"),
             str(target),
             *flags,
@@ -247,9 +247,9 @@ def test_micropython_refuses_what_it_cannot_verify_or_what_was_tampered(tmp_path
 
 
 def test_pranc_hash_under_micropython_matches_the_published_vectors(tmp_path):
-    from tests.test_pranc_basis import _doc_vectors
+    from tests.test_pranc_basis import doc_vectors
 
-    hashes, _ = _doc_vectors()
+    hashes, _ = doc_vectors()
     script = tmp_path / "h.py"
     script.write_text(
         "import json\nfrom protocol import prng\n"

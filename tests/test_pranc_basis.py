@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from edge import basis as nb
+from edge.engine import basis as nb
 from host import pranc_torch as tb
 from protocol import prng
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "format.md")
 
 
-def _doc_vectors():
+def doc_vectors():
     with open(DOC, encoding="utf-8") as f:
         text = f.read()
     hashes = [
@@ -32,7 +32,7 @@ def _doc_vectors():
 
 
 def test_docs_publish_vectors_and_every_implementation_reproduces_them():
-    hashes, bases = _doc_vectors()
+    hashes, bases = doc_vectors()
     assert len(hashes) >= 6 and set(bases) == {"fastfood", "dense"}
     for (seed, layer, stream, index), want in hashes:
         assert prng.hash32(seed, layer, stream, index) == want

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge.engine import Engine
-from edge.pranc import PrancDecoder, read_pranc
+from edge.engine import NumpyEngine
+from edge.engine.stream import PrancDecoder, read_pranc
 from host.pack_pranc import pack_pranc, pack_pranc_bnn
 from host.pranc import PrancNet, split_budget
 from host.reference import reference_scores
@@ -53,10 +53,10 @@ def test_edge_rebuilds_byte_identical_layers_and_scores(stream):
     host = bnn.read_bnn(pack_pranc_bnn(checkpoint_for("tiny"), model))
     assert len(host.layers) == len(edge_model.layers)
     for a, b in zip(host.layers, edge_model.layers, strict=True):
-        assert bnn._layer_payload(a) == bnn._layer_payload(b)
-    scores = Engine(edge_model).scores(images)
+        assert bnn.layer_payload(a) == bnn.layer_payload(b)
+    scores = NumpyEngine(edge_model).scores(images)
     assert np.array_equal(scores, reference_scores(edge_model, images))
-    assert Engine(host).self_test() == []
+    assert NumpyEngine(host).self_test() == []
 
 
 def test_every_chunk_boundary_is_a_model_with_the_recorded_accuracy(stream):
@@ -68,7 +68,7 @@ def test_every_chunk_boundary_is_a_model_with_the_recorded_accuracy(stream):
     for c, end in enumerate(chunk_ends, start=1):
         m, dec = read_pranc(data[:end])
         assert dec.chunks == c and not dec.done
-        scores = Engine(m).scores(images)
+        scores = NumpyEngine(m).scores(images)
         assert float((scores.argmax(1) == truth).mean()) == pytest.approx(
             dec.last_chunk.accuracy, abs=1e-4
         )
@@ -202,7 +202,7 @@ def test_dense_basis_streams_rebuild_too():
     m, dec = read_pranc(data)
     assert dec.head["basis"] == "dense" and dec.last_chunk.accuracy is None
     host = bnn.read_bnn(pack_pranc_bnn(checkpoint_for("tiny"), model))
-    assert [bnn._layer_payload(x) for x in host.layers] == [bnn._layer_payload(x) for x in m.layers]
+    assert [bnn.layer_payload(x) for x in host.layers] == [bnn.layer_payload(x) for x in m.layers]
 
 
 def test_budget_split_hits_the_total_and_respects_layer_sizes():

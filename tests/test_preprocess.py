@@ -3,7 +3,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from edge.preprocess import area_resize, centre_crop, load_image, preprocess, to_grey
+from edge.imaging.preprocess import area_resize, centre_crop, load_image, preprocess, to_grey
 from protocol.errors import BinsortError
 
 

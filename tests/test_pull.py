@@ -13,9 +13,9 @@ import threading
 import numpy as np
 import pytest
 
-from edge.capture import CaptureRing
-from edge.decide import Decision
-from edge.imagefolder import dataset_splits
+from edge.imaging.imagefolder import dataset_splits
+from edge.line.capture import CaptureRing
+from edge.line.decide import Decision
 from host.pull import pull
 from protocol.errors import BinsortError
 from tests.shipkit import ROOT

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edge.store import SlotStore
+from edge.install.store import SlotStore
 from protocol.errors import BinsortError
 from protocol.session import RemoteError
 from protocol.transports import ssh

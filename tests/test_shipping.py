@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from edge.store import Rejected, SlotStore
+from edge.install.store import Rejected, SlotStore
 from protocol.errors import BinsortError
 from protocol.manifest import parse_manifest
 from protocol.session import RemoteError

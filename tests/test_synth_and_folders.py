@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from edge.box_images import render
-from edge.imagefolder import dataset_splits, labelled_images
+from edge.imaging.box_images import render
+from edge.imaging.imagefolder import dataset_splits, labelled_images
 from host.synth import synthesise
 from protocol.errors import BinsortError
 

@@ -1,4 +1,4 @@
-/* Test driver for edge/xnor_kernel.c on any CPU: runs a model from a vector file made by
+/* Test driver for edge/engine/xnor_kernel.c on any CPU: runs a model from a vector file made by
  * tools/cross-check-kernel (layers, input images and the numpy engine's scores) through
  * bs_run and compares every score. Prints one line; exit status 0 when all are equal.
  *
@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../edge/xnor_kernel.h"
+#include "../edge/engine/xnor_kernel.h"
 
 #ifdef FREESTANDING
 /* ---- just enough of a C library for ARMv6 Linux (EABI system calls) ---- */

@@ -4,7 +4,7 @@
 //
 //     node tools/micropython.mjs SCRIPT.py [ARGS...]
 //
-// The portable modules (PORTABLE below) are copied into MicroPython's in-memory file system
+// The portable modules (edge/portable/manifest.txt) are copied into MicroPython's in-memory file system
 // under /lib, and every ARG that names an existing file is copied to the same absolute path
 // there (MicroPython starts in the same working directory), so the script reads its model and
 // images under the names it was given, and files it writes under names given as ARGs (in
@@ -16,12 +16,11 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const PACKAGE = join(ROOT, ".micropython/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs");
-const PORTABLE = [
-  "protocol/__init__.py", "protocol/errors.py", "protocol/bnn.py", "protocol/fold.py",
-  "protocol/cobs.py", "protocol/frames.py", "protocol/manifest.py", "protocol/session.py",
-  "protocol/prng.py", "edge/__init__.py", "edge/portable.py", "edge/portable_classify.py",
-  "edge/portable_receive.py",
-];
+// the files that run under MicroPython: the manifest kept beside the portable modules
+const PORTABLE = readFileSync(join(ROOT, "edge/portable/manifest.txt"), "utf8")
+  .split("\n")
+  .map((line) => line.trim())
+  .filter((line) => line && !line.startsWith("#"));
 
 if (!existsSync(PACKAGE)) {
   process.stderr.write("micropython: the MicroPython package is missing; run tools/setup-system\n");
@@ -47,7 +46,7 @@ const mkdirs = (dir) => {
   }
 };
 mkdirs("/lib/protocol");
-mkdirs("/lib/edge");
+for (const rel of PORTABLE) mkdirs("/lib/" + dirname(rel));
 for (const rel of PORTABLE) mp.FS.writeFile("/lib/" + rel, readFileSync(join(ROOT, rel)));
 mkdirs(process.cwd());
 for (const a of args) {

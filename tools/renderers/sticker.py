@@ -16,7 +16,7 @@ SCALE = 3  # drawn at 3x, then averaged down
 
 def _matplotlib_fonts() -> list:
     """Serif faces that ship with matplotlib (STIX, Computer Modern roman and bold): the faces
-    the training generator holds out (HELD_OUT_FONTS in edge/code_styles.py names them)."""
+    the training generator holds out (HELD_OUT_FONTS in edge/imaging/code_styles.py names them)."""
     import matplotlib
 
     folder = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")

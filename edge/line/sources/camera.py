@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from edge.sources import Frame, number
+from edge.line.sources import Frame, number
 from protocol.errors import BinsortError
 
 

@@ -1,7 +1,7 @@
 """Receive a model from a transfer-session byte stream with the portable protocol code; runs
 under MicroPython and CPython.
 
-    micropython edge/portable_receive.py STREAM OUT [--unsigned-ok]
+    micropython edge/portable/receive.py STREAM OUT [--unsigned-ok]
 
 STREAM holds the bytes a sender wrote to the line (a capture, or what a UART delivered). They
 are fed to protocol.frames.FrameDecoder in small pieces, as a serial port delivers them, and the

@@ -17,20 +17,9 @@ SWAR on uint64.
 
 import numpy as np
 
+from edge.engine.base import Engine
+from edge.engine.bits import pack_signs, unpack_signs
 from protocol.bnn import BCONV, BDENSE, CONV_U8, DENSE_OUT, BnnModel
-
-
-def pack_signs(negative: np.ndarray) -> np.ndarray:
-    """Pack a boolean array (True = -1) along its last axis, LSB first; the length must be a
-    multiple of 8. Used for weights by the host packer and for activations here."""
-    return np.packbits(negative, axis=-1, bitorder="little")
-
-
-def unpack_signs(packed: np.ndarray, count: int) -> np.ndarray:
-    """Inverse of pack_signs, as +-1 int8 values."""
-    bits = np.unpackbits(packed, axis=-1, count=count, bitorder="little")
-    return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
-
 
 HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
 
@@ -125,7 +114,7 @@ class _Prepared:
         return pick(top, pick(acc[:, 1:h:2, 0:w:2], acc[:, 1:h:2, 1:w:2]))
 
 
-def _pad_map(x: np.ndarray, pad: int) -> np.ndarray:
+def pad_map(x: np.ndarray, pad: int) -> np.ndarray:
     """(N, H, W, C) -> (N, H + 2 pad, W + 2 pad, C) with zeros around (np.pad is slower)."""
     if not pad:
         return x
@@ -135,7 +124,7 @@ def _pad_map(x: np.ndarray, pad: int) -> np.ndarray:
     return out
 
 
-def _patches(x: np.ndarray, k: int, stride: int) -> np.ndarray:
+def patches(x: np.ndarray, k: int, stride: int) -> np.ndarray:
     """(N, H, W, C) padded -> (N, Ho, Wo, k*k*C) sliding windows in (ky, kx, c) order.
 
     One strided copy per kernel tap, with a pixel's C values moved as one element where they
@@ -155,28 +144,14 @@ def _patches(x: np.ndarray, k: int, stride: int) -> np.ndarray:
     return out.view(x.dtype).reshape(n, ho, wo, k * k * c)
 
 
-class Engine:
-    """Runs a parsed BnnModel. `scores` gives the exact integer class scores."""
+class NumpyEngine(Engine):
+    """The engine in numpy alone: runs anywhere numpy >= 1.24 does."""
 
     name = "numpy"
 
-    def describe(self) -> str:
-        """The engine as `--verbose` and the daemon status name it."""
-        return self.name
-
     def __init__(self, model: BnnModel, chunk: int = 64):
-        self.model = model
+        super().__init__(model, chunk)
         self.layers = [_Prepared(layer) for layer in model.layers]
-        self.out_scale = model.layers[-1].scale
-        self.chunk = chunk
-
-    def scores(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W) model inputs -> int64 (N, classes) scores."""
-        images = np.asarray(images, dtype=np.uint8)
-        if images.ndim == 2:
-            images = images[None]
-        out = [self._run(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.model.labels)), np.int64)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         x = images
@@ -184,16 +159,16 @@ class Engine:
             layer = p.layer
             if layer.kind == CONV_U8:
                 centred = 2 * x.astype(np.float32)[..., None] - 255
-                centred = _pad_map(centred, layer.pad)  # padding is a centred 0
-                x = p.threshold(p.pool_acc(_patches(centred, layer.k, layer.stride) @ p.weights))
+                centred = pad_map(centred, layer.pad)  # padding is a centred 0
+                x = p.threshold(p.pool_acc(patches(centred, layer.k, layer.stride) @ p.weights))
             elif layer.kind == BCONV:
-                xp = _pad_map(x, layer.pad)  # packed bit 0 is +1: padded with +1
+                xp = pad_map(x, layer.pad)  # packed bit 0 is +1: padded with +1
                 if HAS_BITWISE_COUNT:
                     pops = self._conv_popcounts(p, xp)
                     x = p.threshold_pops(p.pool_acc(pops, np.minimum))
                 else:
-                    patches = _patches(xp, layer.k, layer.stride)
-                    x = p.threshold(p.pool_acc(self._binary_acc(p, patches)))
+                    cols = patches(xp, layer.k, layer.stride)
+                    x = p.threshold(p.pool_acc(self._binary_acc(p, cols)))
             elif layer.kind == BDENSE:
                 flat = x.reshape(len(x), -1)
                 if HAS_BITWISE_COUNT:
@@ -208,11 +183,11 @@ class Engine:
     def _conv_popcounts(p, xp: np.ndarray) -> np.ndarray:
         """A binary conv's popcounts (numpy >= 2) from the padded packed map (N, H, W, bytes).
         Pixels of 4 or 8 bytes are copied tap by tap straight into the patches' 64-bit words,
-        word position first (one or two taps a word); other widths go through _patches."""
+        word position first (one or two taps a word); other widths go through patches."""
         layer = p.layer
         k, stride, nbytes = layer.k, layer.stride, xp.shape[-1]
         if nbytes not in (4, 8):
-            return Engine._popcounts(p, _patches(xp, k, stride))
+            return NumpyEngine._popcounts(p, patches(xp, k, stride))
         n, h, w, _ = xp.shape
         ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
         per = 8 // nbytes  # taps in one word
@@ -250,71 +225,3 @@ class Engine:
         """The real-valued output layer on packed inputs: exact integer scores."""
         signs = unpack_signs(x.reshape(len(x), -1), p.layer.cin).astype(np.int64)
         return signs @ p.weights + p.bias
-
-    def classify(self, images: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
-        """(label indices, confidences, real-valued scores) for a batch of model inputs."""
-        return self.decide(self.scores(images))
-
-    def decide(self, ints: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
-        """(label indices, confidences, real-valued scores) of integer scores."""
-        real = ints.astype(np.float64) * self.out_scale
-        shifted = real - real.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        best = ints.argmax(axis=1)
-        return best, probs[np.arange(len(best)), best], real
-
-    def self_test(self) -> "list[int]":
-        """Indices of golden inputs whose scores differ from those stored with the model."""
-        h, w = self.model.input_shape
-        bad = []
-        for i, (image, expected) in enumerate(self.model.golden):
-            got = self.scores(np.frombuffer(image, dtype=np.uint8).reshape(1, h, w))[0]
-            if list(got) != list(expected):
-                bad.append(i)
-        return bad
-
-
-def make_engine(model: BnnModel, threads: int = 1) -> Engine:
-    """The native engine where its kernel is built (edge.native), else the numpy engine."""
-    from edge import native
-
-    if native.available():
-        return native.NativeEngine(model, threads=threads)
-    return Engine(model)
-
-
-def load_engine(path: str, prefix_bytes=None) -> Engine:
-    """Read, verify, prepare and self-test a model file; FormatError if it is not a valid model
-    or this engine does not reproduce what the host packed.
-
-    A `.bnn` must reproduce its golden scores. A `.pranc` stream is rebuilt here (edge.pranc)
-    and must reproduce the host's CRC32 of the packed layers; `prefix_bytes` uses only the
-    stream's longest prefix of at most that many bytes that ends on a chunk boundary."""
-    from protocol.bnn import read_bnn_file
-    from protocol.errors import FormatError
-
-    if _magic(path) == b"BSPR":
-        from edge.pranc import read_pranc_file
-
-        model, decoder = read_pranc_file(path, prefix_bytes)
-        engine = make_engine(model)
-        engine.stream = decoder
-        return engine
-    if prefix_bytes is not None:
-        raise FormatError("%s: --prefix-bytes applies to .pranc streams only" % path)
-    engine = make_engine(read_bnn_file(path))
-    failed = engine.self_test()
-    if failed:
-        raise FormatError(
-            "%s: failed its self-test on golden inputs %s (this engine does not "
-            "compute what the host packed)" % (path, failed)
-        )
-    return engine
-
-
-def _magic(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4)
-    except OSError:
-        return b""  # the reader reports the error with the path

@@ -1,6 +1,6 @@
 """Classify model inputs with the portable engine; runs under MicroPython and CPython.
 
-    micropython edge/portable_classify.py [--stats] MODEL.bnn IMAGE.pgm|IMAGE.raw ...
+    micropython edge/portable/classify.py [--stats] MODEL.bnn IMAGE.pgm|IMAGE.raw ...
 
 One JSON line per image, as `binsort-edge classify` prints them (path, label, confidence,
 scores), plus `int_scores`, the exact integers. `--stats` adds a line with the time per image.
@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from edge.portable import PortableEngine, read_pgm
+from edge.portable.engine import PortableEngine, read_pgm
 from protocol.bnn import read_bnn
 from protocol.errors import BinsortError
 

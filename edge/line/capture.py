@@ -22,7 +22,7 @@ import re
 import threading
 import time
 
-from edge.store import fsync_dir, write_atomic
+from edge.install.store import fsync_dir, write_atomic
 from protocol.errors import BinsortError
 
 RING_FORMAT = "binsort-captures-1"

@@ -1,5 +1,5 @@
 """sim:[?speed=8&gap=0.6-1.6&seed=0&codes=F06,K11,S19,V22&boxes=0&size=100&fps=0]: a conveyor
-simulator. Boxes with printed codes (edge.box_images) ride a belt past a fixed camera.
+simulator. Boxes with printed codes (edge.imaging.box_images) ride a belt past a fixed camera.
 
 The belt is one long strip: its tone is fixed for the run, its streaks and grain are drawn per
 block of columns. Box i sits in a tile `size` pixels wide, followed by `gap` tile widths of
@@ -22,8 +22,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from edge.box_images import DEFAULT_CODES, EMPTY_LABEL, box_layer, seeded_rng
-from edge.sources import Frame, number
+from edge.imaging.box_images import DEFAULT_CODES, EMPTY_LABEL, box_layer, seeded_rng
+from edge.line.sources import Frame, number
 from protocol.errors import BinsortError
 
 VIRTUAL_FPS = 30.0

@@ -2,8 +2,8 @@
 
     source.read() -> preprocess -> engine.classify -> BoxTracker -> LaneMap -> actuator.fire
 
-Models come from the SlotStore (edge.store), written there by the receiver threads (TCP and
-serial, edge.receiver) while the line runs. When the store's active slot changes, the new
+Models come from the SlotStore (edge.install.store), written there by the receiver threads (TCP and
+serial, edge.install.receiver) while the line runs. When the store's active slot changes, the new
 model is loaded and self-tested in a helper thread beside the running one, then swapped in
 between two frames with the actuator held; it stays on trial until `trial_boxes` boxes and
 `trial_seconds` have passed without an error, and is then confirmed. A failed self-test, an
@@ -18,13 +18,13 @@ import signal
 import threading
 import time
 
-from edge.actuators import make_actuator
-from edge.decide import BoxTracker, LaneMap
-from edge.notify import Watchdog, notify
-from edge.preprocess import preprocess
-from edge.sources import open_source, parse_url
-from edge.status import Counters, StatusServer
-from edge.store import SlotStore
+from edge.imaging.preprocess import preprocess
+from edge.install.store import SlotStore
+from edge.line.actuators import make_actuator
+from edge.line.decide import BoxTracker, LaneMap
+from edge.line.notify import Watchdog, notify
+from edge.line.sources import open_source, parse_url
+from edge.line.status import Counters, StatusServer
 from protocol.errors import BinsortError, FormatError
 
 
@@ -37,7 +37,7 @@ class LoadedModel:
 
 class Daemon:
     def __init__(self, cfg: dict, log=None, record_truth: bool = False):
-        from edge.gpio import mock_pin, photo_eye, use_factory
+        from edge.line.gpio import mock_pin, photo_eye, use_factory
 
         self.cfg = cfg
         self.log = log or (lambda line: None)
@@ -86,7 +86,7 @@ class Daemon:
         self.capture = self.box_frames = None
         cap = cfg.get("capture")
         if cap:
-            from edge.capture import BoxFrames, CaptureRing
+            from edge.line.capture import BoxFrames, CaptureRing
 
             self.capture = CaptureRing(
                 cap["dir"] or os.path.join(self.store.root, "captures"),
@@ -369,7 +369,7 @@ class Daemon:
         t.start()
 
     def _serve_tcp(self, listener) -> None:
-        from edge.receiver import serve_link
+        from edge.install.receiver import serve_link
 
         min_acc = self.cfg["receiver"]["pranc_min_accuracy"]
         while not self.stop_event.is_set():
@@ -387,7 +387,7 @@ class Daemon:
                 link.close()
 
     def _serve_serial(self, link) -> None:
-        from edge.receiver import serve_link
+        from edge.install.receiver import serve_link
 
         try:
             serve_link(

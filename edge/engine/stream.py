@@ -13,8 +13,8 @@ import struct
 
 import numpy as np
 
-from edge.basis import reconstruct
-from edge.engine import pack_signs
+from edge.engine.basis import reconstruct
+from edge.engine.bits import pack_signs
 from protocol import bnn
 from protocol import pranc as fmt
 from protocol.errors import FormatError
@@ -231,7 +231,7 @@ class PrancDecoder:
                     % (self.chunks, got, self.last_chunk.digest)
                 )
         model = bnn.BnnModel(model_meta(self.head, self.chunks), layers, [], b"")
-        bnn._check_chain(model.meta, layers)
+        bnn.check_chain(model.meta, layers)
         self.good, self.good_chunks = model, self.chunks
         return model
 

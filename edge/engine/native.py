@@ -1,19 +1,20 @@
-"""The native engine: the numpy engine with its binary and first layers in C (edge/xnor_kernel.c).
+"""The native engine: every layer but the output one in C (xnor_kernel.c beside this file).
 
-pip builds the kernel as the extension `edge._xnor` where a C compiler works; this module loads
-that shared object with ctypes. Where it is missing (or BINSORT_ENGINE=numpy is set) the edge
-uses the numpy engine: `available()` says which, `load_engine` picks, and `binsort-edge
-classify --verbose` and the daemon's status name the engine in use. The output layer stays in
-numpy (a few thousand integer multiply-adds). `threads` > 1 splits each binary convolution's
-rows over that many threads (for the 4-core Zero 2W); the default is one.
+pip builds the kernel as the extension `edge.engine._xnor` where a C compiler works; this module
+loads that shared object from this folder with ctypes. Where it is missing (or BINSORT_ENGINE=numpy
+is set) the edge uses the numpy engine: `available()` says which, `load_engine` picks, and
+`binsort-edge classify --verbose` and the daemon's status name the engine in use. The output layer
+stays in numpy (a few thousand integer multiply-adds). `threads` > 1 splits each binary
+convolution's rows over that many threads (for the 4-core Zero 2W); the default is one.
 """
 
 import ctypes
 import os
+from importlib.machinery import EXTENSION_SUFFIXES
 
 import numpy as np
 
-from edge.engine import Engine
+from edge.engine.base import Engine
 from protocol.bnn import BCONV, BDENSE, CONV_U8, DENSE_OUT
 
 _LIB = None
@@ -21,7 +22,7 @@ _TRIED = False
 
 
 class LayerSpec(ctypes.Structure):
-    """bs_layer in edge/xnor_kernel.c."""
+    """bs_layer in edge/engine/xnor_kernel.c."""
 
     _fields_ = [
         (name, ctypes.c_int32)
@@ -54,11 +55,15 @@ def _load():
     _TRIED = True
     if os.environ.get("BINSORT_ENGINE", "").lower() == "numpy":
         return None
-    try:
-        from edge import _xnor
-    except ImportError:
+    here = os.path.dirname(os.path.abspath(__file__))
+    names = [os.path.join(here, "_xnor" + suffix) for suffix in EXTENSION_SUFFIXES]
+    built = [name for name in names if os.path.exists(name)]
+    if not built:
         return None
-    lib = ctypes.CDLL(_xnor.__file__)
+    try:
+        lib = ctypes.CDLL(built[0])
+    except OSError:
+        return None  # built for another machine or damaged: the numpy engine runs
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.bs_run.argtypes = [p, i, p, i, i, p]
     lib.bs_run.restype = i
@@ -120,7 +125,7 @@ class NativeEngine(Engine):
         return "native (%s)" % popcount_path()
 
     def __init__(self, model, chunk: int = 64, threads: int = 1):
-        Engine.__init__(self, model, chunk)
+        super().__init__(model, chunk)
         self.lib = _load()
         if self.lib is None:
             raise RuntimeError("the native kernel is not built")

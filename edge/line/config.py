@@ -1,4 +1,4 @@
-"""The daemon's configuration: a TOML file (edge/edge.toml is the annotated example), checked
+"""The daemon's configuration: a TOML file (edge/line/edge.toml is the annotated example), checked
 completely before anything starts. Every mistake is one line naming the key and what it wants.
 """
 

@@ -1,5 +1,5 @@
-/* The native kernel's interface (edge/xnor_kernel.c), shared with its test driver
- * (tools/kernel-check.c). edge/native.py mirrors bs_layer as a ctypes Structure and checks
+/* The native kernel's interface (edge/engine/xnor_kernel.c), shared with its test driver
+ * (tools/kernel-check.c). edge/engine/native.py mirrors bs_layer as a ctypes Structure and checks
  * its size against bs_layer_size() before using the library. */
 #ifndef BINSORT_XNOR_KERNEL_H
 #define BINSORT_XNOR_KERNEL_H

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from edge.imagefolder import image_files
-from edge.sources import Frame, number
+from edge.imaging.imagefolder import image_files
+from edge.line.sources import Frame, number
 from protocol.errors import BinsortError
 
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 import time
 
-from edge.store import Rejected, SlotStore
+from edge.install.store import Rejected, SlotStore
 from protocol.session import Receiver, pump
 
 

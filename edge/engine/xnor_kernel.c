@@ -1,7 +1,7 @@
 /* binsort's native XNOR-popcount kernel: the hot layers of a .bnn model (docs/format.md).
  *
  * Plain C99 with no dependencies, so the same file builds as a Python extension (pip, loaded
- * through ctypes by edge/native.py) and in the cross-compiled test driver
+ * through ctypes by edge/engine/native.py) and in the cross-compiled test driver
  * (tools/cross-check-kernel) for ARMv6, ARMv7 and AArch64.
  *
  * Layouts are the numpy engine's: a binary map is (n, h, w, bytes) with channel c at bit c%8 of
@@ -620,7 +620,7 @@ void bs_dense_out(const uint8_t *in, int n, int cin, const int16_t *weights, int
     }
 }
 
-/* A whole model in one call (bs_layer: edge/xnor_kernel.h). */
+/* A whole model in one call (bs_layer: edge/engine/xnor_kernel.h). */
 int bs_layer_size(void) { return (int)sizeof(bs_layer); }
 
 int bs_run(const bs_layer *layers, int nlayers, const uint8_t *images, int n, int threads,
@@ -690,7 +690,7 @@ uint64_t bs_popcount_peak(const word_t *a, const word_t *b, int words, int round
 
 #ifdef BINSORT_PYTHON_MODULE
 #include <Python.h>
-/* An importable module so pip builds and installs this file; edge/native.py loads the same
+/* An importable module so pip builds and installs this file; edge/engine/native.py loads the same
  * shared object with ctypes and calls the functions above. */
 static struct PyModuleDef xnor_module = {PyModuleDef_HEAD_INIT, "_xnor",
                                          "binsort's XNOR-popcount kernel (called through ctypes)",

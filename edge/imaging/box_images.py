@@ -11,7 +11,7 @@ class is belt alone, sometimes with a blank box edge entering the view, so the l
 "no box" from "unknown box". Every image is a pure function of (seed, split, label, index).
 
 It lives on the edge side because both sides use it: the host writes training sets with it
-(host.synth) and the edge's conveyor simulator (edge.sources.conveyor) moves its boxes past a
+(host.synth) and the edge's conveyor simulator (edge.line.sources.conveyor) moves its boxes past a
 simulated camera. numpy and Pillow only.
 """
 
@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from edge.code_styles import STYLES, distractor, lay_distractor
+from edge.imaging.code_styles import STYLES, distractor, lay_distractor
 
 DEFAULT_CODES = ("F06", "K11", "S19", "V22")
 EMPTY_LABEL = "empty"
@@ -308,8 +308,8 @@ def render(
 ) -> Image.Image:
     """One grey camera frame of `label` (a code, or 'empty'), fully determined by its arguments.
 
-    `styles`: the code styles to draw from (names of edge.code_styles.STYLES, "all" for every
-    one); None draws the first generator's frame (render_classic).
+    `styles`: the code styles to draw from (names of edge.imaging.code_styles.STYLES, "all" for
+    every one); None draws the first generator's frame (render_classic).
     """
     if styles is None:
         return render_classic(seed, split, label, index, size)

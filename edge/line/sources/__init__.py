@@ -1,8 +1,8 @@
 """Frame sources by URL scheme, one short module each (the shape of pyserial's URL handlers).
 
-    picamera2:[?size=160x120&fps=30]     edge.sources.camera    the Pi camera's lores Y plane
-    folder:PATH[?fps=10&loop=1]          edge.sources.folder    replay images in name order
-    sim:[?speed=8&gap=0.6-1.6&seed=0...] edge.sources.conveyor  boxes moving past a camera
+    picamera2:[?size=160x120&fps=30]     edge.line.sources.camera    the Pi camera's lores Y plane
+    folder:PATH[?fps=10&loop=1]          edge.line.sources.folder    replay images in name order
+    sim:[?speed=8&gap=0.6-1.6&seed=0...] edge.line.sources.conveyor  boxes moving past a camera
 
 A source's read() returns the next Frame, or None when it has no more (a folder without
 loop); it raises BinsortError when the camera fails, and the daemon retries with backoff.
@@ -59,5 +59,5 @@ def number(params: dict, key: str, default, kind=float, low=None, what="source")
 def open_source(url: str, **kwargs):
     """The FrameSource for `url`."""
     scheme, rest, params = parse_url(url)
-    module = importlib.import_module("edge.sources." + SCHEMES[scheme])
+    module = importlib.import_module("edge.line.sources." + SCHEMES[scheme])
     return module.open_source(rest, params, **kwargs)

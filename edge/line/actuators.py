@@ -124,7 +124,7 @@ class GpioActuator(Actuator):
     def __init__(self, pins: dict, delay_s: float, pulse_s: float, log=None):
         from gpiozero.exc import GPIOZeroError
 
-        from edge.gpio import output_device
+        from edge.line.gpio import output_device
 
         self.outputs = {}
         try:
@@ -198,7 +198,7 @@ class PlcActuator(Actuator):
 
 
 def make_actuator(cfg: dict, lanes: list, log=None) -> Actuator:
-    """The actuator of the [actuator] config section (validated by edge.config)."""
+    """The actuator of the [actuator] config section (validated by edge.line.config)."""
     delay = cfg["camera_to_diverter_m"] / cfg["belt_speed_mps"]
     pulse = cfg["pulse_ms"] / 1000.0
     kind = cfg["kind"]

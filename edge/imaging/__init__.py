@@ -1,0 +1,2 @@
+"""Image data shared by the edge and the host: the model's preprocessing (preprocess), image
+folders (imagefolder) and the box renderer with its code styles (box_images, code_styles)."""
