@@ -95,9 +95,7 @@ def _log(quiet: bool):
 
 
 def _receive(args) -> int:
-    import time
-
-    from edge.install.receiver import serve_link
+    from edge.install.receiver import serve_link, serve_listener
 
     store = _open_store(args)
     log = _log(args.quiet)
@@ -118,21 +116,8 @@ def _receive(args) -> int:
     listener = tcp.listen(args.listen)
     log("listening on %s (port %d) into %s" % (args.listen, listener.port, args.store))
     try:
-        while True:
-            link = listener.accept(1.0)
-            if link is None:
-                continue
-            log("connection from %s" % link.name)
-            results = []
-            try:
-                results = serve_link(link, store, args.pranc_min_accuracy, log)
-            except BinsortError as e:  # one bad peer does not stop the receiver
-                log("%s: %s" % (link.name, e))
-            finally:
-                link.close()
-            if results and args.once:
-                return 0
-            time.sleep(0)
+        serve_listener(listener, store, args.pranc_min_accuracy, log, once=args.once)
+        return 0
     finally:
         listener.close()
 
@@ -206,8 +191,8 @@ def _capture(args) -> int:
 
 def _pgm(args) -> int:
     from edge.engine import load_engine
+    from edge.files import write_atomic
     from edge.imaging.preprocess import load_inputs
-    from edge.install.store import write_atomic
     from edge.portable.engine import write_pgm
 
     engine = load_engine(args.model)

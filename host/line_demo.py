@@ -14,7 +14,8 @@ import time
 
 from edge.install.store import SlotStore
 from edge.line.config import check_config
-from edge.line.daemon import Daemon, score_decisions
+from edge.line.daemon import Daemon
+from edge.line.sources.conveyor import score_decisions
 from host.ship import ship
 from protocol.signing import new_key_pair
 

@@ -73,18 +73,18 @@ def deployed_layers(model: BinaryNet) -> list:
     ts, flips = _thresholds(a, stem.bias.detach().double().tolist(), consumers[0].bn)
     weights = wq.permute(0, 2, 3, 1).contiguous().numpy().tobytes()  # (cout, k, k, cin)
     layer = bnn.Layer(
-        bnn.CONV_U8,
-        k,
-        s,
-        k // 2,
-        1,
-        stem.out_channels,
-        size,
-        size,
-        model.stem.pool,
-        weights,
-        ts,
-        flips,
+        kind=bnn.CONV_U8,
+        k=k,
+        stride=s,
+        pad=k // 2,
+        cin=1,
+        cout=stem.out_channels,
+        in_h=size,
+        in_w=size,
+        pool=model.stem.pool,
+        weights=weights,
+        thresholds=ts,
+        flips=flips,
     )
     layers.append(layer)
 
@@ -95,18 +95,18 @@ def deployed_layers(model: BinaryNet) -> list:
         bits = _sign_bits(w.permute(0, 2, 3, 1).contiguous().numpy())  # (cout, k, k, cin)
         layers.append(
             bnn.Layer(
-                bnn.BCONV,
-                w.shape[2],
-                conv.stride,
-                conv.pad,
-                w.shape[1],
-                w.shape[0],
-                h,
-                wd,
-                conv.pool,
-                bits,
-                ts,
-                flips,
+                kind=bnn.BCONV,
+                k=w.shape[2],
+                stride=conv.stride,
+                pad=conv.pad,
+                cin=w.shape[1],
+                cout=w.shape[0],
+                in_h=h,
+                in_w=wd,
+                pool=conv.pool,
+                weights=bits,
+                thresholds=ts,
+                flips=flips,
             )
         )
 
@@ -123,7 +123,10 @@ def deployed_layers(model: BinaryNet) -> list:
         )
         layers.append(
             bnn.Layer(
-                bnn.BDENSE, 1, 1, 0, w.shape[1], w.shape[0], 1, 1, 1, _sign_bits(w_np), ts, flips
+                **bnn.dense_geometry(bnn.BDENSE, w.shape[1], w.shape[0]),
+                weights=_sign_bits(w_np),
+                thresholds=ts,
+                flips=flips,
             )
         )
 

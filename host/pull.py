@@ -21,7 +21,7 @@ import os
 import re
 import stat
 
-from edge.install.store import write_atomic
+from edge.files import write_atomic
 from edge.line.capture import CAPTURE_FORMAT, MARKER, NAME
 from protocol.errors import BinsortError
 from protocol.transports import ssh

@@ -32,8 +32,13 @@ _GOLD = "<HHHH"  # count, height, width, classes
 _MAX_SECTIONS = 4096
 
 
+# a layer's geometry, in the order of its header (_LAYER) and of the native kernel's bs_layer
+GEOMETRY = ("kind", "k", "stride", "pad", "cin", "cout", "in_h", "in_w", "pool")
+
+
 class Layer:
-    """One deployed layer. Weights, thresholds and flips stay as bytes in the file's layout."""
+    """One deployed layer. Weights, thresholds and flips stay as bytes in the file's layout.
+    Build one with keywords, or from another's `geometry()`."""
 
     def __init__(
         self,
@@ -67,6 +72,10 @@ class Layer:
         self.bias = bias
         self.scale = scale
 
+    def geometry(self) -> dict:
+        """{name: value} of the GEOMETRY fields."""
+        return {name: getattr(self, name) for name in GEOMETRY}
+
     @property
     def is_conv(self) -> bool:
         return self.kind in (CONV_U8, BCONV)
@@ -99,6 +108,11 @@ class Layer:
         return self.cout * self.cin * 2
 
 
+def dense_geometry(kind: int, cin: int, cout: int) -> dict:
+    """The geometry of a fully connected layer: a 1x1 'conv' on a 1x1 map, no padding or pool."""
+    return dict(kind=kind, k=1, stride=1, pad=0, cin=cin, cout=cout, in_h=1, in_w=1, pool=1)
+
+
 class BnnModel:
     """A parsed `.bnn`: metadata dict, layers, golden (input bytes, expected scores) pairs."""
 
@@ -123,19 +137,7 @@ def section(tag: bytes, payload: bytes) -> bytes:
 
 
 def layer_payload(layer: Layer) -> bytes:
-    head = struct.pack(
-        _LAYER,
-        layer.kind,
-        layer.k,
-        layer.stride,
-        layer.pad,
-        layer.cin,
-        layer.cout,
-        layer.in_h,
-        layer.in_w,
-        layer.pool,
-        0,
-    )
+    head = struct.pack(_LAYER, *[getattr(layer, name) for name in GEOMETRY], 0)
     if layer.kind == DENSE_OUT:
         return head + bytes(layer.weights) + bytes(layer.bias) + struct.pack("<f", layer.scale)
     return head + bytes(layer.weights) + bytes(layer.thresholds) + bytes(layer.flips)
@@ -188,9 +190,11 @@ def check_geometry(layer: Layer, index: int) -> None:
 def _parse_layer(payload: bytes, index: int) -> Layer:
     n = struct.calcsize(_LAYER)
     _check(len(payload) >= n, "layer %d header truncated" % index)
-    kind, k, stride, pad, cin, cout, in_h, in_w, pool, flags = struct.unpack_from(_LAYER, payload)
+    fields = struct.unpack_from(_LAYER, payload)
+    flags = fields[-1]
     _check(flags == 0, "layer %d has unsupported flags 0x%02x" % (index, flags))
-    layer = Layer(kind, k, stride, pad, cin, cout, in_h, in_w, pool, b"")
+    layer = Layer(weights=b"", **{name: fields[i] for i, name in enumerate(GEOMETRY)})
+    kind, cout = layer.kind, layer.cout
     check_geometry(layer, index)
     wb = layer.weight_bytes()
     tail = 4 if kind == DENSE_OUT else (cout + 7) // 8  # output scale, or packed flips

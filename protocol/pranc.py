@@ -65,7 +65,8 @@ def geometry_layers(head: dict) -> list:
     """bnn.Layer shells (no weights) for the header's layers, checked as a .bnn chain."""
     layers = []
     for d in head["layers"]:
-        layers.append(bnn.Layer(KINDS[d["kind"]], *[d[g] for g in GEOMETRY], weights=b""))
+        geometry = {g: d[g] for g in GEOMETRY}
+        layers.append(bnn.Layer(kind=KINDS[d["kind"]], weights=b"", **geometry))
     return layers
 
 

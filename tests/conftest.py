@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from edge.install.store import SlotStore
-from host.models import BinaryNet, arch_spec
+from host.models import BinaryNet
 from host.pack import pack_model
+from host.untrained import lively_net, untrained_checkpoint
 from tests.shipkit import keys
 
 LABELS = ["F06", "K11", "S19", "V22", "empty"]
@@ -37,33 +38,11 @@ def randomise_batchnorm(model):
 
 
 def lively_model(arch: str, seed: int = 1, classes: int = 5) -> BinaryNet:
-    """An untrained net whose scores still differ from image to image: random BatchNorm
-    gammas (a seventh zero, about half negative, so flipped and constant thresholds occur) and
-    betas, with running statistics measured on random images, so no layer saturates."""
-    torch.manual_seed(seed)
-    model = BinaryNet(arch, classes)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d)]
-    for m in bns:
-        m.weight.data = torch.randn(m.num_features)
-        m.weight.data[::7] = 0
-        m.bias.data = torch.randn(m.num_features) * 0.3
-        m.momentum = None  # a plain average over the calibration batches
-    side = arch_spec(arch)["input"]
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.rand(32, 1, side, side) * 2 - 1)
-    return model.eval()
+    return lively_net(arch, seed, classes)
 
 
 def checkpoint_for(arch: str) -> dict:
-    return {
-        "arch": arch,
-        "labels": LABELS,
-        "model_id": "test",
-        "created": "2026-01-01T00:00:00Z",
-        "metrics": {},
-    }
+    return untrained_checkpoint(arch, LABELS, "test")
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +87,12 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     synthesise(str(root / "data"), count=15, seed=3, workers=1)
     train(
-        str(root / "data"), str(root / "run"), "tiny", epochs=1, progress=False, log=lambda s: None
+        str(root / "data"),
+        str(root / "run"),
+        arch="tiny",
+        epochs=1,
+        progress=False,
+        log=lambda s: None,
     )
     return root
 

@@ -41,7 +41,7 @@ def capture_run(station, ring="ring", **capture):
         install(station, 1)
     ring = str(station["tmp"] / ring)
     cfg = config(station["store"], capture=dict(CAPTURE, dir=ring, **capture))
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, record_truth=True)
     decisions, truths = run_sim(daemon)
     return ring, decisions, daemon
 
@@ -119,7 +119,7 @@ def test_a_nearly_full_disk_pauses_capture_and_says_so(station):
     install(station, 1)
     ring = str(station["tmp"] / "ring")
     cfg = config(station["store"], capture=dict(CAPTURE, dir=ring, min_free_mb=1e9))
-    daemon = Daemon(cfg, log=events.append)
+    daemon = Daemon(cfg, log=events.append, record_truth=True)
     decisions, _ = run_sim(daemon)
     assert len(decisions) == 12 and sidecars(ring) == []
     assert daemon.status()["capture"]["skipped_low_disk"] == 12

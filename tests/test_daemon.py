@@ -14,6 +14,7 @@ import pytest
 from edge.install.store import SlotStore
 from edge.line.config import check_config
 from edge.line.daemon import Daemon
+from edge.line.sources.conveyor import decision_boxes
 from protocol.transports import tcp
 from tests.conftest import checkpoint_for, random_bn_model
 from tests.hidden_packages import env_without
@@ -52,29 +53,10 @@ def install(station, version, payload=None, **extra):
 
 
 def run_sim(daemon, max_frames=None):
-    """Run the loop to the source's end; returns (decisions, truth of every frame)."""
-    truths = []
-    read = daemon._read_frame
-
-    def recording_read():
-        frame = read()
-        if frame is not None:
-            truths.append(frame.truth)
-        return frame
-
-    daemon._read_frame = recording_read
+    """Run the loop to the source's end; returns (decisions, truth of every frame). The daemon
+    is made with record_truth=True."""
     daemon.run(max_frames)
-    return list(daemon.decisions), truths
-
-
-def boxes_per_decision(decisions, truths):
-    """The box each decision covered (the box most of its frames saw)."""
-    out = []
-    for d in decisions:
-        ids = [truths[i]["box"] for i in range(d["first_frame"], d["last_frame"] + 1)]
-        ids = [i for i in ids if i is not None]
-        out.append(max(set(ids), key=ids.count) if ids else None)
-    return out
+    return list(daemon.decisions), daemon.truths
 
 
 def test_photo_eye_gives_one_decision_per_box_and_pulses_the_lane_pins(station):
@@ -84,10 +66,10 @@ def test_photo_eye_gives_one_decision_per_box_and_pulses_the_lane_pins(station):
     )
     from gpiozero import Device
 
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, record_truth=True)
     decisions, truths = run_sim(daemon)
     boxes = {t["box"] for t in truths if t["box"] is not None}
-    covered = boxes_per_decision(decisions, truths)
+    covered = decision_boxes(decisions, truths)
     assert len(boxes) == 12 and sorted(covered) == sorted(boxes)  # 0 missed, 0 double
     pulses = {}
     for lane, pin in (("left", 17), ("right", 27), ("reject", 22)):
@@ -106,7 +88,7 @@ def test_a_model_shipped_while_the_line_runs_is_swapped_in_without_losing_a_fram
         receiver={"listen": "tcp://127.0.0.1:0"},
         source={"url": "sim:?boxes=40&seed=3&size=64&speed=6&fps=400"},
     )
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, record_truth=True)
     daemon.start_services()
     url = "tcp://127.0.0.1:%d" % daemon.receiver_port
     import threading
@@ -131,7 +113,7 @@ def test_a_model_shipped_while_the_line_runs_is_swapped_in_without_losing_a_fram
 
 def test_a_model_whose_labels_do_not_match_the_lanes_is_rolled_back(station):
     install(station, 1)
-    daemon = Daemon(config(station["store"]))
+    daemon = Daemon(config(station["store"]), record_truth=True)
     import torch  # noqa: F401
 
     from host.pack import pack_model
@@ -164,7 +146,7 @@ def test_an_exception_from_a_model_on_trial_rolls_back(station):
     install(station, 1)
     SlotStore(station["store"]).commit_trial("test")
     install(station, 2)
-    daemon = Daemon(config(station["store"]))
+    daemon = Daemon(config(station["store"]), record_truth=True)
     assert daemon.model.record["version"] == 2
 
     def broken(images):
@@ -225,7 +207,7 @@ def test_a_failing_source_is_retried_and_reported(station):
 def test_status_endpoint_serves_json_and_a_page_and_counters_survive_a_restart(station):
     install(station, 1)
     cfg = config(station["store"])
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, record_truth=True)
     daemon.start_services()
     port = daemon.servers[0].port
     run_sim(daemon)
@@ -442,7 +424,7 @@ def test_plc_actuator_sends_safe_then_one_sort_line_per_box(station):
                 "belt_speed_mps": 0.3,
             },
         )
-        daemon = Daemon(cfg)
+        daemon = Daemon(cfg, record_truth=True)
         decisions, _ = run_sim(daemon)
         time.sleep(0.5)
         lines = plc.read(plc.in_waiting or 1).decode().splitlines()
@@ -531,7 +513,7 @@ def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
         receiver={"listen": "tcp://127.0.0.1:0", "pranc_min_accuracy": 0.0},
         source={"url": "sim:?seed=3&size=64&speed=6&fps=300"},
     )
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, record_truth=True)
     daemon.start_services()
     url = "tcp://127.0.0.1:%d" % daemon.receiver_port
     threading.Thread(target=tcp.ship, args=(url, manifest, payload, {}), daemon=True).start()

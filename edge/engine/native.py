@@ -135,20 +135,7 @@ class NativeEngine(Engine):
         specs = []
         for layer in model.layers:
             ho, wo = layer.out_shape()
-            spec = LayerSpec(
-                layer.kind,
-                layer.k,
-                layer.stride,
-                layer.pad,
-                layer.cin,
-                layer.cout,
-                layer.in_h,
-                layer.in_w,
-                layer.pool,
-                ho,
-                wo,
-                0,
-            )
+            spec = LayerSpec(**layer.geometry(), out_h=ho, out_w=wo, reserved=0)
             if layer.kind == CONV_U8:
                 weights = np.frombuffer(layer.weights, dtype=np.int8).copy()
             elif layer.kind in (BCONV, BDENSE):

@@ -55,7 +55,7 @@ def _f32(x: float) -> float:
 def build_layer(shell, prev, entry: dict, theta: np.ndarray):
     """One deployed layer from its geometry, FIXD entry and integer weights V @ alpha."""
     k, cin, cout = shell.k, shell.cin, shell.cout
-    geometry = (shell.kind, k, shell.stride, shell.pad, cin, cout, shell.in_h, shell.in_w)
+    geometry = shell.geometry()
     if shell.kind == bnn.CONV_U8:
         theta = theta.reshape(cout, cin, k, k)
         w8, m = _requantise(theta, 127, True)
@@ -71,28 +71,33 @@ def build_layer(shell, prev, entry: dict, theta: np.ndarray):
             entry["eps"],
         )
         return bnn.Layer(
-            *geometry,
-            shell.pool,
-            w8.transpose(0, 2, 3, 1).astype(np.int8).tobytes(),
-            np.array(ts, dtype="<i4").tobytes(),
-            np.packbits(np.array(flips, dtype=bool), bitorder="little").tobytes(),
+            **geometry,
+            weights=w8.transpose(0, 2, 3, 1).astype(np.int8).tobytes(),
+            thresholds=np.array(ts, dtype="<i4").tobytes(),
+            flips=np.packbits(np.array(flips, dtype=bool), bitorder="little").tobytes(),
         )
     if shell.kind == bnn.BCONV:
         neg = theta.reshape(cout, cin, k, k).transpose(0, 2, 3, 1) < 0  # sign(0) = +1
         bits = pack_signs(np.ascontiguousarray(neg)).tobytes()
-        return bnn.Layer(*geometry, shell.pool, bits, entry["thresholds"], entry["flips"])
+        return bnn.Layer(
+            **geometry, weights=bits, thresholds=entry["thresholds"], flips=entry["flips"]
+        )
     if shell.kind == bnn.BDENSE:
         neg = _hwc(theta.reshape(cout, cin), prev) < 0
         bits = pack_signs(np.ascontiguousarray(neg)).tobytes()
-        return bnn.Layer(*geometry, 1, bits, entry["thresholds"], entry["flips"])
+        return bnn.Layer(
+            **dict(geometry, pool=1),
+            weights=bits,
+            thresholds=entry["thresholds"],
+            flips=entry["flips"],
+        )
     w16, m = _requantise(theta.reshape(cout, cin), 32767, False)
     out_scale = _f32(float(max(int(m), 1)) * entry["scale"] / 32767)
     bias = np.round(np.array(entry["bias"], dtype=np.float64) / out_scale)
     bias = np.clip(bias, -(2**31) + 1, 2**31 - 1).astype("<i4")
     return bnn.Layer(
-        *geometry,
-        1,
-        _hwc(w16, prev).astype("<i2").tobytes(),
+        **dict(geometry, pool=1),
+        weights=_hwc(w16, prev).astype("<i2").tobytes(),
         bias=bias.tobytes(),
         scale=out_scale,
     )

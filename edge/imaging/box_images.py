@@ -187,6 +187,25 @@ def _paste_face(img: Image.Image, face: Image.Image, angle: float, anchor, at) -
     img.paste(turned, (x, y), turned)
 
 
+def _tilted(rng, img, size: int, belt_colour) -> Image.Image:
+    """The view through a camera a little off square to the belt (mild perspective)."""
+    coeffs = _perspective_coeffs(rng, size, size * 0.05)
+    return img.transform(
+        (size, size), Image.PERSPECTIVE, coeffs, Image.BICUBIC, fillcolor=belt_colour
+    )
+
+
+def _lit(rng, img, size: int, slope: float, dimmest: float) -> np.ndarray:
+    """The grey of an RGBA drawing under light that falls off along a random direction (by up to
+    `slope` across the frame) at an overall level from `dimmest` to 1.25, as float64."""
+    arr = np.asarray(img.convert("L"), dtype=np.float64)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    angle = rng.uniform(0, 2 * math.pi)
+    tilt = (xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle)
+    light = 1 + rng.uniform(0, slope) * tilt
+    return arr * light * rng.uniform(dimmest, 1.25)
+
+
 def _border_strip(rng, draw: ImageDraw.ImageDraw, size: int, depth: tuple) -> None:
     """Something at the border (a guide rail, the next box) hides a strip of the view."""
     side = rng.randrange(4)
@@ -217,11 +236,8 @@ def _camera(
         draw.polygon(pts + [(x0, big)], fill=(0, 0, 0, rng.randint(40, 110)))
     if rng.random() < 0.25:
         _border_strip(rng, draw, big, (0.03, 0.08))
-    arr = np.asarray(img.convert("L"), dtype=np.float64)
+    arr = _lit(rng, img, big, 0.5, 0.65)
     yy, xx = np.mgrid[0:big, 0:big] / big
-    angle = rng.uniform(0, 2 * math.pi)
-    light = 1 + rng.uniform(0, 0.5) * ((xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle))
-    arr = arr * light * rng.uniform(0.65, 1.25)
     if rng.random() < 0.25:  # glare: a bright specular spot
         gx, gy, r = rng.random(), rng.random(), rng.uniform(0.08, 0.3)
         arr = arr + rng.uniform(40, 140) * np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * r * r))
@@ -275,13 +291,7 @@ def render_classic(seed: int, split: str, label: str, index: int, size: int = 10
         edge = int(rng.uniform(0.55, 0.8) * size) * rng.choice((-1, 1))
         img.paste(layer, (edge, int(rng.uniform(-0.1, 0.1) * size)), layer)
 
-    img = img.transform(
-        (size, size),
-        Image.PERSPECTIVE,
-        _perspective_coeffs(rng, size, size * 0.05),
-        Image.BICUBIC,
-        fillcolor=belt_colour,
-    )
+    img = _tilted(rng, img, size, belt_colour)
     draw = ImageDraw.Draw(img, "RGBA")
     if rng.random() < 0.4:  # a shadow cast across the view
         x0 = rng.uniform(-size, size)
@@ -290,11 +300,7 @@ def render_classic(seed: int, split: str, label: str, index: int, size: int = 10
     if rng.random() < 0.25:
         _border_strip(rng, draw, size, (0.04, 0.1))
 
-    arr = np.asarray(img.convert("L"), dtype=np.float64)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    angle = rng.uniform(0, 2 * math.pi)
-    light = 1 + rng.uniform(0, 0.45) * ((xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle))
-    arr = arr * light * rng.uniform(0.7, 1.25)
+    arr = _lit(rng, img, size, 0.45, 0.7)
     out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     blur = rng.uniform(0, 1.1)
     if blur > 0.3:
@@ -354,12 +360,6 @@ def render(
         shift = rng.uniform(0, 0.9) * big * rng.choice((-1, 1))
         at = (big / 2 + shift, big / 2 + rng.uniform(-0.15, 0.15) * big)
         _paste_face(img, face, angle, (fw / 2, fh / 2), at)
-    img = img.transform(
-        (big, big),
-        Image.PERSPECTIVE,
-        _perspective_coeffs(rng, big, big * 0.05),
-        Image.BICUBIC,
-        fillcolor=belt_colour,
-    )
+    img = _tilted(rng, img, big, belt_colour)
     code_px = code_h * size / big if label != EMPTY_LABEL else size
     return _camera(rng, nrng, img, size, rng.random() < 0.4, code_px)

@@ -7,11 +7,12 @@ file durable at every chunk boundary, installs each `.pranc` prefix whose host-m
 meets the policy as soon as its chunk is verified, and installs the complete payload at DONE.
 """
 
-import hashlib
 import os
 import time
 
 from edge.install.store import Rejected, SlotStore
+from protocol.chunks import ChunkVerifier, chunk_start
+from protocol.errors import BinsortError, FormatError
 from protocol.session import Receiver, pump
 
 
@@ -32,16 +33,13 @@ class StoreSink:
         self.file = open(path, "r+b")  # noqa: SIM115 (open for the session; suspend/finish close it)
         self.file.seek(good)
         self.offset = good
-        self.chunks = m.signed["chunks"]
-        self.chunk = 0
-        while self.chunks[self.chunk][0] <= good and self.chunk < len(self.chunks) - 1:
-            self.chunk += 1
-        start = self.chunks[self.chunk - 1][0] if self.chunk else 0
-        self.hasher = hashlib.sha256()
+        start = chunk_start(m.signed["chunks"], good)
+        pending = b""
         if start < good:
             with open(path, "rb") as f:
                 f.seek(start)
-                self.hasher.update(f.read(good - start))
+                pending = f.read(good - start)
+        self.verifier = ChunkVerifier(m.signed["chunks"], good, pending)
         self.log(
             "offer %s v%d (%s, %d bytes): %s at byte %d"
             % (m.model_id, m.version, m.kind, m.size, "resuming" if good else "starting", good)
@@ -53,33 +51,28 @@ class StoreSink:
         events = []
         at = 0
         while at < len(data):
-            end, digest = self.chunks[self.chunk][:2]
-            take = min(len(data) - at, end - self.offset)
-            piece = data[at : at + take]
-            self.file.write(piece)
-            self.hasher.update(piece)
+            try:
+                take, done = self.verifier.feed(data[at:])
+            except FormatError as e:
+                start = self.offset = self.verifier.start  # the bad chunk is cut off
+                self.file.truncate(start)
+                self.file.seek(start)
+                self._sync(start)
+                m = self.manifest
+                self.store.log("reject %s v%d: %s" % (m.model_id, m.version, e))
+                raise Rejected(str(e)) from None
+            self.file.write(data[at : at + take])
             self.offset += take
             at += take
-            if self.offset == end:
-                event = self._chunk_done(end, digest)
+            if done is not None:
+                event = self._chunk_done(done)
                 if event:
                     events.append(event)
         return events
 
-    def _chunk_done(self, end: int, digest: str):
-        start = self.chunks[self.chunk - 1][0] if self.chunk else 0
-        if self.hasher.hexdigest() != digest:
-            self.file.truncate(start)
-            self._sync(start)
-            m = self.manifest
-            self.store.log(
-                "reject %s v%d: chunk ending at %d fails its hash" % (m.model_id, m.version, end)
-            )
-            raise Rejected("tampered payload: the chunk ending at byte %d fails its hash" % end)
+    def _chunk_done(self, index: int):
+        end = self.offset
         self._sync(end)
-        self.hasher = hashlib.sha256()
-        index = self.chunk
-        self.chunk = min(self.chunk + 1, len(self.chunks) - 1)
         acc = self.manifest.accuracy(index)
         if (
             self.manifest.kind == "pranc"
@@ -135,3 +128,30 @@ def serve_link(link, store: SlotStore, min_accuracy=None, log=None, persistent=F
     until = (lambda: bool(results)) if once else None
     pump(link, Receiver(open_sink), 60.0, time.monotonic, persistent, until)
     return results
+
+
+def serve_listener(listener, store: SlotStore, min_accuracy=None, log=None, stop=None, once=False):
+    """Accept connections on a listening transport (protocol.transports.tcp), one at a time,
+    until `stop()` says so or the listener is closed (or, with `once`, a model is installed).
+    A peer that fails is logged and the next one served. Returns the RESULTs of the last
+    session that installed anything (empty when none did)."""
+    log = log or (lambda line: None)
+    stop = stop or (lambda: False)
+    while not stop():
+        try:
+            link = listener.accept(0.5)
+        except OSError:  # closed under us: the daemon is shutting down
+            return []
+        if link is None:
+            continue
+        log("connection from %s" % link.name)
+        results = []
+        try:
+            results = serve_link(link, store, min_accuracy, log)
+        except BinsortError as e:  # one bad peer does not stop the receiver
+            log("%s: %s" % (link.name, e))
+        finally:
+            link.close()
+        if results and once:
+            return results
+    return []

@@ -22,9 +22,10 @@ import fcntl
 import hashlib
 import json
 import os
-import threading
 import time
 
+from edge.files import fsync_dir, write_atomic
+from protocol.chunks import good_prefix
 from protocol.errors import BinsortError, FormatError
 from protocol.manifest import Manifest
 from protocol.signing import parse_public, verify_manifest
@@ -37,25 +38,6 @@ SUFFIX = {"bnn": ".bnn", "pranc": ".pranc"}
 
 class Rejected(FormatError):
     """A manifest or payload the device refuses; nothing was written to a slot."""
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new file, whole."""
-    tmp = "%s.%d.%d.tmp" % (path, os.getpid(), threading.get_ident())
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
 
 
 def file_sha256(path: str) -> str:
@@ -269,13 +251,9 @@ class SlotStore:
         if length not in ends:
             raise Rejected("a prefix of %d bytes does not end on a chunk of the manifest" % length)
         with open(path, "rb") as f:
-            start = 0
-            for end, digest in (c[:2] for c in manifest.signed["chunks"]):
-                if end > length:
-                    break
-                if hashlib.sha256(f.read(end - start)).hexdigest() != digest:
-                    raise Rejected("tampered payload: chunk ending at byte %d fails its hash" % end)
-                start = end
+            _, bad = good_prefix(manifest.signed["chunks"], f, length)
+        if bad is not None:
+            raise Rejected("tampered payload: chunk ending at byte %d fails its hash" % bad)
         if length == manifest.size and file_sha256(path) != manifest.sha256:
             raise Rejected("tampered payload: its SHA-256 does not match the manifest")
 
@@ -352,15 +330,11 @@ class SlotStore:
         # whole chunks must match their hashes; the tail of an incomplete chunk is kept and is
         # checked when that chunk completes
         good = done
-        with open(path, "rb") if done else contextlib.nullcontext() as f:
-            start = 0
-            for end, digest in (c[:2] for c in manifest.signed["chunks"]):
-                if end > done:
-                    break
-                if hashlib.sha256(f.read(end - start)).hexdigest() != digest:
-                    good = start
-                    break
-                start = end
+        if done:
+            with open(path, "rb") as f:
+                verified, bad = good_prefix(manifest.signed["chunks"], f, done)
+            if bad is not None:
+                good = verified
         if size != good or not os.path.exists(path):
             with open(path, "r+b" if os.path.exists(path) else "wb") as f:
                 f.truncate(good)

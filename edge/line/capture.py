@@ -22,7 +22,7 @@ import re
 import threading
 import time
 
-from edge.install.store import fsync_dir, write_atomic
+from edge.files import fsync_dir, write_atomic
 from protocol.errors import BinsortError
 
 RING_FORMAT = "binsort-captures-1"
@@ -193,22 +193,15 @@ class CaptureRing:
         if not self._room_for(size):
             return
         for fname, data in blobs.values():
-            self._put(fname, data)
-        self._put(name + ".json", meta)  # last: the capture now exists
+            write_atomic(os.path.join(self.root, fname), data, sync_dir=False)
+        write_atomic(
+            os.path.join(self.root, name + ".json"), meta, sync_dir=False
+        )  # last: the capture now exists
         fsync_dir(self.root)
         self.captures.append((name, size, [f for f, _ in blobs.values()]))
         self.used += size
         self.next_number += 1
         self.stats["kept"] += 1
-
-    def _put(self, fname: str, data: bytes) -> None:
-        path = os.path.join(self.root, fname)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     def _room_for(self, size: int) -> bool:
         """Make room for `size` bytes by dropping the oldest captures; False (nothing written)

@@ -369,22 +369,10 @@ class Daemon:
         t.start()
 
     def _serve_tcp(self, listener) -> None:
-        from edge.install.receiver import serve_link
+        from edge.install.receiver import serve_listener
 
         min_acc = self.cfg["receiver"]["pranc_min_accuracy"]
-        while not self.stop_event.is_set():
-            try:
-                link = listener.accept(0.5)
-            except OSError:
-                return
-            if link is None:
-                continue
-            try:
-                serve_link(link, self.store, min_acc, self._event)
-            except BinsortError as e:
-                self._event("receiver: %s" % e)
-            finally:
-                link.close()
+        serve_listener(listener, self.store, min_acc, self._event, self.stop_event.is_set)
 
     def _serve_serial(self, link) -> None:
         from edge.install.receiver import serve_link
@@ -437,43 +425,6 @@ class Daemon:
         if self.capture is not None:
             out["capture"] = self.capture.summary()
         return out
-
-
-def score_decisions(decisions: list, truths: list, swap_frames=()) -> dict:
-    """Match decisions to the simulator's boxes: the box most of a decision's frames saw.
-    Missed: a box with no decision; double: a box with more than one; spurious: a decision
-    on no box. `swap_frames`: frames where a model was swapped in; boxes in view then that
-    were missed or decided twice are counted in `swap_missed`."""
-    labels, frames_of = {}, {}
-    for i, t in enumerate(truths):
-        if t and t["box"] is not None:
-            labels[t["box"]] = t["label"]
-            frames_of.setdefault(t["box"], []).append(i)
-    count = collections.Counter()
-    right = 0
-    for d in decisions:
-        ids = [
-            truths[i]["box"]
-            for i in range(d["first_frame"], d["last_frame"] + 1)
-            if i < len(truths) and truths[i] and truths[i]["box"] is not None
-        ]
-        box = collections.Counter(ids).most_common(1)[0][0] if ids else None
-        count[box] += 1
-        d["true_label"] = labels.get(box)
-        right += int(box is not None and labels[box] == d["label"])
-    bad = {b for b in labels if count[b] != 1}
-    swap_boxes = {
-        b for b, fr in frames_of.items() for s in swap_frames if fr[0] - 30 <= s <= fr[-1] + 30
-    }
-    return {
-        "boxes": len(labels),
-        "decisions": len(decisions),
-        "missed": sum(1 for b in labels if count[b] == 0),
-        "double": sum(1 for b in labels if count[b] > 1),
-        "spurious": count[None],
-        "accuracy": round(right / len(labels), 4) if labels else None,
-        "swap_missed": len(bad & swap_boxes),
-    }
 
 
 def run_daemon(cfg: dict, log=None, max_frames=None) -> Daemon:

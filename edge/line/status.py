@@ -12,7 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from edge.install.store import write_atomic
+from edge.files import write_atomic
 from protocol.errors import BinsortError
 
 LATENCY_WINDOW = 2048

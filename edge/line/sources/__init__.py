@@ -11,6 +11,7 @@ loop); it raises BinsortError when the camera fails, and the daemon retries with
 import importlib
 
 from protocol.errors import BinsortError
+from protocol.transports import split_query
 
 SCHEMES = {"picamera2": "camera", "folder": "folder", "sim": "conveyor"}
 
@@ -34,12 +35,7 @@ def parse_url(url: str) -> "tuple[str, str, dict]":
             "unknown frame source %r: use picamera2:, folder:PATH or sim: (the conveyor "
             "simulator)" % url
         )
-    rest, _, query = rest.partition("?")
-    params = {}
-    for part in query.split("&"):
-        if part:
-            key, _, value = part.partition("=")
-            params[key] = value
+    rest, params = split_query(rest)
     return scheme, rest, params
 
 

@@ -157,3 +157,49 @@ class ConveyorSimulator:
 
 def open_source(rest: str, params: dict, **kwargs):
     return ConveyorSimulator(params, kwargs.get("eye_pin"))
+
+
+def decision_boxes(decisions: list, truths: list) -> list:
+    """The box each decision covered: the one most of its frames saw (None: no box). `truths`
+    holds the simulator's `Frame.truth` of every frame the daemon read, in order."""
+    out = []
+    for d in decisions:
+        ids = [
+            truths[i]["box"]
+            for i in range(d["first_frame"], d["last_frame"] + 1)
+            if i < len(truths) and truths[i] and truths[i]["box"] is not None
+        ]
+        out.append(collections.Counter(ids).most_common(1)[0][0] if ids else None)
+    return out
+
+
+def score_decisions(decisions: list, truths: list, swap_frames=()) -> dict:
+    """Match decisions to the simulator's boxes (decision_boxes) and count what went wrong.
+    Missed: a box with no decision; double: a box with more than one; spurious: a decision
+    on no box. `swap_frames`: frames where a model was swapped in; boxes in view then that
+    were missed or decided twice are counted in `swap_missed`. Each decision gets its box's
+    `true_label`."""
+    labels, frames_of = {}, {}
+    for i, t in enumerate(truths):
+        if t and t["box"] is not None:
+            labels[t["box"]] = t["label"]
+            frames_of.setdefault(t["box"], []).append(i)
+    count = collections.Counter()
+    right = 0
+    for d, box in zip(decisions, decision_boxes(decisions, truths), strict=True):
+        count[box] += 1
+        d["true_label"] = labels.get(box)
+        right += int(box is not None and labels[box] == d["label"])
+    bad = {b for b in labels if count[b] != 1}
+    swap_boxes = {
+        b for b, fr in frames_of.items() for s in swap_frames if fr[0] - 30 <= s <= fr[-1] + 30
+    }
+    return {
+        "boxes": len(labels),
+        "decisions": len(decisions),
+        "missed": sum(1 for b in labels if count[b] == 0),
+        "double": sum(1 for b in labels if count[b] > 1),
+        "spurious": count[None],
+        "accuracy": round(right / len(labels), 4) if labels else None,
+        "swap_missed": len(bad & swap_boxes),
+    }

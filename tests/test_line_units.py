@@ -1,0 +1,166 @@
+"""The line's pieces on their own, without a daemon run: box tracking, lanes, the actuator's
+schedule and the counters."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from edge.line.actuators import LogActuator
+from edge.line.decide import BoxTracker, Decision, LaneMap
+from edge.line.status import LATENCY_WINDOW, Counters
+from protocol.errors import BinsortError
+
+LABELS = ["F06", "K11", "empty"]
+BOX = {"F06": [9.0, 0.0, 0.0], "K11": [0.0, 9.0, 0.0], "empty": [0.0, 0.0, 9.0]}
+
+
+def feed(tracker, sequence, eye=None):
+    """Scores for a sequence of labels; the decisions it produced, by frame index."""
+    out = {}
+    for i, label in enumerate(sequence):
+        d = tracker.push(i, i * 0.1, np.array(BOX[label]), None if eye is None else eye[i])
+        if d is not None:
+            out[i] = d
+    return out
+
+
+def test_a_box_needs_enter_frames_and_ends_after_leave_empty_frames():
+    tracker = BoxTracker(LABELS, enter=2, leave=3)
+    seq = ["empty", "F06", "empty"] + ["K11"] * 4 + ["empty"] * 3 + ["F06"] * 2 + ["empty"] * 3
+    decisions = feed(tracker, seq)
+    # the lone F06 frame is no box; K11 ends at the third empty frame (index 9)
+    assert sorted(decisions) == [9, 14]
+    k11, f06 = decisions[9], decisions[14]
+    assert (k11.label, k11.frames, k11.first, k11.last, k11.seq) == ("K11", 4, 3, 6, 0)
+    assert (f06.label, f06.frames, f06.seq) == ("F06", 2, 1)
+    assert k11.t == pytest.approx((0.3 + 0.6) / 2)  # the middle of the box's frames
+    assert k11.confidence > 0.99 and len(k11.probs) == 3
+
+
+def test_an_empty_frame_inside_a_box_does_not_split_it():
+    tracker = BoxTracker(LABELS, enter=2, leave=2)
+    decisions = feed(tracker, ["F06", "F06", "empty", "F06", "F06"] + ["empty"] * 2)
+    assert list(decisions) == [6] and decisions[6].frames == 4
+
+
+def test_the_decision_averages_every_frame_and_never_picks_empty():
+    tracker = BoxTracker(LABELS, enter=1, leave=1)
+    tracker.push(0, 0.0, np.array([2.0, 0.0, 5.0]), eye=True)  # mostly empty-looking
+    tracker.push(1, 0.1, np.array([2.0, 1.0, 5.0]), eye=True)
+    d = tracker.push(2, 0.2, np.array([0.0, 0.0, 9.0]), eye=False)
+    assert d.label == "F06" and d.frames == 2 and d.confidence < 0.5
+
+
+def test_the_photo_eye_bounds_the_box_whatever_the_model_says():
+    tracker = BoxTracker(LABELS)
+    seq = ["empty", "K11", "empty", "K11", "empty", "empty"]
+    eye = [False, True, True, True, False, False]
+    decisions = feed(tracker, seq, eye)
+    assert list(decisions) == [4] and decisions[4].frames == 3 and decisions[4].label == "K11"
+
+
+def test_no_empty_class_and_no_eye_is_an_error_and_bad_hysteresis_too():
+    with pytest.raises(BinsortError, match="empty"):
+        BoxTracker(["F06", "K11"]).push(0, 0.0, np.array([1.0, 0.0]))
+    with pytest.raises(BinsortError, match="at least 1"):
+        BoxTracker(LABELS, enter=0)
+
+
+def test_a_new_model_with_other_labels_drops_the_box_in_progress():
+    tracker = BoxTracker(LABELS, enter=1, leave=1)
+    tracker.push(0, 0.0, np.array(BOX["F06"]))
+    tracker.relabel(["K11", "F06", "empty"])
+    assert tracker.frames == [] and tracker.empty == 2
+    same = BoxTracker(LABELS, enter=1, leave=1)
+    same.push(0, 0.0, np.array(BOX["F06"]))
+    same.relabel(list(LABELS))
+    assert len(same.frames) == 1
+
+
+def decision(label, confidence):
+    return Decision(0, label, confidence, 3, 0, 2, 0.1)
+
+
+def test_lanes_route_by_label_and_reject_doubt_and_unknown_labels():
+    lanes = LaneMap({"F06": "left", "K11": "right"}, "reject", 0.6)
+    assert lanes.route(decision("F06", 0.9)).lane == "left"
+    low = lanes.route(decision("K11", 0.59))
+    assert (low.lane, low.why) == ("reject", "confidence 0.59 below 0.60")
+    other = lanes.route(decision("S19", 0.99))
+    assert (other.lane, other.why) == ("reject", "no lane for S19")
+    assert lanes.all_lanes() == ["left", "reject", "right"]
+    lanes.check_labels(["F06", "K11", "empty"])
+    with pytest.raises(BinsortError, match="K11, which the model does not know"):
+        LaneMap({"F06": "left", "K11": "right"}, "reject", 0.5).check_labels(["F06", "empty"])
+    with pytest.raises(BinsortError):
+        LaneMap({}, "", 0.5)
+    with pytest.raises(BinsortError):
+        LaneMap({}, "reject", 1.5)
+
+
+def wait_for(cond, seconds=2.0):
+    end = time.monotonic() + seconds
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.005)
+    return cond()
+
+
+def test_the_actuator_pulses_each_lane_after_the_delay_for_the_pulse_time():
+    act = LogActuator(["left", "right"], delay_s=0.08, pulse_s=0.04)
+    try:
+        t0 = time.monotonic()
+        act.fire("left", 0)
+        t1 = time.monotonic()
+        act.fire("right", 1)
+        assert wait_for(lambda: len(act.events) == 4)
+        by = {(e[1], e[2]): e[0] for e in act.events}
+        # never early (a loaded machine may be late; the schedule is absolute, not cumulative)
+        assert by[("on", "left")] >= t0 + 0.08 and by[("off", "left")] >= t0 + 0.12
+        assert by[("on", "right")] >= t1 + 0.08 and by[("on", "left")] < by[("off", "left")]
+        assert act.fired == {"left": 1, "right": 1}
+        with pytest.raises(BinsortError, match="no actuator output"):
+            act.fire("middle", 2)
+    finally:
+        act.close()
+    assert act.events[-1][1] == "safe"
+
+
+def test_a_held_actuator_starts_nothing_new_until_released_and_safe_drops_the_queue():
+    act = LogActuator(["left"], delay_s=0.0, pulse_s=0.02)
+    try:
+        act.hold()
+        act.fire("left", 0)
+        time.sleep(0.1)
+        assert not [e for e in act.events if e[1] == "on"]
+        act.release()
+        assert wait_for(lambda: [e[1] for e in act.events] == ["on", "off"])
+        act.hold()
+        act.fire("left", 1)
+        act.safe()
+        act.release()
+        time.sleep(0.1)
+        assert [e[1] for e in act.events] == ["on", "off", "safe"]
+    finally:
+        act.close()
+
+
+def test_counters_count_boxes_keep_a_latency_window_and_survive_a_restart(tmp_path):
+    c = Counters(str(tmp_path))
+    c.box("left", "F06", False)
+    c.box("reject", "K11", True)
+    for i in range(LATENCY_WINDOW + 10):
+        c.frame(0.001 * (i % 100))
+    c.source_error()
+    snap = c.snapshot()
+    assert snap["boxes"] == 2 and snap["rejects"] == 1 and snap["source_errors"] == 1
+    assert snap["lanes"] == {"left": 1, "reject": 1} and snap["labels"] == {"F06": 1, "K11": 1}
+    lat = c.latency_ms()
+    assert lat["n"] == LATENCY_WINDOW and lat["max"] == 99.0 and 40 <= lat["p50"] <= 60
+    c.save()
+    again = Counters(str(tmp_path))
+    assert again.data["restarts"] == 1 and again.data["boxes"] == 2
+    (tmp_path / "counters.json").write_text("{damaged")
+    assert Counters(str(tmp_path)).data["boxes"] == 0  # a damaged file does not stop the line
+    assert json.loads(json.dumps(Counters(None).snapshot()))["boxes"] == 0
