@@ -6,10 +6,8 @@ import os
 import sys
 import time
 
+from host.config import BNN, FINE_TUNE, PRANC
 from protocol.errors import BinsortError, run_cli
-
-# fine-tuning a trained model (train --init): a few epochs at a lower rate, already binary
-FINE_TUNE = {"epochs": 12, "lr": 1e-3, "real_weight": 0.5}
 
 
 def _synth(args) -> int:
@@ -91,7 +89,8 @@ def _train_sources(args) -> list:
 
 
 def _train(args) -> int:
-    from host.train import train
+    from host.config import resolve
+    from host.train import load_checkpoint, train
 
     folders = _train_sources(args)
     if args.real_weight is not None and len(folders) < 2:
@@ -99,30 +98,35 @@ def _train(args) -> int:
     init = args.init
     if init and os.path.isdir(init):
         init = os.path.join(init, "checkpoint.pt")
+    config = resolve(
+        arch=args.arch,
+        param=args.param,
+        init=init,
+        init_ckpt=load_checkpoint(init)[0] if init else None,
+        mixed=len(folders) > 1,
+        pranc=_pranc_options(args),
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        estimator=args.estimator,
+        window=args.window,
+        binarize_ramp=args.binarize_ramp,
+        seed=args.seed,
+        real_weight=args.real_weight,
+    )
     metrics = train(
         folders[0] if len(folders) == 1 else folders,
         args.out,
-        arch=args.arch,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        estimator=args.estimator,
-        window=args.window,
-        seed=args.seed,
+        config,
         device=args.device,
         progress=not args.quiet,
-        binarize_ramp=args.binarize_ramp,
-        param=args.param,
-        pranc=_pranc_options(args),
-        init=init,
-        real_weight=args.real_weight,
     )
     if "test_accuracy" in metrics:
         print(
             "test accuracy %.4f after %d epochs (%.0f s); wrote %s"
             % (
                 metrics["test_accuracy"],
-                args.epochs,
+                config.epochs,
                 metrics["train_seconds"],
                 os.path.join(args.out, "checkpoint.pt"),
             )
@@ -241,13 +245,10 @@ def _print_stream_sizes(path, data, model) -> None:
 
 def _write_atomically(path: str, data: bytes) -> None:
     """Write to a temporary name, fsync, rename: a crash never leaves half a model at `path`."""
-    tmp = path + ".tmp"
+    from edge.files import write_atomic
+
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
         raise BinsortError("cannot write %s: %s" % (path, e)) from None
 
@@ -424,23 +425,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="run folder for checkpoint.pt, metrics.json, curves.png"
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-2)")
+    p.add_argument("--batch-size", type=int, default=None, help="default %d" % BNN["batch_size"])
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default %g; %g with --init)" % (BNN["lr"], FINE_TUNE["lr"]),
+    )
     p.add_argument(
         "--estimator",
         choices=("ste", "approx"),
-        default="approx",
-        help="gradient of sign: approx-sign (default) or straight-through",
+        default=None,
+        help="gradient of sign: approx-sign or straight-through (default %s; --init: the "
+        "checkpoint's)" % BNN["estimator"],
     )
     p.add_argument(
-        "--window", type=float, default=1.0, help="STE window: gradient passes where |x| <= window"
+        "--window",
+        type=float,
+        default=None,
+        help="STE window: gradient passes where |x| <= window (default %g)" % BNN["window"],
     )
     p.add_argument(
         "--binarize-ramp",
         type=float,
         default=None,
         help="fraction of training over which activations (and PRANC weights) go from clamp to "
-        "sign (default 0.25; 0.6 with --param pranc)",
+        "sign (default %g; %g with --param pranc, %g with --init)"
+        % (BNN["binarize_ramp"], PRANC["binarize_ramp"], FINE_TUNE["binarize_ramp"]),
     )
     p.add_argument(
         "--param",
@@ -448,7 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="bnn",
         help="train the weights (bnn, default) or PRANC alphas of a hash-drawn basis (pranc)",
     )
-    p.add_argument("--alphas", type=int, default=None, help="pranc: alphas in all (default 4096)")
+    p.add_argument(
+        "--alphas",
+        type=int,
+        default=None,
+        help="pranc: alphas in all (default %d)" % PRANC["alphas"],
+    )
     p.add_argument(
         "--basis",
         choices=("fastfood", "dense"),
@@ -461,7 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pranc: alphas per layer in proportion to the square root of its size (sqrt, "
         "default), to its size (size), or a comma-separated count per layer",
     )
-    p.add_argument("--chunks", type=int, default=None, help="pranc: stream chunks (default 16)")
+    p.add_argument(
+        "--chunks",
+        type=int,
+        default=None,
+        help="pranc: stream chunks (default %d)" % PRANC["chunks"],
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -542,39 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _with_default_epochs(args) -> int:
-    if args.command in ("train", "demo"):
-        from host.models import DEFAULT_ARCH
-
-        args.arch = args.arch or (None if args.command == "train" and args.init else DEFAULT_ARCH)
-    if args.command == "train":
-        from host.models import arch_spec
-        from host.train import PRANC_DEFAULTS
-
-        pranc = args.param == "pranc"
-        if args.init:
-            from host.train import load_checkpoint
-
-            init = args.init
-            path = os.path.join(init, "checkpoint.pt") if os.path.isdir(init) else init
-            args.arch = args.arch or load_checkpoint(path)[0]["arch"]
-            fine = FINE_TUNE
-            args.epochs = fine["epochs"] if args.epochs is None else args.epochs
-            args.lr = fine["lr"] if args.lr is None else args.lr
-            args.binarize_ramp = 0.0 if args.binarize_ramp is None else args.binarize_ramp
-            if args.real_weight is None and ("+" in args.data or "," in args.data):
-                args.real_weight = fine["real_weight"]
-        args.lr = 1e-2 if args.lr is None else args.lr
-        if args.epochs is None:
-            args.epochs = PRANC_DEFAULTS["epochs"] if pranc else arch_spec(args.arch)["epochs"]
-        if args.binarize_ramp is None:
-            args.binarize_ramp = PRANC_DEFAULTS["binarize_ramp"] if pranc else 0.25
-    return args.run(args)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("binsort", _with_default_epochs, args)
+    return run_cli("binsort", lambda a: a.run(a), args)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import torch
 
 from edge.engine import load_engine
 from edge.imaging.code_styles import STYLES
+from host.archs import arch_spec
+from host.config import resolve
 from host.evaluate import format_report, load_labelled, summarise
 from host.line_demo import run_line
-from host.models import DEFAULT_ARCH, arch_spec
 from host.pack import float_state_bytes, pack_model
 from host.reference import reference_scores
 from host.synth import synthesise
@@ -26,7 +27,7 @@ from host.train import load_checkpoint, to_input, train
 
 def run_demo(
     out_dir: str = "demo-out",
-    arch: str = DEFAULT_ARCH,
+    arch: str | None = None,
     count: int | None = None,
     epochs: int | None = None,
     seed: int = 0,
@@ -35,9 +36,9 @@ def run_demo(
 ) -> dict:
     """Run the demo in out_dir and return its report (also printed unless quiet)."""
     say = (lambda *a: None) if quiet else print
-    spec = arch_spec(arch)
+    config = resolve(arch=arch, demo=True, epochs=epochs, seed=seed)
+    arch, spec = config.arch, arch_spec(config.arch)
     count = count or spec["demo_count"]
-    epochs = epochs or spec.get("demo_epochs", spec["epochs"])
     timings = {}
     started = time.time()
 
@@ -47,9 +48,9 @@ def run_demo(
     timings["synth_s"] = round(time.time() - started, 1)
 
     run_dir = os.path.join(out_dir, "run")
-    say("2/5 training %s for %d epochs" % (arch, epochs))
+    say("2/5 training %s for %d epochs" % (arch, config.epochs))
     t = time.time()
-    train(data_dir, run_dir, arch, epochs, seed=seed, progress=not quiet, log=say)
+    train(data_dir, run_dir, config, progress=not quiet, log=say)
     timings["train_s"] = round(time.time() - t, 1)
 
     say("3/5 packing")

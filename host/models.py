@@ -1,59 +1,11 @@
-"""Architectures by name. Each is a plain description that both the trainer and the packer read.
-
-`bcnn` follows the seed paper (seed-digest section 2): 3 + 6 binary convolutions in two stages,
-then 3 fully connected layers, binary except the last, behind a real-valued input layer (XNOR-Net
-keeps the first and last layers real), at 64x64. `bcnn96`, the default, is that net at 96x96
-with one binary conv fewer in stage 1: codes from 10% of the frame high on boxes of any size and
-place need the pixels (see docs/training-notes.md section 5), and a 2-core CPU still trains it
-within 15 minutes. `tiny` is
-for tests and very small devices.
-"""
+"""The binary net that an architecture (host/archs.py) describes, as a torch module."""
 
 import torch.nn as nn
 
+from host.archs import ARCHS, DEFAULT_ARCH, arch_spec
 from host.layers import BinaryConv2d, BinaryLinear, InputConv, OutputLinear
-from protocol.errors import BinsortError
 
-ARCHS = {
-    "bcnn": {
-        "input": 64,
-        "stem": {"cout": 32, "k": 3, "stride": 2, "pool": 2},
-        # (cout, pool) per binary conv, 3x3 stride 1; stage 1 then stage 2
-        "convs": [(32, 1), (32, 1), (32, 2), (64, 1), (64, 1), (64, 2), (64, 1), (64, 1), (64, 1)],
-        "dense": [128, 128],  # binary hidden widths; the real output layer follows
-        "epochs": 12,
-        "demo_count": 3000,  # synthetic images per label in `binsort demo`
-    },
-    # the default: bcnn at 96x96, where a code 10% of the frame high is 10 pixels, not 6, with
-    # two binary convs in stage 1, not three: 11% less time an epoch, and no less accurate
-    # (docs/training-notes.md section 5 has both measurements)
-    "bcnn96": {
-        "input": 96,
-        "stem": {"cout": 32, "k": 3, "stride": 2, "pool": 2},
-        "convs": [(32, 1), (32, 2), (64, 1), (64, 1), (64, 2), (64, 1), (64, 1), (64, 1)],
-        "dense": [128, 128],
-        "epochs": 28,
-        "demo_count": 3000,
-        "demo_epochs": 15,
-    },
-    "tiny": {
-        "input": 32,
-        "stem": {"cout": 32, "k": 3, "stride": 2, "pool": 2},
-        "convs": [(32, 2), (64, 2)],
-        "dense": [64],
-        "epochs": 8,
-        "demo_count": 300,
-    },
-}
-
-
-DEFAULT_ARCH = "bcnn96"
-
-
-def arch_spec(name: str) -> dict:
-    if name not in ARCHS:
-        raise BinsortError("unknown architecture %r (choose from %s)" % (name, ", ".join(ARCHS)))
-    return ARCHS[name]
+__all__ = ["ARCHS", "DEFAULT_ARCH", "BinaryNet", "arch_spec"]
 
 
 class BinaryNet(nn.Module):

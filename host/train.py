@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from edge.imaging.imagefolder import dataset_splits, relabel
 from edge.imaging.preprocess import load_inputs
-from host.models import DEFAULT_ARCH, BinaryNet, arch_spec
+from host.config import TrainConfig, resolve
+from host.models import BinaryNet, arch_spec
 from host.pranc import PrancNet
 from protocol.errors import BinsortError
 
@@ -87,21 +88,6 @@ def accuracy(model, pixels, labels, batch=512, keep=None) -> float:
     return correct / max(len(labels), 1)
 
 
-PRANC_DEFAULTS = {
-    "alphas": 4096,  # int16 coefficients in all: 8 KiB
-    "basis": "fastfood",
-    "split": "sqrt",  # "size" gives bcnn's input layer 4 alphas and its output layer 7
-    "epochs": 20,
-    "binarize_ramp": 0.6,  # weights and activations go from clamp to sign over 60% of training
-    "chunks": 16,
-    "seed": None,  # the basis seed; None uses the training seed
-    "final_frac": 0.25,  # last fraction of epochs: frozen BatchNorm statistics, int16 alphas
-    "prefix_prob": 0.5,  # probability that a step trains a random prefix, not the whole model
-    "alpha_init": 1.0,  # initial weights spread like a kaiming init times this
-    "ste_window": 0.5,  # binary weights' gradient only within 0.5 std of zero (None: all)
-}
-
-
 def prefix_sample(chunks: int, prob: float, gen: torch.Generator) -> int:
     """Chunks to keep this step: all of them, or with probability `prob` a uniform prefix."""
     if float(torch.rand((), generator=gen)) >= prob:
@@ -163,172 +149,170 @@ def _distributed() -> "tuple[int, int]":
 
 
 def train(
-    data_dir: str,
+    data_dir,
     out_dir: str,
-    arch: str = DEFAULT_ARCH,
-    epochs: int = 12,
-    batch_size: int = 64,
-    lr: float = 1e-2,
-    estimator: str = "approx",
-    window: float = 1.0,
-    seed: int = 0,
+    config: "TrainConfig | None" = None,
     device: str = "auto",
     progress: bool = True,
     log=print,
-    binarize_ramp: "float | None" = None,
-    param: str = "bnn",
-    pranc: "dict | None" = None,
-    init: "str | None" = None,
-    real_weight: "float | None" = None,
-    frozen_bn: bool = True,
+    **options,
 ) -> dict:
     """Train on a data folder (or several); write the run folder; return metrics.
 
     `data_dir`: a folder, or a list of them: the first is the base set (usually synthetic),
     the others real images; with `real_weight` W, a share W of each epoch's samples is drawn
     from the others and 1 - W from the base (with replacement), however many images each has.
-    `init`: a checkpoint to start from (fine-tuning): its architecture and labels are kept, and
-    with `frozen_bn` its BatchNorm statistics too (gamma and beta still learn).
-
-    `binarize_ramp`: fraction of the steps over which the activations (and PRANC weights) go
-    from clamp to sign (0 binarises from the first step; default 0.25, or 0.6 for PRANC).
-    `param`: "bnn" trains the weights themselves, "pranc" trains per-layer alphas of a
-    hash-drawn basis (host.pranc); `pranc` holds its options (PRANC_DEFAULTS).
+    `config`: the run (host.config.resolve); without one, `options` (arch, epochs, lr, init,
+    param, pranc, ...) are resolved into one here. A run with `init` fine-tunes that checkpoint:
+    its architecture and labels are kept, and with `frozen_bn` its BatchNorm statistics too
+    (gamma and beta still learn).
     """
-    if binarize_ramp is None:
-        binarize_ramp = PRANC_DEFAULTS["binarize_ramp"] if param == "pranc" else 0.25
+    folders = [data_dir] if isinstance(data_dir, str) else list(data_dir)
+    start = None
+    if config is None:
+        init = options.pop("init", None)
+        start = load_checkpoint(init) if init else None
+        config = resolve(
+            init=init, init_ckpt=start[0] if start else None, mixed=len(folders) > 1, **options
+        )
+    elif config.init:
+        start = load_checkpoint(config.init)
     rank, world = _distributed()
     if device == "auto":
-        device = (
-            ("cuda:%d" % (rank % torch.cuda.device_count())) if torch.cuda.is_available() else "cpu"
-        )
-    start = None
-    if init:
-        start = load_checkpoint(init)
-        ckpt = start[0]
-        if ckpt.get("param", "bnn") != "bnn" or param != "bnn":
-            raise BinsortError("--init fine-tunes a bnn run; %s was trained as pranc" % init)
-        if arch != ckpt["arch"]:
-            raise BinsortError(
-                "--init %s is a %s model, not %s: leave --arch out, or train a new model"
-                % (init, ckpt["arch"], arch)
-            )
-        estimator, window = ckpt["estimator"], ckpt["window"]
-    size = arch_spec(arch)["input"]
-
-    # data: every image through the same preprocessing the edge uses
-    folders = [data_dir] if isinstance(data_dir, str) else list(data_dir)
-    labels, sets = load_sources(folders, size, start[0]["labels"] if start else None)
-    train_x = torch.cat([s["train"][0] for s in sets])
-    train_y = torch.cat([s["train"][1] for s in sets])
-    test_x = torch.cat([s["test"][0] for s in sets])
-    test_y = torch.cat([s["test"][1] for s in sets])
-    if not len(train_y) or not len(test_y):
-        raise BinsortError("%s needs images for both training and testing" % " + ".join(folders))
-    weights = None
-    if len(sets) > 1 and real_weight is not None:
-        if not 0 < real_weight < 1:
-            raise BinsortError("the real-image weight must be between 0 and 1: %g" % real_weight)
-        n_base = len(sets[0]["train"][1])
-        weights = torch.full((len(train_y),), real_weight / (len(train_y) - n_base))
-        weights[:n_base] = (1 - real_weight) / n_base
+        cuda = torch.cuda.is_available()
+        device = ("cuda:%d" % (rank % torch.cuda.device_count())) if cuda else "cpu"
+    data = TrainingData(folders, config, start[0]["labels"] if start else None)
     if rank == 0:
+        data.describe(log)
+    model = build(config, len(data.labels), start, device)
+    metrics = run_epochs(model, data, config, device, rank, world, progress, log)
+    if rank == 0:
+        save_run(out_dir, model, data, config, folders, metrics)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+class TrainingData:
+    """The images of a run through the edge's preprocessing, and how an epoch samples them."""
+
+    def __init__(self, folders: list, config: TrainConfig, labels=None):
+        self.size = arch_spec(config.arch)["input"]
+        self.labels, self.sets = load_sources(folders, self.size, labels)
+        self.train_x = torch.cat([s["train"][0] for s in self.sets])
+        self.train_y = torch.cat([s["train"][1] for s in self.sets])
+        self.test_x = torch.cat([s["test"][0] for s in self.sets])
+        self.test_y = torch.cat([s["test"][1] for s in self.sets])
+        if not len(self.train_y) or not len(self.test_y):
+            where = " + ".join(folders)
+            raise BinsortError("%s needs images for both training and testing" % where)
+        self.weights = None  # per-image sampling weights when real folders have a set share
+        if len(self.sets) > 1 and config.real_weight is not None:
+            n_base = len(self.sets[0]["train"][1])
+            w = config.real_weight
+            self.weights = torch.full((len(self.train_y),), w / (len(self.train_y) - n_base))
+            self.weights[:n_base] = (1 - w) / n_base
+
+    def describe(self, log) -> None:
         log(
             "data: %d train / %d test images, labels %s, input %dx%d"
-            % (len(train_y), len(test_y), labels, size, size)
+            % (len(self.train_y), len(self.test_y), self.labels, self.size, self.size)
         )
-        for s in sets[1:] if len(sets) > 1 else []:
+        for s in self.sets[1:] if len(self.sets) > 1 else []:
             log("  %s: %d train / %d test" % (s["name"], len(s["train"][1]), len(s["test"][1])))
 
-    # model
-    torch.manual_seed(seed)
-    popts = None
-    if param == "pranc":
-        popts = dict(PRANC_DEFAULTS, **(pranc or {}))
-        model = PrancNet(
-            arch,
-            len(labels),
-            popts["alphas"],
-            popts["basis"],
-            seed if popts["seed"] is None else popts["seed"],
-            popts["split"],
-            popts["chunks"],
-            estimator,
-            window,
-            popts["alpha_init"],
-            popts["ste_window"],
+    def epoch_order(self, gen: torch.Generator, rank: int, world: int) -> torch.Tensor:
+        """This rank's sample indices for one epoch."""
+        n = len(self.train_y)
+        if self.weights is None:
+            return torch.randperm(n, generator=gen)[rank::world]
+        return torch.multinomial(self.weights, n, True, generator=gen)[rank::world]
+
+
+def build(config: TrainConfig, classes: int, start=None, device: str = "cpu"):
+    """The model a run trains: the checkpoint's for fine-tuning, else a fresh BinaryNet or
+    PrancNet, seeded by the run's seed."""
+    torch.manual_seed(config.seed)
+    if start:
+        return start[1].to(device)
+    if config.param == "pranc":
+        p = config.pranc
+        return PrancNet(
+            config.arch,
+            classes,
+            p["alphas"],
+            p["basis"],
+            config.seed if p["seed"] is None else p["seed"],
+            p["split"],
+            p["chunks"],
+            config.estimator,
+            config.window,
+            p["alpha_init"],
+            p["ste_window"],
         ).to(device)
-        popts["seed"] = model.seed
-        bnet = model.net
-    elif start:
-        model = bnet = start[1].to(device)
-    elif param == "bnn":
-        model = bnet = BinaryNet(arch, len(labels), estimator, window).to(device)
-    else:
-        raise BinsortError("unknown parameterisation %r (choose bnn or pranc)" % param)
+    return BinaryNet(config.arch, classes, config.estimator, config.window).to(device)
+
+
+def run_epochs(model, data: TrainingData, config: TrainConfig, device, rank, world, progress, log):
+    """The training loop: Adam with a one-cycle cosine schedule, gradual binarisation over the
+    first `binarize_ramp` of the steps; per-epoch metrics (rank 0 evaluates)."""
+    pranc = config.pranc if config.param == "pranc" else None
+    bnet = model.net if pranc else model
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=None if device == "cpu" else [device]
         )
-    opts = [torch.optim.Adam(model.parameters(), lr=lr)]
-    steps_per_epoch = math.ceil(len(train_y) / world / batch_size)
-    scheds = [
-        torch.optim.lr_scheduler.OneCycleLR(
-            o,
-            max_lr=lr,
-            total_steps=epochs * steps_per_epoch,
-            pct_start=0.15,
-            anneal_strategy="cos",
-        )
-        for o in opts
-    ]
-
-    # loop
-    gen = torch.Generator().manual_seed(seed)
-    metrics = {"arch": arch, "labels": labels, "epochs": [], "world_size": world}
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_per_epoch = math.ceil(len(data.train_y) / world / config.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=config.lr,
+        total_steps=config.epochs * steps_per_epoch,
+        pct_start=0.15,
+        anneal_strategy="cos",
+    )
+    gen = torch.Generator().manual_seed(config.seed)
+    metrics = {"arch": config.arch, "labels": data.labels, "epochs": [], "world_size": world}
     started = time.time()
-    step, ramp_steps = 0, binarize_ramp * epochs * steps_per_epoch
+    step, ramp_steps = 0, config.binarize_ramp * config.epochs * steps_per_epoch
     signs = [m for _, m in bnet.sign_layers()]
-    final_phase = epochs - round(popts["final_frac"] * epochs) if popts else epochs + 1
-    for epoch in range(1, epochs + 1):
+    final_phase = config.epochs - round(pranc["final_frac"] * config.epochs) if pranc else None
+    for epoch in range(1, config.epochs + 1):
         model.train()
-        if start and frozen_bn:
+        if config.init and config.frozen_bn:
             freeze_bn(model)  # a few real images must not move what the base set measured
-        if popts and epoch > final_phase:
+        if pranc and epoch > final_phase:
             if not model.quantize:
                 log("final phase: BatchNorm statistics frozen, int16 alphas in the loop")
-                calibrate_bn(model, train_x, batch_size, device, gen)
+                calibrate_bn(model, data.train_x, config.batch_size, device, gen)
                 model.quantize = True
             freeze_bn(model)
-        if weights is None:
-            order = torch.randperm(len(train_y), generator=gen)[rank::world]
-        else:
-            order = torch.multinomial(weights, len(train_y), True, generator=gen)[rank::world]
-        bar = _progress(steps_per_epoch, "epoch %d/%d" % (epoch, epochs), progress and rank == 0)
+        order = data.epoch_order(gen, rank, world)
+        bar = _progress(
+            steps_per_epoch, "epoch %d/%d" % (epoch, config.epochs), progress and rank == 0
+        )
         total_loss, total_correct, seen = 0.0, 0, 0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
+        for i in range(0, len(order), config.batch_size):
+            idx = order[i : i + config.batch_size]
             mix = min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
             for m in signs:
                 m.mix = mix
-            if popts:
+            if pranc:
                 model.mix = mix
             step += 1
-            x = to_input(augment(train_x[idx], gen)).to(device)
-            y = train_y[idx].to(device)
-            if popts:
-                keep = prefix_sample(model.chunks, popts["prefix_prob"], gen)
-                logits = net(x, keep=keep)
+            x = to_input(augment(data.train_x[idx], gen)).to(device)
+            y = data.train_y[idx].to(device)
+            if pranc:
+                logits = net(x, keep=prefix_sample(model.chunks, pranc["prefix_prob"], gen))
             else:
                 logits = net(x)
             loss = F.cross_entropy(logits, y)
-            for o in opts:
-                o.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            for o, sch in zip(opts, scheds, strict=True):
-                o.step()
-                sch.step()
+            opt.step()
+            sched.step()
             total_loss += loss.item() * len(idx)
             total_correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
@@ -341,23 +325,22 @@ def train(
             bar.close()
         saturation = {name: round(m.take_saturation(), 4) for name, m in bnet.sign_layers()}
         if rank == 0:
-            test_acc = accuracy(model, test_x, test_y)
-            by_source = {s["name"]: accuracy(model, *s["test"]) for s in sets if len(sets) > 1}
-            if popts:
-                quarter = accuracy(model, test_x, test_y, keep=max(1, model.chunks // 4))
             row = {
                 "epoch": epoch,
                 "loss": total_loss / seen,
                 "train_accuracy": total_correct / seen,
-                "test_accuracy": test_acc,
+                "test_accuracy": accuracy(model, data.test_x, data.test_y),
                 "saturation": saturation,
                 "binarized": mix,
                 "seconds": round(time.time() - started, 1),
             }
-            if popts:
-                row["quarter_prefix_accuracy"] = quarter
-            if by_source:
-                row["test_by_source"] = by_source
+            if pranc:
+                quarter = max(1, model.chunks // 4)
+                row["quarter_prefix_accuracy"] = accuracy(
+                    model, data.test_x, data.test_y, keep=quarter
+                )
+            if len(data.sets) > 1:
+                row["test_by_source"] = {s["name"]: accuracy(model, *s["test"]) for s in data.sets}
             metrics["epochs"].append(row)
             log(
                 "epoch %d: loss %.4f train %.4f test %.4f max saturation %.2f (%s)"
@@ -365,47 +348,51 @@ def train(
                     epoch,
                     row["loss"],
                     row["train_accuracy"],
-                    test_acc,
+                    row["test_accuracy"],
                     max(saturation.values()),
                     max(saturation, key=saturation.get),
                 )
             )
-            for name, acc in by_source.items():
+            for name, acc in row.get("test_by_source", {}).items():
                 log("  test %.4f on %s" % (acc, name))
-
-    # checkpoint
     if rank == 0:
         metrics["test_accuracy"] = metrics["epochs"][-1]["test_accuracy"]
-        if len(sets) > 1:
+        if len(data.sets) > 1:
             metrics["test_by_source"] = metrics["epochs"][-1]["test_by_source"]
         metrics["train_seconds"] = round(time.time() - started, 1)
-        os.makedirs(out_dir, exist_ok=True)
-        checkpoint = {
-            "format": "binsort-checkpoint-1",
-            "arch": arch,
-            "labels": labels,
-            "input": size,
-            "estimator": estimator,
-            "window": window,
-            "binarize_ramp": binarize_ramp,
-            "param": param,
-            "data": os.path.abspath(folders[0]),
-            "sources": [os.path.abspath(f) for f in folders],
-            "init": os.path.abspath(init) if init else None,
-            "pranc": dict(popts, ks=list(model.ks)) if popts else None,
-            "model_id": uuid.uuid4().hex[:12],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "metrics": {k: v for k, v in metrics.items() if k != "epochs"},
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        }
-        torch.save(checkpoint, os.path.join(out_dir, "checkpoint.pt"))
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1)
-        plot_curves(metrics, os.path.join(out_dir, "curves.png"))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
     return metrics
+
+
+def save_run(out_dir: str, model, data: TrainingData, config: TrainConfig, folders, metrics):
+    """checkpoint.pt (what build_model needs, the configuration and the metrics), metrics.json
+    and curves.png."""
+    os.makedirs(out_dir, exist_ok=True)
+    pranc = None
+    if config.param == "pranc":
+        pranc = dict(config.pranc, seed=model.seed, ks=list(model.ks))
+    checkpoint = {
+        "format": "binsort-checkpoint-1",
+        "arch": config.arch,
+        "labels": data.labels,
+        "input": data.size,
+        "estimator": config.estimator,
+        "window": config.window,
+        "binarize_ramp": config.binarize_ramp,
+        "param": config.param,
+        "data": os.path.abspath(folders[0]),
+        "sources": [os.path.abspath(f) for f in folders],
+        "init": os.path.abspath(config.init) if config.init else None,
+        "pranc": pranc,
+        "config": config.as_dict(),
+        "model_id": uuid.uuid4().hex[:12],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metrics": {k: v for k, v in metrics.items() if k != "epochs"},
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+    }
+    torch.save(checkpoint, os.path.join(out_dir, "checkpoint.pt"))
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    plot_curves(metrics, os.path.join(out_dir, "curves.png"))
 
 
 def _progress(total: int, desc: str, enabled: bool):

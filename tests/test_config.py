@@ -1,0 +1,74 @@
+"""The training configuration is resolved once, in one order: the parameterisation's defaults,
+the architecture's epochs, fine-tuning, then what the user gave."""
+
+import pytest
+
+from host.archs import ARCHS, DEFAULT_ARCH
+from host.config import BNN, FINE_TUNE, PRANC, resolve
+from protocol.errors import BinsortError
+
+CKPT = {"arch": "tiny", "param": "bnn", "estimator": "ste", "window": 0.5}
+
+
+def test_a_fresh_run_takes_the_architectures_epochs_and_the_bnn_defaults():
+    cfg = resolve()
+    assert cfg.arch == DEFAULT_ARCH and cfg.epochs == ARCHS[DEFAULT_ARCH]["epochs"]
+    assert (cfg.lr, cfg.batch_size, cfg.binarize_ramp) == (
+        BNN["lr"],
+        BNN["batch_size"],
+        BNN["binarize_ramp"],
+    )
+    assert cfg.pranc is None and cfg.init is None and cfg.real_weight is None
+    demo = resolve(demo=True)
+    assert demo.epochs == ARCHS[DEFAULT_ARCH]["demo_epochs"]
+    assert resolve(arch="tiny", demo=True).epochs == ARCHS["tiny"]["epochs"]
+
+
+def test_what_the_user_gives_wins_and_none_means_the_default():
+    cfg = resolve(arch="bcnn", epochs=3, lr=None, batch_size=32)
+    assert (cfg.arch, cfg.epochs, cfg.lr, cfg.batch_size) == ("bcnn", 3, BNN["lr"], 32)
+
+
+def test_pranc_has_its_own_epochs_ramp_and_complete_options():
+    cfg = resolve(param="pranc", pranc={"alphas": 100})
+    assert cfg.epochs == PRANC["epochs"] and cfg.binarize_ramp == PRANC["binarize_ramp"]
+    assert cfg.pranc["alphas"] == 100 and cfg.pranc["basis"] == PRANC["basis"]
+
+
+def test_fine_tuning_keeps_the_checkpoints_arch_and_estimator_and_its_own_defaults():
+    cfg = resolve(init="run/checkpoint.pt", init_ckpt=CKPT, mixed=True)
+    assert (cfg.arch, cfg.estimator, cfg.window) == ("tiny", "ste", 0.5)
+    assert (cfg.epochs, cfg.lr, cfg.binarize_ramp, cfg.real_weight) == (
+        FINE_TUNE["epochs"],
+        FINE_TUNE["lr"],
+        FINE_TUNE["binarize_ramp"],
+        FINE_TUNE["real_weight"],
+    )
+    assert resolve(init="r", init_ckpt=CKPT).real_weight is None  # no real folders
+    assert resolve(init="r", init_ckpt=CKPT, epochs=2, lr=0.5).lr == 0.5
+    with pytest.raises(BinsortError, match="is a tiny model, not bcnn"):
+        resolve(arch="bcnn", init="r", init_ckpt=CKPT)
+    with pytest.raises(BinsortError, match="trained as pranc"):
+        resolve(init="r", init_ckpt=dict(CKPT, param="pranc"))
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"lr": -1.0}, "--lr must be positive"),
+        ({"binarize_ramp": 2.0}, "--binarize-ramp must be between 0 and 1"),
+        ({"real_weight": 1.0}, "real-image weight must be between 0 and 1"),
+        ({"arch": "nope"}, "unknown architecture"),
+        ({"param": "gf3"}, "unknown parameterisation"),
+    ],
+)
+def test_values_no_run_can_use_are_one_line_errors(given, message):
+    with pytest.raises(BinsortError, match=message):
+        resolve(**given)
+
+
+def test_a_misspelt_option_is_a_programming_error():
+    with pytest.raises(TypeError, match="epoch"):
+        resolve(epoch=3)
