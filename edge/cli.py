@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("classify", help="classify images with a .bnn model, one JSON line each")
-    p.add_argument("--model", required=True, help="a .bnn model file")
+    p.add_argument("--model", required=True, help="a .bnn model or a .pranc stream")
     p.add_argument("paths", nargs="+", help="image files or folders of images")
     p.add_argument("--verbose", action="store_true", help="say which engine runs (stderr)")
     p.set_defaults(run=_classify)

@@ -75,7 +75,7 @@ class Daemon:
         # a missing camera or folder is an error at start; later failures are retried
         self.source = open_source(cfg["source"]["url"], **self.source_kwargs)
         self.source_error = None
-        self.pending = None  # (thread, result dict) of a model being loaded
+        self.pending = None  # (thread, result dict, slot) of a model being loaded
         self.store_mtime = self._store_mtime()
         self.state = "starting"
         self.servers, self.links = [], []

@@ -17,9 +17,10 @@ SCHEMES = {"picamera2": "camera", "folder": "folder", "sim": "conveyor"}
 
 
 class Frame:
-    """One grey frame. `eye` is the photo-eye state where the source knows it (the simulator
-    drives a mock GPIO pin instead, so the daemon reads it the way it reads a real one);
-    `truth` is what the simulator knows about the frame (box id and label), for scoring."""
+    """One grey frame: the image (uint8, H x W), its time `t` (seconds, monotonic), its `index`
+    in the source, and `truth`, what the simulator knows about it (box id and label) for
+    scoring. The photo-eye is not part of a frame: the daemon reads it from GPIO (the simulator
+    drives a mock pin), the same way as on a line."""
 
     __slots__ = ("image", "t", "index", "truth")
 
