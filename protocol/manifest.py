@@ -61,6 +61,12 @@ def _check(cond: bool, what: str) -> None:
         raise FormatError("not a valid manifest: " + what)
 
 
+def _brief(value, limit: int = 40) -> str:
+    """repr(value), cut to `limit` characters: what a message may echo of a peer's input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _is_hex(s, n: int) -> bool:
     if not isinstance(s, str) or len(s) != n:
         return False
@@ -106,13 +112,17 @@ def check_signed(signed) -> None:
     for f in FIELDS:
         _check(f in signed, "field %r is missing" % f)
     fmt = signed["format"]
-    _check(fmt == FORMAT, "format %r, this binsort reads %s" % (fmt, FORMAT))
+    _check(fmt == FORMAT, "format %s, this binsort reads %s" % (_brief(fmt), FORMAT))
     mid = signed["model_id"]
     _check(
         isinstance(mid, str) and 0 < len(mid) <= 128 and all(32 <= ord(ch) < 127 for ch in mid),
         "model_id must be 1-128 printable ASCII characters",
     )
-    _check(signed["kind"] in KINDS, "kind %r (choose from %s)" % (signed["kind"], ", ".join(KINDS)))
+    kind = signed["kind"]
+    _check(
+        isinstance(kind, str) and kind in KINDS,
+        "kind %s (choose from %s)" % (_brief(kind), ", ".join(KINDS)),
+    )
     v, size = signed["version"], signed["size"]
     _check(_is_int(v) and 1 <= v < 1 << 63, "version must be a positive integer")
     _check(_is_int(size) and 0 < size < 1 << 32, "size must be a positive 32-bit integer")
@@ -139,7 +149,9 @@ def parse_manifest(data: bytes) -> Manifest:
     try:
         obj = json.loads(bytes(data).decode())
     except (ValueError, UnicodeError) as e:
-        raise FormatError("not a valid manifest: not JSON (%s)" % e) from None
+        raise FormatError("not a valid manifest: not JSON (%s)" % _brief(str(e), 80)) from None
+    except (RuntimeError, MemoryError):  # nested past the recursion limit
+        raise FormatError("not a valid manifest: JSON nested too deep") from None
     _check(isinstance(obj, dict), "not a JSON object")
     signed, sigs = obj.get("signed"), obj.get("signatures", [])
     check_signed(signed)

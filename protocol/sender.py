@@ -20,8 +20,9 @@ from protocol.session import (
     PROTO,
     WINDOW,
     RemoteError,
-    _json,
-    _unjson,
+    from_json,
+    is_count,
+    to_json,
 )
 
 
@@ -98,11 +99,16 @@ class Sender:
 
     def ship(self, manifest: bytes, payload: bytes) -> dict:
         """Offer, transfer and wait for the receiver's verdict; returns its RESULT dict."""
-        hello = _json({"proto": [PROTO], "max_payload": self.max_payload, "window": self.window})
+        hello = to_json({"proto": [PROTO], "max_payload": self.max_payload, "window": self.window})
         reply = self._request(lambda: self._send(fr.HELLO, 0, hello), (fr.HELLO,))
-        info = _unjson(reply.payload)
-        self.frame_size = int(info["max_payload"])
-        self.window = int(info["window"])
+        info = from_json(reply.payload)
+        size = info.get("max_payload") if isinstance(info, dict) else None
+        window = info.get("window") if isinstance(info, dict) else None
+        if not (is_count(size) and 16 <= size <= self.max_payload):
+            raise BinsortError("the device answered HELLO with a frame size of %.40r" % (size,))
+        if not (is_count(window) and window <= self.window):
+            raise BinsortError("the device answered HELLO with a window of %.40r" % (window,))
+        self.frame_size, self.window = size, window
         piece = self.frame_size - OFFER_HEAD_SIZE
         head = struct.pack(OFFER_HEAD, len(manifest))
 
@@ -136,9 +142,9 @@ class Sender:
             for f in self._frames(min(wait, 0.5)):
                 if f.kind == fr.RESULT:
                     self.progress(size, size)
-                    return _unjson(f.payload)
+                    return from_json(f.payload)
                 if f.kind == fr.STATUS:
-                    self.status(_unjson(f.payload))
+                    self.status(from_json(f.payload))
                 elif f.kind == fr.ACK:
                     if f.offset > base:
                         self._measure(f.offset, fs, sent_at, resent)

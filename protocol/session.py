@@ -33,6 +33,7 @@ FRAME_PAYLOAD = 1024
 WINDOW = 8  # frames in flight
 OFFER_HEAD = "<I"  # total manifest length, before each OFFER piece
 OFFER_HEAD_SIZE = 4
+MAX_ERROR = 300  # bytes of an ERROR frame's message: never the peer's input at full length
 
 
 class LinkClosed(BinsortError):
@@ -43,15 +44,29 @@ class RemoteError(BinsortError):
     """The receiver refused: its ERROR frame's message."""
 
 
-def _json(obj) -> bytes:
+def to_json(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _unjson(payload: bytes):
+def from_json(payload: bytes):
+    """A frame's JSON; FormatError for anything else, however deep or odd (RuntimeError is
+    CPython's RecursionError and MicroPython's recursion limit)."""
     try:
         return json.loads(bytes(payload).decode())
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RuntimeError, MemoryError):
         raise FormatError("a session frame holds invalid JSON") from None
+
+
+def bounded(message: str, limit: int = MAX_ERROR) -> bytes:
+    """An error message as at most `limit` bytes of UTF-8."""
+    data = str(message).encode()
+    if len(data) <= limit:
+        return data
+    return data[: limit - 3].decode("utf-8", "ignore").encode() + b"..."
+
+
+def is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 1 << 31
 
 
 class Receiver:
@@ -83,12 +98,23 @@ class Receiver:
         self.error = None
 
     def on_frame(self, frame, now: float) -> list:
+        """The replies to one frame. Nothing a peer sends escapes as an exception: a refusal
+        or a failure of the sink's disk is an ERROR frame, and so is any other error, which
+        also ends the session (the sink keeps what was verified)."""
+        try:
+            return self._on_frame(frame, now)
+        except Exception as e:  # noqa: BLE001 (a peer must never stop the receiver)
+            self.error = "internal error: %s" % type(e).__name__
+            self.link_lost()
+            return [fr.Frame(fr.ERROR, frame.session, 0, bounded(self.error))]
+
+    def _on_frame(self, frame, now: float) -> list:
         if frame.kind == fr.HELLO:
             return self._hello(frame)
         if frame.session != self.session:
             return []  # a stale frame from an earlier session
         if self.error is not None:
-            return [self._frame(fr.ERROR, 0, self.error.encode())]
+            return [self._frame(fr.ERROR, 0, bounded(self.error))]
         try:
             if frame.kind == fr.OFFER:
                 return self._offer(frame)
@@ -100,7 +126,7 @@ class Receiver:
                 return self._done(now)
         except (BinsortError, OSError) as e:  # OSError: the sink's disk (full, read-only)
             self.error = str(e)
-            return [self._frame(fr.ERROR, 0, self.error.encode())]
+            return [self._frame(fr.ERROR, 0, bounded(self.error))]
         return []
 
     def link_lost(self) -> None:
@@ -111,24 +137,36 @@ class Receiver:
         return fr.Frame(kind, self.session, offset, payload)
 
     def _hello(self, frame):
-        try:
-            req = _unjson(frame.payload)
-            protos = req.get("proto", [])
-            size = min(int(req.get("max_payload", FRAME_PAYLOAD)), self.max_payload)
-            window = min(int(req.get("window", WINDOW)), self.window)
-        except (FormatError, AttributeError, TypeError, ValueError):
+        req = None
+        try:  # noqa: SIM105 (MicroPython has no contextlib)
+            req = from_json(frame.payload)
+        except FormatError:
+            pass
+        if not isinstance(req, dict):
+            return [fr.Frame(fr.ERROR, frame.session, 0, b"malformed hello")]
+        protos = req.get("proto", [])
+        size = req.get("max_payload", FRAME_PAYLOAD)
+        window = req.get("window", WINDOW)
+        if not (
+            isinstance(protos, list)
+            and len(protos) <= 16
+            and all(is_count(p) for p in protos)
+            and is_count(size)
+            and is_count(window)
+        ):
             return [fr.Frame(fr.ERROR, frame.session, 0, b"malformed hello")]
         if PROTO not in protos:
-            msg = "protocol %s not supported; this receiver speaks %d" % (protos, PROTO)
+            msg = "protocol not supported; this receiver speaks %d" % PROTO
             return [fr.Frame(fr.ERROR, frame.session, 0, msg.encode())]
         if frame.session != self.session:
             if self.session is not None:
                 self.link_lost()
             self.session = frame.session
             self._reset()
-        self.frame_size = max(16, size)
+        self.frame_size = max(16, min(size, self.max_payload))
+        window = min(window, self.window)
         reply = {"proto": PROTO, "max_payload": self.frame_size, "window": window}
-        return [self._frame(fr.HELLO, 0, _json(reply))]
+        return [self._frame(fr.HELLO, 0, to_json(reply))]
 
     def _offer(self, frame):
         if self.offset is not None:  # a repeated offer: the answer stands
@@ -156,7 +194,12 @@ class Receiver:
             out += self._write(frame.payload)
             while self.offset in self.ahead:
                 out += self._write(self.ahead.pop(self.offset))
-        elif self.offset < frame.offset < self.offset + self.window * self.frame_size:
+        elif (
+            self.offset < frame.offset < self.offset + self.window * self.frame_size
+            and (frame.offset - self.offset) % self.frame_size == 0
+            and len(frame.payload) <= self.frame_size
+            and len(self.ahead) < self.window
+        ):  # held for later: only on the sender's frame grid, at most a window of it
             self.ahead[frame.offset] = frame.payload
         out.append(self._ack(now))
         return out
@@ -165,7 +208,7 @@ class Receiver:
         events = self.sink.write(data)
         self.nak_sent.pop(self.offset, None)
         self.offset += len(data)
-        return [self._frame(fr.STATUS, self.offset, _json(e)) for e in events]
+        return [self._frame(fr.STATUS, self.offset, to_json(e)) for e in events]
 
     def _ack(self, now, all_missing=False):
         """Cumulative offset, then the offsets of missing frames below the highest one held
@@ -187,21 +230,36 @@ class Receiver:
             return [self._ack(now, all_missing=True)]
         if self.result is None:
             self.result = self.sink.finish()
-        return [self._frame(fr.RESULT, self.size, _json(self.result))]
+        return [self._frame(fr.RESULT, self.size, to_json(self.result))]
 
 
-def pump(link, receiver, idle_timeout: float, clock, persistent: bool = False, until=None) -> None:
+def pump(
+    link,
+    receiver,
+    idle_timeout: float,
+    clock,
+    persistent: bool = False,
+    until=None,
+    deadline: "float | None" = None,
+) -> None:
     """Run `receiver` on `link` until the link closes, or (unless `persistent`, as a serial
-    line is) until the peer is silent for `idle_timeout` seconds. When the peer goes silent,
-    what was received is made durable so a later session resumes after it. Once `until()` is
-    true, return after two quiet seconds (time for a lost RESULT to be asked for again)."""
+    line is) until the peer sends no valid frame for `idle_timeout` seconds: bytes that decode
+    to nothing do not keep a connection open. `deadline` (seconds from now) ends the
+    connection however busy it is, so no peer holds the receiver for ever; a sender resumes
+    on a new one. When the peer goes, what was received is made durable so a later session
+    resumes after it. Once `until()` is true, return after two quiet seconds (time for a lost
+    RESULT to be asked for again)."""
     decoder = fr.FrameDecoder()
     last = clock()
+    end = None if deadline is None else last + deadline
     try:
         while True:
             data = link.read(0.5)
             now = clock()
-            if not data:
+            if end is not None and now > end:
+                return
+            frames = decoder.push(data) if data else []
+            if not frames:
                 finished = until is not None and until()
                 if finished and now - last > 2.0:
                     return
@@ -212,7 +270,7 @@ def pump(link, receiver, idle_timeout: float, clock, persistent: bool = False, u
                     last = now
                 continue
             last = now
-            for frame in decoder.push(data):
+            for frame in frames:
                 for reply in receiver.on_frame(frame, now):
                     link.write(fr.encode_frame(reply))
     except LinkClosed:

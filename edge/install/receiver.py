@@ -8,6 +8,7 @@ meets the policy as soon as its chunk is verified, and installs the complete pay
 """
 
 import os
+import threading
 import time
 
 from edge.install.store import Rejected, SlotStore
@@ -28,17 +29,15 @@ class StoreSink:
 
     def offer(self, manifest_bytes: bytes) -> int:
         m = self.store.verify(manifest_bytes)
-        path, good = self.store.partial(m)
+        path, self.file, good = self.store.partial(m)  # open, locked, at `good`
         self.manifest, self.path, self.size = m, path, m.size
-        self.file = open(path, "r+b")  # noqa: SIM115 (open for the session; suspend/finish close it)
-        self.file.seek(good)
         self.offset = good
         start = chunk_start(m.signed["chunks"], good)
         pending = b""
         if start < good:
-            with open(path, "rb") as f:
-                f.seek(start)
-                pending = f.read(good - start)
+            self.file.seek(start)
+            pending = self.file.read(good - start)
+            self.file.seek(good)
         self.verifier = ChunkVerifier(m.signed["chunks"], good, pending)
         self.log(
             "offer %s v%d (%s, %d bytes): %s at byte %d"
@@ -116,42 +115,105 @@ class StoreSink:
         return result
 
 
-def serve_link(link, store: SlotStore, min_accuracy=None, log=None, persistent=False, once=False):
-    """Receive sessions on one link until it closes (or, unless `persistent`, goes quiet for a
-    minute; with `once`, soon after a model is installed). Returns the RESULT of every model
-    installed."""
+IDLE_TIMEOUT = 60.0  # seconds without a valid frame before a connection is dropped
+SESSION_DEADLINE = 900.0  # seconds one TCP connection may last, however busy
+MAX_SESSIONS = 4  # TCP connections served at once; more are closed at once
+
+
+def serve_link(
+    link,
+    store: SlotStore,
+    min_accuracy=None,
+    log=None,
+    persistent=False,
+    once=False,
+    deadline=None,
+):
+    """Receive sessions on one link until it closes (or, unless `persistent`, goes a minute
+    without a valid frame; or after `deadline` seconds; with `once`, soon after a model is
+    installed). Returns the RESULT of every model installed."""
     results = []
 
     def open_sink():
         return StoreSink(store, min_accuracy, log, on_installed=results.append)
 
     until = (lambda: bool(results)) if once else None
-    pump(link, Receiver(open_sink), 60.0, time.monotonic, persistent, until)
+    receiver = Receiver(open_sink)
+    pump(link, receiver, IDLE_TIMEOUT, time.monotonic, persistent, until, deadline)
     return results
 
 
-def serve_listener(listener, store: SlotStore, min_accuracy=None, log=None, stop=None, once=False):
-    """Accept connections on a listening transport (protocol.transports.tcp), one at a time,
-    until `stop()` says so or the listener is closed (or, with `once`, a model is installed).
-    A peer that fails is logged and the next one served. Returns the RESULTs of the last
-    session that installed anything (empty when none did)."""
+def serve_listener(
+    listener,
+    store: SlotStore,
+    min_accuracy=None,
+    log=None,
+    stop=None,
+    once=False,
+    max_sessions: int = MAX_SESSIONS,
+    on_health=None,
+):
+    """Accept connections on a listening transport (protocol.transports.tcp) until `stop()`
+    says so or the listener is closed (or, with `once`, a model is installed), serving up to
+    `max_sessions` at once, each in its own thread with an absolute deadline: a slow or
+    hostile peer holds one place for a while, never the receiver. A connection over the limit
+    is closed at once. Whatever one connection raises is logged (in one bounded line) and
+    ends that connection only. `on_health(dict)` hears the counts after every change.
+    Returns the RESULTs of the session that installed a model with `once`, else []."""
     log = log or (lambda line: None)
     stop = stop or (lambda: False)
-    while not stop():
+    lock = threading.Lock()
+    health = {"active": 0, "served": 0, "refused_busy": 0, "failed": 0}
+    installed = []
+
+    def report():
+        if on_health is not None:
+            on_health(dict(health))
+
+    def serve(link):
+        try:
+            results = serve_link(link, store, min_accuracy, log, deadline=SESSION_DEADLINE)
+            if results:
+                installed.extend(results)
+        except Exception as e:  # noqa: BLE001 (one peer, whatever it did, ends only itself)
+            with lock:
+                health["failed"] += 1
+            log("%s: %s" % (link.name, bounded(e)))
+        finally:
+            link.close()
+            with lock:
+                health["active"] -= 1
+                health["served"] += 1
+            report()
+
+    while not stop() and not (once and installed):
         try:
             link = listener.accept(0.5)
         except OSError:  # closed under us: the daemon is shutting down
-            return []
+            break
         if link is None:
             continue
-        log("connection from %s" % link.name)
-        results = []
-        try:
-            results = serve_link(link, store, min_accuracy, log)
-        except BinsortError as e:  # one bad peer does not stop the receiver
-            log("%s: %s" % (link.name, e))
-        finally:
+        with lock:
+            busy = health["active"] >= max_sessions
+            if busy:
+                health["refused_busy"] += 1
+            else:
+                health["active"] += 1
+        if busy:
+            log("%s: refused, %d sessions already" % (link.name, max_sessions))
             link.close()
-        if results and once:
-            return results
-    return []
+            report()
+            continue
+        log("connection from %s" % link.name)
+        report()
+        threading.Thread(target=serve, args=(link,), daemon=True, name="session").start()
+    return list(installed) if once else []
+
+
+def bounded(error, limit: int = 300) -> str:
+    """One line about an exception, at most `limit` characters (it may quote a peer)."""
+    text = ("%s" % error) or type(error).__name__
+    if not isinstance(error, BinsortError):
+        text = "%s: %s" % (type(error).__name__, text)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 
 from edge.files import fsync_dir, write_atomic
@@ -34,6 +35,8 @@ STATE_FORMAT = "binsort-store/1"
 SLOTS = ("a", "b")
 DEFAULT_MAX_BYTES = 16 << 20
 SUFFIX = {"bnn": ".bnn", "pranc": ".pranc"}
+LOG_LINE = 300  # characters of one log line
+LOG_BYTES = 256 << 10  # the log is rotated to log.1 at this size
 
 
 class Rejected(FormatError):
@@ -53,6 +56,7 @@ class SlotStore:
 
     def __init__(self, root: str):
         self.root = root
+        self._log_lock = threading.Lock()
         if not os.path.isfile(self._path("store.json")):
             raise BinsortError(
                 "%s is not a binsort model store (make one with: "
@@ -314,32 +318,50 @@ class SlotStore:
 
     # -- partial transfers --------------------------------------------------------------------
 
-    def partial(self, manifest: Manifest) -> "tuple[str, int]":
-        """The `.partial` file for this payload and how many bytes of it are durable and
-        verified (whole chunks checked against the manifest, then the recorded tail)."""
+    def partial(self, manifest: Manifest) -> "tuple[str, object, int]":
+        """The `.partial` file for this payload, open for writing and locked for this session
+        alone, and how many bytes of it are durable and verified (whole chunks checked against
+        the manifest, then the recorded tail): (path, file, good). The file is opened without
+        following a symbolic link, so a link planted there is refused, never written through;
+        Rejected when another session holds the payload."""
         base = self._path("partial", manifest.sha256)
         path, progress = base + ".partial", base + ".json"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise Rejected("cannot open the partial file: %s" % (e.strerror or e)) from None
+        f = os.fdopen(fd, "r+b")
+        try:  # one session per payload: a second would interleave its bytes with the first's
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise Rejected("this payload is being received by another session") from None
+        try:
+            good = self._verified_length(manifest, progress, f)
+            f.truncate(good)
+            os.fsync(f.fileno())
+            f.seek(good)
+        except BaseException:
+            f.close()
+            raise
+        return path, f, good
+
+    def _verified_length(self, manifest: Manifest, progress: str, f) -> int:
         done = 0
-        with contextlib.suppress(OSError, ValueError, UnicodeError):
-            with open(progress, "rb") as f:
-                rec = json.loads(f.read().decode())
+        with contextlib.suppress(OSError, ValueError, UnicodeError, RuntimeError, TypeError):
+            with open(progress, "rb") as p:
+                rec = json.loads(p.read(4096).decode())
             if rec.get("manifest") == manifest.digest:
                 done = int(rec["offset"])
-        size = os.path.getsize(path) if os.path.exists(path) else 0
+        size = os.fstat(f.fileno()).st_size
         done = max(0, min(done, size, manifest.size))
+        if not done:
+            return 0
         # whole chunks must match their hashes; the tail of an incomplete chunk is kept and is
         # checked when that chunk completes
-        good = done
-        if done:
-            with open(path, "rb") as f:
-                verified, bad = good_prefix(manifest.signed["chunks"], f, done)
-            if bad is not None:
-                good = verified
-        if size != good or not os.path.exists(path):
-            with open(path, "r+b" if os.path.exists(path) else "wb") as f:
-                f.truncate(good)
-                os.fsync(f.fileno())
-        return path, good
+        f.seek(0)
+        verified, bad = good_prefix(manifest.signed["chunks"], f, done)
+        return verified if bad is not None else done
 
     def record_progress(self, manifest: Manifest, offset: int) -> None:
         """Persist that the first `offset` bytes of the `.partial` file are durable (the
@@ -368,9 +390,20 @@ class SlotStore:
             os.close(fd)
 
     def log(self, line: str) -> None:
+        """Append one line to STORE/log. A line is at most LOG_LINE characters (refusals
+        quote what a peer sent), and the log is rotated to log.1 at LOG_BYTES, so a peer
+        sending refused offers all day fills at most 2 x LOG_BYTES of the disk."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with open(self._path("log"), "a") as f:
-            f.write("%s %s\n" % (stamp, line))
+        text = " ".join(str(line).split())
+        if len(text) > LOG_LINE:
+            text = text[: LOG_LINE - 3] + "..."
+        path = self._path("log")
+        with self._log_lock:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(path) >= LOG_BYTES:
+                    os.replace(path, path + ".1")
+            with open(path, "a") as f:
+                f.write("%s %s\n" % (stamp, text))
 
 
 def _self_test(path: str, prefix_bytes) -> None:

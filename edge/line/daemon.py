@@ -76,6 +76,7 @@ class Daemon:
         self.source = open_source(cfg["source"]["url"], **self.source_kwargs)
         self.source_error = None
         self.pending = None  # (thread, result dict, slot) of a model being loaded
+        self.receiver_health = None  # the TCP receiver's session counts, once it runs
         self.store_mtime = self._store_mtime()
         self.state = "starting"
         self.servers, self.links = [], []
@@ -372,7 +373,20 @@ class Daemon:
         from edge.install.receiver import serve_listener
 
         min_acc = self.cfg["receiver"]["pranc_min_accuracy"]
-        serve_listener(listener, self.store, min_acc, self._event, self.stop_event.is_set)
+        self.receiver_health = {"active": 0, "served": 0, "refused_busy": 0, "failed": 0}
+        try:
+            serve_listener(
+                listener,
+                self.store,
+                min_acc,
+                self._event,
+                self.stop_event.is_set,
+                on_health=lambda h: setattr(self, "receiver_health", h),
+            )
+        finally:
+            if not self.stop_event.is_set():
+                self.receiver_health = dict(self.receiver_health, stopped=True)
+                self._event("receiver: stopped")
 
     def _serve_serial(self, link) -> None:
         from edge.install.receiver import serve_link
@@ -424,6 +438,8 @@ class Daemon:
         out["last_decisions"] = list(self.decisions)[-10:]
         if self.capture is not None:
             out["capture"] = self.capture.summary()
+        if self.receiver_health is not None:
+            out["receiver"] = self.receiver_health
         return out
 
 

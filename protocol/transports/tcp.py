@@ -18,10 +18,21 @@ def parse(url: str) -> "tuple[str, int, dict]":
     return host.strip("[]"), int(port), params
 
 
+SEND_TIMEOUT = 10.0  # seconds a write may wait for a peer that does not read
+
+
 class SocketLink:
+    """A TCP connection as a link. A write that a peer does not drain within SEND_TIMEOUT
+    ends the link (LinkClosed), and TCP keepalive finds a peer that vanished without a FIN."""
+
     def __init__(self, sock: socket.socket, name: str, rate=None):
         self.sock, self.name, self.rate = sock, name, rate
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, option):  # Linux; other systems keep their defaults
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        sock.settimeout(SEND_TIMEOUT)  # reads wait in select(), so this bounds sendall only
 
     def read(self, timeout: float) -> bytes:
         try:

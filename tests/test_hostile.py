@@ -1,0 +1,225 @@
+"""Hostile peers against the real `binsort-edge receive` process on 127.0.0.1, with no key:
+after each attack the process is alive and a legitimate ship still installs, within 60 s."""
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from edge.install.store import SlotStore
+from protocol import frames as fr
+from protocol.session import OFFER_HEAD
+from protocol.transports import tcp
+from tests.shipkit import EDGE, ROOT, keys, signed_manifest
+
+SESSION = 77
+
+
+@pytest.fixture()
+def station(tmp_path, tiny_model):
+    key, pub = keys(tmp_path / "one")
+    store = str(tmp_path / "store")
+    SlotStore.init(store, [pub])
+    log = open(tmp_path / "receiver.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        EDGE + ["receive", "--listen", "tcp://127.0.0.1:0", "--store", store],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    port = None
+    for _ in range(200):
+        text = (tmp_path / "receiver.log").read_text()
+        if "(port " in text:
+            port = int(text.split("(port ", 1)[1].split(")")[0])
+            break
+        time.sleep(0.05)
+    assert port, (tmp_path / "receiver.log").read_text()
+    st = {"proc": proc, "port": port, "store": store, "key": key, "payload": tiny_model[1]}
+    st["version"] = 0
+    st["log"] = tmp_path / "receiver.log"
+    yield st
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+def still_serves(st) -> None:
+    """The receiver is alive and installs the next version of a real model within 60 s."""
+    assert st["proc"].poll() is None, st["log"].read_text()[-2000:]
+    st["version"] += 1
+    manifest = signed_manifest(st["payload"], st["key"], st["version"])
+    url = "tcp://127.0.0.1:%d" % st["port"]
+    t = time.monotonic()
+    result = tcp.ship(url, manifest, st["payload"], {"reconnects": 5})
+    assert result["version"] == st["version"] and time.monotonic() - t < 60
+
+
+def connect(st) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", st["port"]), timeout=5)
+
+
+def frame(kind, payload=b"", offset=0) -> bytes:
+    return fr.encode_frame(fr.Frame(kind, SESSION, offset, payload))
+
+
+def replies(sock, wait=1.0) -> list:
+    """The frames the receiver sent within `wait` seconds."""
+    decoder, out, end = fr.FrameDecoder(), [], time.monotonic() + wait
+    sock.settimeout(0.1)
+    while time.monotonic() < end:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        out += decoder.push(data)
+    return out
+
+
+def hello(sock) -> None:
+    sock.sendall(frame(fr.HELLO, json.dumps({"proto": [1]}).encode()))
+    assert [f.kind for f in replies(sock)] == [fr.HELLO]
+
+
+def offer(sock, manifest: bytes) -> list:
+    """Send a manifest in OFFER pieces; the receiver's replies."""
+    head = struct.pack(OFFER_HEAD, len(manifest))
+    for at in range(0, len(manifest), 1000):
+        sock.sendall(frame(fr.OFFER, head + manifest[at : at + 1000], at))
+    return replies(sock)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"proto": "1"}',  # a string, not a list: `1 in "1"` raised TypeError
+        b"[" * 4000,  # past the JSON recursion limit
+        json.dumps({"proto": list(range(2, 800))}).encode(),  # echoed, it was over a frame
+        json.dumps({"proto": [1], "max_payload": "big", "window": -3}).encode(),
+        json.dumps({"proto": [1], "max_payload": True}).encode(),
+        b"\xff\xfe not utf-8",
+    ],
+)
+def test_a_malformed_hello_is_refused_in_one_bounded_frame(station, payload):
+    with connect(station) as s:
+        s.sendall(frame(fr.HELLO, payload))
+        got = replies(s)
+    assert [f.kind for f in got] == [fr.ERROR] and len(got[0].payload) <= 300
+    still_serves(station)
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        json.dumps({"signed": {"format": "x" * 3000}, "signatures": []}).encode(),
+        json.dumps({"signed": {"kind": ["k"] * 900}, "signatures": []}).encode(),
+        b"[" * 20000,
+        b'{"signed": ' * 5000,
+        bytes(range(256)) * 8,
+    ],
+)
+def test_a_hostile_manifest_is_refused_and_the_refusal_never_echoes_it(station, manifest):
+    with connect(station) as s:
+        hello(s)
+        got = offer(s, manifest)
+    assert [f.kind for f in got] == [fr.ERROR] and len(got[0].payload) <= 300, got
+    still_serves(station)
+
+
+def test_a_slow_peer_and_a_peer_that_never_reads_do_not_hold_up_a_ship(station):
+    slow, flood = connect(station), connect(station)
+    stop = threading.Event()
+
+    def drip():  # one byte a second, never a frame
+        while not stop.is_set():
+            try:
+                slow.sendall(b"\x01")
+            except OSError:
+                return
+            time.sleep(1.0)
+
+    def spam():  # HELLOs as fast as the socket takes them, replies never read
+        data = frame(fr.HELLO, json.dumps({"proto": [1]}).encode()) * 200
+        flood.settimeout(2)
+        while not stop.is_set():
+            try:
+                flood.sendall(data)
+            except OSError:
+                return
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (drip, spam)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        still_serves(station)
+        still_serves(station)
+    finally:
+        stop.set()
+        slow.close()
+        flood.close()
+    still_serves(station)
+
+
+def test_more_connections_than_sessions_are_closed_not_queued(station):
+    idle = [connect(station) for _ in range(12)]  # over the session limit, all silent
+    try:
+        time.sleep(1.0)
+        closed = 0
+        for s in idle:
+            s.settimeout(0.2)
+            try:
+                closed += s.recv(1) == b""
+            except (TimeoutError, ConnectionResetError):
+                closed += isinstance(s, socket.socket) and False
+        assert closed >= 12 - 4
+    finally:
+        for s in idle:
+            s.close()
+    still_serves(station)
+
+
+def test_garbage_bytes_cost_nothing(station):
+    with connect(station) as s:
+        s.sendall(os.urandom(200_000))
+        s.sendall(b"\x00" * 5000)
+    still_serves(station)
+
+
+def test_a_symlink_planted_at_the_partial_file_is_never_written_through(station, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    station["version"] += 1
+    manifest = signed_manifest(station["payload"], station["key"], station["version"])
+    sha = json.loads(manifest)["signed"]["sha256"]
+    os.makedirs(os.path.join(station["store"], "partial"), exist_ok=True)
+    os.symlink(victim, os.path.join(station["store"], "partial", sha + ".partial"))
+    with connect(station) as s:
+        hello(s)
+        got = offer(s, manifest)
+    assert [f.kind for f in got] == [fr.ERROR]
+    assert victim.read_bytes() == b"precious"
+    os.remove(os.path.join(station["store"], "partial", sha + ".partial"))
+    still_serves(station)
+
+
+def test_refused_offers_do_not_fill_the_disk(station):
+    noise = json.dumps({"signed": {"format": "binsort-manifest/1", "model_id": "x" * 4000}})
+    with connect(station) as s:
+        hello(s)
+        for _ in range(30):
+            s.sendall(frame(fr.HELLO, json.dumps({"proto": [1]}).encode()))
+            offer(s, noise.encode())
+    log = os.path.join(station["store"], "log")
+    if os.path.exists(log):
+        with open(log) as f:
+            assert max(len(line) for line in f) <= 400
+    still_serves(station)
