@@ -163,8 +163,25 @@ def _check(cond: bool, what: str) -> None:
         raise FormatError("not a valid .bnn model: " + what)
 
 
+# What a device gives one model. A `.bnn` carries its weights, so its size bounds them; a
+# `.pranc` stream regenerates them, and any model's activations grow with its geometry, not
+# its file: a few hundred bytes could otherwise ask for gigabytes.
+MAX_WEIGHT_BYTES = 32 << 20  # packed weights of all layers
+MAX_IMAGE_WORK = 8 << 20  # bytes of the largest layer's working set for one image
+# the ranges of the header fields (_LAYER)
+_FIELD_MAX = {"kind": 255, "k": 255, "stride": 255, "pad": 255, "pool": 255}
+_FIELD_MAX.update({"cin": 1 << 24, "cout": 1 << 24, "in_h": 65535, "in_w": 65535})
+
+
 def check_geometry(layer: Layer, index: int) -> None:
-    """The shape rules of every layer: a known kind, non-empty, sane convolution geometry."""
+    """The shape rules of every layer: a known kind, fields in their header's ranges,
+    non-empty, sane convolution geometry."""
+    for name in GEOMETRY:
+        v = getattr(layer, name)
+        _check(
+            isinstance(v, int) and 0 <= v <= _FIELD_MAX[name],
+            "layer %d has %s out of range" % (index, name),
+        )
     _check(layer.kind in KIND_NAMES, "layer %d has unknown kind %d" % (index, layer.kind))
     _check(layer.cin > 0 and layer.cout > 0, "layer %d has an empty shape" % index)
     if layer.is_conv:
@@ -251,6 +268,29 @@ def check_chain(meta: dict, layers: list) -> None:
             )
         else:
             _check(layer.cin == prev.out_bits(), "layer %d does not fit its input" % i)
+    work = max(image_work(layer) for layer in layers)
+    _check(
+        work <= MAX_IMAGE_WORK,
+        "a layer needs %d MiB for one image, over the %d MiB a device gives a model"
+        % (work >> 20, MAX_IMAGE_WORK >> 20),
+    )
+    weights = sum(layer.weight_bytes() for layer in layers)
+    _check(
+        weights <= MAX_WEIGHT_BYTES,
+        "the layers hold %d MiB of weights, over the %d MiB a device gives a model"
+        % (weights >> 20, MAX_WEIGHT_BYTES >> 20),
+    )
+
+
+def image_work(layer: Layer) -> int:
+    """Bytes one image needs in this layer at the most, counted as the engines hold it: the
+    patches (4 bytes a value for the 8-bit input layer, a bit a value for binary layers) and
+    the accumulators (4 bytes each)."""
+    if not layer.is_conv:
+        return layer.cin + 4 * layer.cout
+    h, w = layer.conv_out()
+    per_value = 4 if layer.kind == CONV_U8 else 1 / 8
+    return int(h * w * (layer.k * layer.k * layer.cin * per_value + 4 * layer.cout))
 
 
 def _parse_gold(payload: bytes, meta: dict) -> list:
@@ -259,6 +299,7 @@ def _parse_gold(payload: bytes, meta: dict) -> list:
     count, h, w, classes = struct.unpack_from(_GOLD, payload)
     _check((h, w) == (meta["input"]["height"], meta["input"]["width"]), "GOLD input size differs")
     _check(classes == len(meta["labels"]), "GOLD class count differs")
+    _check(count >= 1, "GOLD holds no inputs, so nothing can show the model computes as packed")
     entry = h * w + 8 * classes
     _check(len(payload) == n + count * entry, "GOLD has the wrong length")
     golden = []

@@ -96,3 +96,52 @@ def test_random_byte_mutations_give_clean_errors_or_a_valid_model(tiny_model, da
     except FormatError:
         return
     assert model.layers[-1].kind == bnn.DENSE_OUT  # anything accepted is a whole model
+
+
+def test_a_model_without_golden_inputs_is_refused(tiny_model):
+    model = bnn.read_bnn(tiny_model[1])
+    with pytest.raises(FormatError, match="GOLD holds no inputs"):
+        bnn.read_bnn(bnn.write_bnn(model.meta, model.layers, []))
+
+
+def test_a_small_file_cannot_ask_for_a_huge_model(tiny_model):
+    """Activations grow with the geometry, not the file: a 1x1 input conv of 64 channels on a
+    4096 x 4096 frame is a few hundred bytes of layers and gigabytes of working memory."""
+    model = bnn.read_bnn(tiny_model[1])
+    meta = dict(model.meta, input={"height": 4096, "width": 4096})
+    first = bnn.Layer(
+        kind=bnn.CONV_U8,
+        k=1,
+        stride=1,
+        pad=0,
+        cin=1,
+        cout=64,
+        in_h=4096,
+        in_w=4096,
+        pool=1,
+        weights=bytes(64),
+    )
+    out = bnn.Layer(**bnn.dense_geometry(bnn.DENSE_OUT, 64 * 4096 * 4096, 5), weights=b"")
+    with pytest.raises(FormatError, match="MiB for one image"):
+        bnn.check_chain(meta, [first, out])
+    wide = bnn.Layer(**bnn.dense_geometry(bnn.BDENSE, 1 << 16, 1 << 13), weights=b"")
+    small = dict(model.meta)
+    conv = model.layers[0]
+    with pytest.raises(FormatError, match="MiB of weights"):
+        bnn.check_chain(
+            small,
+            [
+                conv,
+                bnn.Layer(**bnn.dense_geometry(bnn.BDENSE, conv.out_bits(), 1 << 16), weights=b""),
+                wide,
+                bnn.Layer(**bnn.dense_geometry(bnn.DENSE_OUT, 1 << 13, 5), weights=b""),
+            ],
+        )
+
+
+@pytest.mark.parametrize("field, value", [("k", 300), ("pool", 256), ("in_h", 70000), ("cin", -1)])
+def test_header_fields_out_of_their_range_are_format_errors(tiny_model, field, value):
+    layer = bnn.read_bnn(tiny_model[1]).layers[1]
+    setattr(layer, field, value)
+    with pytest.raises(FormatError, match="out of range"):
+        bnn.check_geometry(layer, 1)

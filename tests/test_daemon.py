@@ -18,7 +18,7 @@ from edge.line.sources.conveyor import decision_boxes
 from protocol.transports import tcp
 from tests.conftest import checkpoint_for, random_bn_model
 from tests.hidden_packages import env_without
-from tests.shipkit import EDGE, ROOT, signed_manifest
+from tests.shipkit import EDGE, ROOT, signed_manifest, snapshot
 
 LANES = {"F06": "left", "K11": "left", "S19": "right", "V22": "right"}
 
@@ -534,3 +534,42 @@ def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
     sizes = [int(s.split(", ")[2].split()[0]) for s in swaps]
     assert sizes == sorted(sizes) and sizes[-1] == len(payload)  # longer prefixes, then all
     assert daemon.model.record["complete"] and decisions
+
+
+def test_an_install_during_a_trial_keeps_the_confirmed_model_as_the_rollback_target(station):
+    store = SlotStore(station["store"])
+    first = install(station, 1)
+    store.begin_trial()
+    store.commit_trial("healthy")
+    confirmed = snapshot(station["store"])["files"]
+    second = install(station, 2)  # on trial in the other slot
+    store.begin_trial()
+    third = install(station, 3)  # arrives before the trial of 2 ends
+    state = store.state()
+    assert third == second != first  # version 2 gave way; version 1 was not touched
+    assert state["trial"]["previous"] == first and state["slots"][first]["version"] == 1
+    kept = {k: v for k, v in snapshot(station["store"])["files"].items() if k.startswith(first)}
+    assert kept == {k: v for k, v in confirmed.items() if k.startswith(first)}
+    store.begin_trial()
+    assert store.rollback("the new model failed") == first  # back to the confirmed model
+    assert store.state()["slots"][first]["version"] == 1
+
+
+def test_a_slot_whose_file_no_longer_matches_its_record_is_not_run(station, lively_tiny_model):
+    """A valid model put in a slot behind the store's back (or a disk that returns other
+    bytes) is refused at load, by the SHA-256 recorded at install, and the previous model runs."""
+    store = SlotStore(station["store"])
+    first = install(station, 1)
+    store.begin_trial()
+    store.commit_trial("healthy")
+    second = install(station, 2)
+    with open(store.model_path(second), "wb") as f:
+        f.write(lively_tiny_model[1])  # loads and passes its own self-test, but is not v2
+    daemon = Daemon(config(station["store"]))
+    try:
+        assert daemon.model is None or daemon.model.slot == first
+        daemon._load_at_start()
+        assert daemon.model.slot == first and daemon.model.record["version"] == 1
+        assert any("SHA-256" in e["event"] for e in daemon.events)
+    finally:
+        daemon.shutdown()

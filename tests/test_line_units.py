@@ -164,3 +164,69 @@ def test_counters_count_boxes_keep_a_latency_window_and_survive_a_restart(tmp_pa
     (tmp_path / "counters.json").write_text("{damaged")
     assert Counters(str(tmp_path)).data["boxes"] == 0  # a damaged file does not stop the line
     assert json.loads(json.dumps(Counters(None).snapshot()))["boxes"] == 0
+
+
+def test_idle_connections_cannot_starve_the_status_page():
+    import socket
+    import threading
+    import urllib.request
+
+    from edge.line.status import STATUS_CONNECTIONS, STATUS_TIMEOUT, StatusServer
+
+    server = StatusServer("127.0.0.1:0", lambda: {"state": "running"})
+    idle = []
+    try:
+        for _ in range(3 * STATUS_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        time.sleep(0.3)
+        assert threading.active_count() < STATUS_CONNECTIONS + 10  # not a thread each
+        end, got = time.monotonic() + 3 * STATUS_TIMEOUT, None
+        while got is None and time.monotonic() < end:
+            try:
+                url = "http://127.0.0.1:%d/status.json" % server.port
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    got = json.loads(r.read())
+            except OSError:
+                time.sleep(0.2)
+        assert got == {"state": "running"}
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+
+BASE_CONFIG = {
+    "model": {"store": "/tmp/store"},
+    "source": {"url": "sim:"},
+    "lanes": {"reject": "reject", "map": {"F06": "left"}},
+}
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("model", "trial_seconds", float("nan"), "finite number"),
+        ("actuator", "camera_to_diverter_m", float("nan"), "finite number"),
+        ("actuator", "belt_speed_mps", float("inf"), "finite number"),
+        ("status", "listen", "127.0.0.1:99999", "port 0-65535"),
+    ],
+)
+def test_config_values_that_are_not_finite_or_in_range_are_refused(section, key, value, message):
+    from edge.line.config import check_config
+
+    raw = {k: dict(v) for k, v in BASE_CONFIG.items()}
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(BinsortError, match=message):
+        check_config(raw)
+
+
+def test_a_counters_file_with_wrong_types_does_not_stop_the_line(tmp_path):
+    (tmp_path / "counters.json").write_text(
+        json.dumps({"boxes": "many", "lanes": [1, 2], "labels": {"F06": "x"}, "frames": 7})
+    )
+    c = Counters(str(tmp_path))
+    c.box("left", "F06", False)
+    snap = c.snapshot()
+    assert snap["boxes"] == 1 and snap["frames"] == 7 and snap["lanes"] == {"left": 1}
+    (tmp_path / "counters.json").write_text("[" * 100_000)
+    assert Counters(str(tmp_path)).data["boxes"] == 0

@@ -38,6 +38,13 @@ def load_engine(path: str, prefix_bytes=None) -> Engine:
     becomes the engine's `source`) and must reproduce the host's CRC32 of the packed layers;
     `prefix_bytes` uses only the stream's longest prefix of at most that many bytes that ends
     on a chunk boundary."""
+    try:
+        return _load(path, prefix_bytes)
+    except MemoryError:
+        raise FormatError("%s: the model does not fit in this device's memory" % path) from None
+
+
+def _load(path: str, prefix_bytes) -> Engine:
     if file_kind(path) == "pranc":
         model, decoder = read_pranc_file(path, prefix_bytes)
         engine = make_engine(model)

@@ -204,7 +204,20 @@ class SlotStore:
                 raise
             state = self.state()
             slot = _other(state["active"])
-            if state["slots"][slot] is not None:  # its model is about to be overwritten
+            trial = state.get("trial")
+            keep = trial.get("previous") if trial and trial.get("previous_confirmed") else None
+            confirmed = trial is None  # the active model passed its trial (or had none)
+            if keep and state["slots"].get(keep) and not state["slots"][keep].get("failed"):
+                # A model is on trial and the confirmed one it replaced is the rollback target:
+                # that one stays. The unconfirmed model gives way: the confirmed one is made
+                # active again first, so a power cut from here on finds it, whole.
+                slot = state["active"]
+                state["active"], state["slots"][slot] = keep, None
+                state.pop("trial", None)
+                confirmed = True
+                write_atomic(self._path("store.json"), _dump(state))
+                self.log("the model on trial in slot %s gives way to a new install" % slot)
+            elif state["slots"][slot] is not None:  # its model is about to be overwritten
                 state["slots"][slot] = None
                 write_atomic(self._path("store.json"), _dump(state))
             sdir = self._path("slots", slot)
@@ -233,7 +246,12 @@ class SlotStore:
             previous = state["active"]  # the model that was running, confirmed or not
             state["active"] = slot
             # on trial until the daemon confirms it; a restart during the trial rolls back
-            state["trial"] = {"slot": slot, "previous": previous, "running": False}
+            state["trial"] = {
+                "slot": slot,
+                "previous": previous,
+                "previous_confirmed": confirmed,  # a rollback target the next install keeps
+                "running": False,
+            }
             if complete:
                 state["installed"].append(manifest.digest)
             write_atomic(self._path("store.json"), _dump(state))

@@ -2,6 +2,7 @@
 completely before anything starts. Every mistake is one line naming the key and what it wants.
 """
 
+import math
 import tomllib
 
 from protocol.errors import BinsortError
@@ -70,6 +71,10 @@ def _typed(section, key, value, kind):
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise BinsortError(
             "config [%s] %s: expected %s, got %r" % (section, key, kind.__name__, value)
+        )
+    if kind is float and not math.isfinite(value):  # TOML allows nan and inf
+        raise BinsortError(
+            "config [%s] %s: expected a finite number, got %r" % (section, key, value)
         )
     return value
 
@@ -156,9 +161,10 @@ def _check_values(cfg) -> None:
         raise BinsortError('config [receiver] needs listen = "tcp://0.0.0.0:7600" and/or serial')
     check_capture(cfg["capture"])
     host, sep, port = cfg["status"]["listen"].rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise BinsortError(
-            "config [status] listen must be HOST:PORT, not %r" % cfg["status"]["listen"]
+            "config [status] listen must be HOST:PORT (port 0-65535), not %r"
+            % cfg["status"]["listen"]
         )
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 
 from edge.imaging.preprocess import preprocess
-from edge.install.store import SlotStore
+from edge.install.store import SlotStore, file_sha256
 from edge.line.actuators import make_actuator
 from edge.line.decide import BoxTracker, LaneMap
 from edge.line.notify import Watchdog, notify
@@ -33,6 +33,10 @@ class LoadedModel:
         self.engine, self.slot, self.record = engine, slot, record
         self.labels = engine.model.labels
         self.input_shape = engine.model.input_shape
+
+
+class StaleSlot(Exception):
+    """A slot changed (an install) while its model was being loaded."""
 
 
 class Daemon:
@@ -109,10 +113,28 @@ class Daemon:
             return None
 
     def _load(self, slot: str) -> LoadedModel:
+        """Load the model in `slot`, checked against the SHA-256 the store recorded for it.
+        StaleSlot when an install changed the slot while it was being read (nothing is wrong
+        with any model: the store is read again); FormatError when the model is damaged."""
         from edge.engine import load_engine
 
-        record = self.store.state()["slots"][slot]
-        engine = load_engine(self.store.model_path(slot))
+        record = self.store.state()["slots"].get(slot)
+        path = self.store.model_path(slot)
+        if record is None or path is None:
+            raise StaleSlot(slot)
+        try:
+            engine = load_engine(path)
+            digest = file_sha256(path)
+        except (FormatError, OSError) as e:
+            if self.store.state()["slots"].get(slot) != record:
+                raise StaleSlot(slot) from None
+            raise FormatError(str(e)) from None
+        if digest != record["sha256"]:
+            if self.store.state()["slots"].get(slot) != record:
+                raise StaleSlot(slot)  # replaced while it was read
+            raise FormatError(
+                "slot %s: the model file no longer matches its recorded SHA-256" % slot
+            )
         loaded = LoadedModel(engine, slot, record)
         self.lanes.check_labels(loaded.labels)
         return loaded
@@ -127,6 +149,8 @@ class Daemon:
                 return
             try:
                 self.model = self._load(slot)
+            except StaleSlot:
+                continue  # an install is changing the store: read it again
             except FormatError as e:
                 self._event("rollback: slot %s does not load: %s" % (slot, e))
                 self.store.rollback("does not load: %s" % e)
@@ -159,8 +183,13 @@ class Daemon:
         def load():
             try:
                 result["model"] = self._load(slot)
+            except StaleSlot:
+                result["stale"] = True
             except BinsortError as e:
                 result["error"] = str(e)
+            except Exception as e:  # noqa: BLE001 (not the model's fault: try again, no rollback)
+                result["stale"] = True
+                self._event("loading slot %s: %s: %s" % (slot, type(e).__name__, e))
 
         thread = threading.Thread(target=load, name="model-load", daemon=True)
         thread.start()
@@ -171,6 +200,9 @@ class Daemon:
             return
         _, result, slot = self.pending
         self.pending = None
+        if result.get("stale"):
+            self.store_mtime = None  # read the store again on the next check
+            return
         if "error" in result:
             self._event(
                 "rollback: the model in slot %s failed to load: %s" % (slot, result["error"])

@@ -7,6 +7,7 @@ atomically every few seconds and at shutdown, and read back at start.
 
 import html
 import json
+import math
 import os
 import threading
 import time
@@ -16,6 +17,26 @@ from edge.files import write_atomic
 from protocol.errors import BinsortError
 
 LATENCY_WINDOW = 2048
+
+
+def _valid_counters(saved, defaults: dict) -> dict:
+    """The saved counters whose type matches the defaults': a number for a number, a table of
+    numbers for a table. A counters file with wrong types must not stop the line."""
+    if not isinstance(saved, dict):
+        return {}
+
+    def number(v):
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    out = {}
+    for key, default in defaults.items():
+        v = saved.get(key)
+        if isinstance(default, dict):
+            if isinstance(v, dict) and all(isinstance(k, str) and number(n) for k, n in v.items()):
+                out[key] = v
+        elif number(v):
+            out[key] = type(default)(v)
+    return out
 
 
 class Counters:
@@ -31,9 +52,9 @@ class Counters:
             try:
                 with open(self.path) as f:
                     saved = json.load(f)
-                self.data.update({k: saved[k] for k in self.data if k in saved})
+                self.data.update(_valid_counters(saved, self.data))
                 self.data["restarts"] += 1
-            except (OSError, ValueError, TypeError):
+            except (OSError, ValueError, TypeError, RuntimeError):
                 pass  # a damaged counters file is not worth stopping the line for
         self.latencies = []  # seconds, the last LATENCY_WINDOW frames
         self.at = 0
@@ -142,11 +163,49 @@ def render_html(status: dict) -> str:
     )
 
 
+STATUS_TIMEOUT = 5.0  # seconds a status connection may take to send its request
+STATUS_CONNECTIONS = 16  # status connections handled at once; more are closed at once
+
+
+class _CappedServer(ThreadingHTTPServer):
+    """A threading HTTP server that handles at most STATUS_CONNECTIONS requests at once and
+    survives any error of one connection (an idle or hostile client holds a thread for at
+    most STATUS_TIMEOUT seconds and never a file descriptor beyond the cap)."""
+
+    daemon_threads = True
+    request_queue_size = 16
+
+    def __init__(self, *args, **kwargs):
+        self.slots = threading.BoundedSemaphore(STATUS_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: close at once rather than queue
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # noqa: BLE001 (no thread for it: drop this connection only)
+            self.slots.release()
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # a client's broken connection is not the line's business
+
+
 class StatusServer:
     def __init__(self, listen: str, get_status):
         host, _, port = listen.rpartition(":")
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = STATUS_TIMEOUT  # applied to the connection's socket by StreamRequestHandler
+
             def do_GET(self):
                 status = get_status()
                 if self.path.split("?")[0] in ("/status.json", "/status"):
@@ -167,12 +226,11 @@ class StatusServer:
                 pass
 
         try:
-            self.server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+            self.server = _CappedServer((host or "0.0.0.0", int(port)), Handler)
         except OSError as e:
             raise BinsortError(
                 "status endpoint cannot listen on %s: %s" % (listen, e.strerror)
             ) from None
-        self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="status", daemon=True)
         self.thread.start()
