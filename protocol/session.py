@@ -241,17 +241,21 @@ def pump(
     persistent: bool = False,
     until=None,
     deadline: "float | None" = None,
+    first_frame: "float | None" = None,
 ) -> None:
     """Run `receiver` on `link` until the link closes, or (unless `persistent`, as a serial
     line is) until the peer sends no valid frame for `idle_timeout` seconds: bytes that decode
     to nothing do not keep a connection open. `deadline` (seconds from now) ends the
     connection however busy it is, so no peer holds the receiver for ever; a sender resumes
-    on a new one. When the peer goes, what was received is made durable so a later session
-    resumes after it. Once `until()` is true, return after two quiet seconds (time for a lost
-    RESULT to be asked for again)."""
+    on a new one. `first_frame` (seconds) is how long a new peer may take to send its first
+    valid frame: connections that never speak the protocol are let go early. When the peer
+    goes, what was received is made durable so a later session resumes after it. Once
+    `until()` is true, return after two quiet seconds (time for a lost RESULT to be asked for
+    again)."""
     decoder = fr.FrameDecoder()
     last = clock()
     end = None if deadline is None else last + deadline
+    quiet_limit = idle_timeout if first_frame is None else min(first_frame, idle_timeout)
     try:
         while True:
             data = link.read(0.5)
@@ -263,13 +267,13 @@ def pump(
                 finished = until is not None and until()
                 if finished and now - last > 2.0:
                     return
-                if now - last > idle_timeout:
+                if now - last > quiet_limit:
                     receiver.link_lost()
                     if not persistent:
                         return
                     last = now
                 continue
-            last = now
+            last, quiet_limit = now, idle_timeout
             for frame in frames:
                 for reply in receiver.on_frame(frame, now):
                     link.write(fr.encode_frame(reply))

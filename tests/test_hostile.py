@@ -223,3 +223,14 @@ def test_refused_offers_do_not_fill_the_disk(station):
         with open(log) as f:
             assert max(len(line) for line in f) <= 400
     still_serves(station)
+
+
+def test_a_connection_that_never_speaks_is_let_go(station):
+    from edge.install.receiver import FIRST_FRAME
+
+    with connect(station) as s:
+        s.settimeout(FIRST_FRAME + 5)
+        t = time.monotonic()
+        assert s.recv(1) == b""  # closed by the receiver
+        assert time.monotonic() - t < FIRST_FRAME + 3
+    still_serves(station)

@@ -117,6 +117,7 @@ class StoreSink:
 
 IDLE_TIMEOUT = 60.0  # seconds without a valid frame before a connection is dropped
 SESSION_DEADLINE = 900.0  # seconds one TCP connection may last, however busy
+FIRST_FRAME = 10.0  # seconds a new TCP peer has to send its first valid frame
 MAX_SESSIONS = 4  # TCP connections served at once; more are closed at once
 
 
@@ -128,6 +129,7 @@ def serve_link(
     persistent=False,
     once=False,
     deadline=None,
+    first_frame=None,
 ):
     """Receive sessions on one link until it closes (or, unless `persistent`, goes a minute
     without a valid frame; or after `deadline` seconds; with `once`, soon after a model is
@@ -139,7 +141,7 @@ def serve_link(
 
     until = (lambda: bool(results)) if once else None
     receiver = Receiver(open_sink)
-    pump(link, receiver, IDLE_TIMEOUT, time.monotonic, persistent, until, deadline)
+    pump(link, receiver, IDLE_TIMEOUT, time.monotonic, persistent, until, deadline, first_frame)
     return results
 
 
@@ -172,7 +174,9 @@ def serve_listener(
 
     def serve(link):
         try:
-            results = serve_link(link, store, min_accuracy, log, deadline=SESSION_DEADLINE)
+            results = serve_link(
+                link, store, min_accuracy, log, deadline=SESSION_DEADLINE, first_frame=FIRST_FRAME
+            )
             if results:
                 installed.extend(results)
         except Exception as e:  # noqa: BLE001 (one peer, whatever it did, ends only itself)
