@@ -322,6 +322,8 @@ def _ship(args) -> int:
         "version": args.version,
         "model_id": args.model_id,
         "rollback": args.rollback,
+        "store_id": args.store_id,
+        "expires_hours": args.expires_hours,
         "reconnects": args.reconnects,
         "ssh_key": args.ssh_key,
         "known_hosts": args.known_hosts,
@@ -534,7 +536,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", type=int, default=None, help="model version (default: now, in unix seconds)"
     )
     p.add_argument("--model-id", default=None, help="model name (default: the file name)")
-    p.add_argument("--rollback", action="store_true", help="sign a rollback to an older version")
+    p.add_argument(
+        "--rollback",
+        action="store_true",
+        help="sign a rollback to an older version (it expires: 24 h, or --expires-hours)",
+    )
+    p.add_argument(
+        "--expires-hours",
+        type=float,
+        default=None,
+        help="the device refuses the manifest this many hours after signing (default: never; "
+        "24 for --rollback)",
+    )
+    p.add_argument(
+        "--store-id",
+        default=None,
+        help="bind the manifest to one device's store (its id: binsort-edge store --json)",
+    )
     p.add_argument(
         "--reconnects",
         type=int,

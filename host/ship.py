@@ -10,7 +10,7 @@ import os
 import time
 
 from protocol import manifest as mf
-from protocol.errors import BinsortError
+from protocol.errors import BinsortError, FormatError
 from protocol.signing import load_private, sign_manifest
 
 
@@ -40,8 +40,20 @@ def read_payload(path: str) -> "tuple[bytes, str, list, list]":
     return with_data["data"], kind, ends, accuracies
 
 
-def build_manifest(path: str, key_path: str, version=None, model_id=None, rollback=False):
-    """(signed manifest bytes, payload bytes, the signed dict)."""
+ROLLBACK_HOURS = 24  # a signed rollback is refused this long after it was made
+
+
+def build_manifest(
+    path: str,
+    key_path: str,
+    version=None,
+    model_id=None,
+    rollback=False,
+    store_id=None,
+    expires_hours=None,
+):
+    """(signed manifest bytes, payload bytes, the signed dict). A rollback expires after
+    `expires_hours` (default ROLLBACK_HOURS); `store_id` binds the manifest to one store."""
     key = load_private(key_path)
     payload, kind, ends, accuracies = read_payload(path)
     import hashlib
@@ -59,7 +71,17 @@ def build_manifest(path: str, key_path: str, version=None, model_id=None, rollba
     }
     if rollback:
         signed["rollback"] = True
-    mf.check_signed(signed)
+    hours = ROLLBACK_HOURS if rollback and expires_hours is None else expires_hours
+    if hours is not None:
+        if not hours > 0:
+            raise BinsortError("--expires-hours must be positive")
+        signed["expires"] = now + int(hours * 3600)
+    if store_id is not None:
+        signed["store"] = store_id
+    try:
+        mf.check_signed(signed)
+    except FormatError as e:
+        raise BinsortError(str(e)) from None
     return sign_manifest(signed, key), payload, signed
 
 
@@ -72,7 +94,13 @@ def ship(path: str, url: str, key_path: str, options: dict) -> dict:
     if version is not None and version < 1:
         raise BinsortError("--version must be a positive integer")
     manifest, payload, signed = build_manifest(
-        path, key_path, version, options.get("model_id"), options.get("rollback", False)
+        path,
+        key_path,
+        version,
+        options.get("model_id"),
+        options.get("rollback", False),
+        options.get("store_id"),
+        options.get("expires_hours"),
     )
     result = module.ship(url, manifest, payload, options)
     result.setdefault("version", signed["version"])

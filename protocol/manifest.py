@@ -95,6 +95,8 @@ class Manifest:
         self.version, self.size = signed["version"], signed["size"]
         self.sha256, self.created = signed["sha256"], signed["created"]
         self.rollback = bool(signed.get("rollback", False))
+        self.expires = signed.get("expires")  # unix seconds after which it is refused
+        self.store = signed.get("store")  # the one store it may install into, or any
 
     def chunk_ends(self) -> list:
         return [c[0] for c in self.signed["chunks"]]
@@ -129,6 +131,13 @@ def check_signed(signed) -> None:
     _check(_is_int(signed["created"]) and signed["created"] >= 0, "created must be unix seconds")
     _check(_is_hex(signed["sha256"], 64), "sha256 must be 64 lowercase hex digits")
     _check(isinstance(signed.get("rollback", False), bool), "rollback must be true or false")
+    expires = signed.get("expires")
+    _check(expires is None or (_is_int(expires) and expires > 0), "expires must be unix seconds")
+    _check(signed.get("store") is None or _is_hex(signed["store"], 16), "store is 16 hex digits")
+    _check(
+        not signed.get("rollback") or expires is not None,
+        "a rollback manifest must expire (an old version must not be installable for ever)",
+    )
     chunks = signed["chunks"]
     _check(isinstance(chunks, list) and chunks, "chunks must be a non-empty list")
     prev = 0

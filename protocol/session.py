@@ -126,6 +126,8 @@ class Receiver:
                 return self._done(now)
         except (BinsortError, OSError) as e:  # OSError: the sink's disk (full, read-only)
             self.error = str(e)
+            self.link_lost()  # the session is over: what was verified is kept, the rest let go
+            self.sink = None  # suspended once; every later frame of the session gets the error
             return [self._frame(fr.ERROR, 0, bounded(self.error))]
         return []
 

@@ -32,6 +32,8 @@ def signed_manifest(payload: bytes, key_path: str, version: int, **extra) -> byt
         "chunks": mf.chunk_table(payload, ends, extra.pop("accuracies", None)),
         "created": 1790000000,
     }
+    if extra.get("rollback"):  # a rollback must expire (edge/install/store.py)
+        extra.setdefault("expires", int(time.time()) + 3600)
     signed.update(extra)
     return sign_manifest(signed, load_private(key_path))
 

@@ -573,3 +573,30 @@ def test_a_slot_whose_file_no_longer_matches_its_record_is_not_run(station, live
         assert any("SHA-256" in e["event"] for e in daemon.events)
     finally:
         daemon.shutdown()
+
+
+def test_the_version_floor_survives_a_rollback_and_rollbacks_expire_and_bind(station):
+    """After a rollback from v3 to v2, a captured v2.5-style older manifest (v2, never
+    installed) is still refused: the floor is the newest version ever installed. A signed
+    rollback is refused once expired, and a manifest bound to another store is refused."""
+    from edge.install.store import Rejected
+
+    store = SlotStore(station["store"])
+    install(station, 3)
+    store.begin_trial()
+    assert store.rollback("bad") is None and store.summary()["version_floor"] == 3
+    with pytest.raises(Rejected, match="newest this device has installed"):
+        install(station, 2, model_id="captured")
+    expired = signed_manifest(
+        station["payload"], station["key"], 1, rollback=True, expires=int(time.time()) - 1
+    )
+    with pytest.raises(Rejected, match="expired"):
+        store.verify(expired)
+    other = signed_manifest(station["payload"], station["key"], 9, store="0" * 16)
+    with pytest.raises(Rejected, match="another device"):
+        store.verify(other)
+    mine = store.summary()["store_id"]
+    assert len(mine) == 16
+    store.verify(signed_manifest(station["payload"], station["key"], 9, store=mine))
+    assert install(station, 1, rollback=True)  # a fresh signed rollback goes below the floor
+    assert store.summary()["version_floor"] == 3

@@ -88,8 +88,16 @@ class SlotStore:
                 "slots": {s: None for s in SLOTS},
                 "installed": [],
                 "max_bytes": max_bytes,
+                "store_id": os.urandom(8).hex(),
+                "floor": 0,
             }
             write_atomic(state_path, _dump(state))
+        else:
+            with open(state_path, "rb") as f:
+                state = json.loads(f.read().decode())
+            if "store_id" not in state:  # a store made before stores had ids
+                state["store_id"] = os.urandom(8).hex()
+                write_atomic(state_path, _dump(state))
         store = cls(root)
         store.log("trust %s" % ", ".join(os.path.basename(p) for p in trust))
         return store
@@ -134,6 +142,8 @@ class SlotStore:
         state = self.state()
         return {
             "store": os.path.abspath(self.root),
+            "store_id": state.get("store_id"),  # what `binsort ship --store-id` binds to
+            "version_floor": state.get("floor", 0),
             "active": state["active"],
             "slots": state["slots"],
             "trusted_keys": sorted(n[:-4] for n in os.listdir(self._path("trust"))),
@@ -162,6 +172,9 @@ class SlotStore:
         state = self.state()
         why = None
         _, active = self.active()
+        # the version floor: the newest version ever installed here, kept across rollbacks,
+        # so a captured manifest of an older version cannot be replayed after one
+        floor = max(state.get("floor", 0), active["version"] if active else 0)
         if manifest.size > state["max_bytes"]:
             why = "payload of %d bytes is over this device's limit of %d bytes" % (
                 manifest.size,
@@ -169,16 +182,28 @@ class SlotStore:
             )
         elif active and active["manifest"] == manifest.digest and not active["complete"]:
             return  # more of the active .pranc stream
+        elif manifest.store is not None and manifest.store != state.get("store_id"):
+            why = "the manifest is bound to another device's store"
+        elif manifest.expires is not None and manifest.expires < time.time():
+            why = "the manifest expired at %s" % time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(manifest.expires)
+            )
         elif manifest.digest in state["installed"]:
             why = "replayed manifest: %s version %d was already installed" % (
                 manifest.model_id,
                 manifest.version,
             )
-        elif active and manifest.version <= active["version"] and not manifest.rollback:
-            why = "version %d is not newer than the active version %d (ship a rollback)" % (
-                manifest.version,
-                active["version"],
-            )
+        elif manifest.version <= floor and not manifest.rollback:
+            if active and floor == active["version"]:
+                why = "version %d is not newer than the active version %d (ship a rollback)" % (
+                    manifest.version,
+                    floor,
+                )
+            else:
+                why = (
+                    "version %d is not newer than version %d, the newest this device has "
+                    "installed (ship a rollback)" % (manifest.version, floor)
+                )
         if why:
             self.log("reject %s v%d: %s" % (manifest.model_id, manifest.version, why))
             raise Rejected(why)
@@ -254,6 +279,8 @@ class SlotStore:
             }
             if complete:
                 state["installed"].append(manifest.digest)
+                if not manifest.rollback:
+                    state["floor"] = max(state.get("floor", 0), manifest.version)
             write_atomic(self._path("store.json"), _dump(state))
             what = "rollback to" if manifest.rollback else "install"
             self.log(
@@ -349,11 +376,17 @@ class SlotStore:
         except OSError as e:
             raise Rejected("cannot open the partial file: %s" % (e.strerror or e)) from None
         f = os.fdopen(fd, "r+b")
-        try:  # one session per payload: a second would interleave its bytes with the first's
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            raise Rejected("this payload is being received by another session") from None
+        # one session per payload: a second would interleave its bytes with the first's. A
+        # sender that reconnects may find its old connection still closing: wait a little.
+        for attempt in range(40):
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == 39:
+                    f.close()
+                    raise Rejected("this payload is being received by another session") from None
+                time.sleep(0.05)
         try:
             good = self._verified_length(manifest, progress, f)
             f.truncate(good)
