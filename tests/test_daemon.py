@@ -600,3 +600,18 @@ def test_the_version_floor_survives_a_rollback_and_rollbacks_expire_and_bind(sta
     store.verify(signed_manifest(station["payload"], station["key"], 9, store=mine))
     assert install(station, 1, rollback=True)  # a fresh signed rollback goes below the floor
     assert store.summary()["version_floor"] == 3
+
+
+def test_abandoned_partial_transfers_are_removed_and_live_ones_kept(station):
+    store = SlotStore(station["store"])
+    folder = os.path.join(station["store"], "partial")
+    old = [os.path.join(folder, "ab" * 32 + ext) for ext in (".partial", ".json")]
+    new = os.path.join(folder, "cd" * 32 + ".partial")
+    for path in old + [new]:
+        with open(path, "wb") as f:
+            f.write(b"x" * 100)
+    week_ago = time.time() - 8 * 86400
+    for path in old:
+        os.utime(path, (week_ago, week_ago))
+    assert sorted(store.drop_abandoned()) == sorted(os.path.basename(p) for p in old)
+    assert os.listdir(folder) == [os.path.basename(new)]

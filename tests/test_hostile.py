@@ -234,3 +234,19 @@ def test_a_connection_that_never_speaks_is_let_go(station):
         assert s.recv(1) == b""  # closed by the receiver
         assert time.monotonic() - t < FIRST_FRAME + 3
     still_serves(station)
+
+
+def test_bench_hostile_ships_through_a_crowd_of_peers_without_a_key():
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "tools/bench-hostile", "--hostile", "12", "--ships", "2", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["ships_ok"] == 2 and report["receiver_alive"]
+    assert sum(report["hostile_connects"].values()) >= 12 and report["receiver_peak_rss_mib"] > 0

@@ -131,3 +131,15 @@ def test_parser_fuzz_of_field_values_raises_only_format_errors(field, value):
     except FormatError:
         return
     assert m.signed[field] == value  # accepted values are ones the checks allow
+
+
+def test_a_flood_of_signatures_naming_a_trusted_key_costs_one_check(keys):
+    """Thousands of bogus signatures under the trusted key id: one verification for that key,
+    not one each, so a valid signature hidden behind them is not reached either."""
+    (k1, raw1, *_), _ = keys
+    good = json.loads(sign_manifest(signed_for(b"x" * 250), k1))
+    bogus = {"keyid": good["signatures"][0]["keyid"], "sig": "0" * 128}
+    flood = dict(good, signatures=[bogus] * 3000 + good["signatures"])
+    with pytest.raises(FormatError, match="does not verify"):
+        verify_manifest(json.dumps(flood).encode(), [raw1])
+    assert verify_manifest(json.dumps(good).encode(), [raw1]).version == 1

@@ -130,10 +130,12 @@ def serve_link(
     once=False,
     deadline=None,
     first_frame=None,
+    on_receiver=None,
 ):
     """Receive sessions on one link until it closes (or, unless `persistent`, goes a minute
     without a valid frame; or after `deadline` seconds; with `once`, soon after a model is
-    installed). Returns the RESULT of every model installed."""
+    installed). `on_receiver(receiver)` hears the session's state machine before it runs.
+    Returns the RESULT of every model installed."""
     results = []
 
     def open_sink():
@@ -141,6 +143,8 @@ def serve_link(
 
     until = (lambda: bool(results)) if once else None
     receiver = Receiver(open_sink)
+    if on_receiver is not None:
+        on_receiver(receiver)
     pump(link, receiver, IDLE_TIMEOUT, time.monotonic, persistent, until, deadline, first_frame)
     return results
 
@@ -157,15 +161,18 @@ def serve_listener(
 ):
     """Accept connections on a listening transport (protocol.transports.tcp) until `stop()`
     says so or the listener is closed (or, with `once`, a model is installed), serving up to
-    `max_sessions` at once, each in its own thread with an absolute deadline: a slow or
-    hostile peer holds one place for a while, never the receiver. A connection over the limit
-    is closed at once. Whatever one connection raises is logged (in one bounded line) and
-    ends that connection only. `on_health(dict)` hears the counts after every change.
-    Returns the RESULTs of the session that installed a model with `once`, else []."""
+    `max_sessions` at once, each in its own thread with an absolute deadline. When every place
+    is taken, a newcomer takes the place of the oldest session that has not had an offer
+    accepted (make_room): peers without a key cannot crowd out one with a signed model; only
+    when every session is moving a signed model is a newcomer closed at once. Whatever one
+    connection raises is logged (in one bounded line) and ends that connection only.
+    `on_health(dict)` hears the counts after every change. Returns the RESULTs of the session
+    that installed a model with `once`, else []."""
     log = log or (lambda line: None)
     stop = stop or (lambda: False)
     lock = threading.Lock()
-    health = {"active": 0, "served": 0, "refused_busy": 0, "failed": 0}
+    health = {"active": 0, "served": 0, "refused_busy": 0, "evicted": 0, "failed": 0}
+    sessions = {}  # link -> {"since", "receiver"}: the connections being served
     installed = []
 
     def report():
@@ -173,9 +180,20 @@ def serve_listener(
             on_health(dict(health))
 
     def serve(link):
+        def seen(receiver):
+            with lock:
+                if link in sessions:
+                    sessions[link]["receiver"] = receiver
+
         try:
             results = serve_link(
-                link, store, min_accuracy, log, deadline=SESSION_DEADLINE, first_frame=FIRST_FRAME
+                link,
+                store,
+                min_accuracy,
+                log,
+                deadline=SESSION_DEADLINE,
+                first_frame=FIRST_FRAME,
+                on_receiver=seen,
             )
             if results:
                 installed.extend(results)
@@ -186,9 +204,30 @@ def serve_listener(
         finally:
             link.close()
             with lock:
-                health["active"] -= 1
+                if sessions.pop(link, None) is not None:
+                    health["active"] -= 1
                 health["served"] += 1
             report()
+
+    def make_room() -> bool:
+        """With every place taken, end the oldest session that has not yet had an offer
+        accepted (its peer proved nothing: no trusted signature); True if one was ended.
+        Sessions that are transferring a signed model are never ended for a newcomer."""
+        unproven = [
+            (info["since"], link)
+            for link, info in sessions.items()
+            if info["receiver"] is None or info["receiver"].offset is None
+        ]
+        if not unproven:
+            return False
+        _, victim = min(unproven, key=lambda pair: pair[0])
+        del sessions[victim]
+        health["active"] -= 1
+        health["evicted"] += 1
+        abort = getattr(victim, "abort", None)
+        if abort is not None:
+            abort()
+        return True
 
     while not stop() and not (once and installed):
         try:
@@ -198,11 +237,12 @@ def serve_listener(
         if link is None:
             continue
         with lock:
-            busy = health["active"] >= max_sessions
+            busy = health["active"] >= max_sessions and not make_room()
             if busy:
                 health["refused_busy"] += 1
             else:
                 health["active"] += 1
+                sessions[link] = {"since": time.monotonic(), "receiver": None}
         if busy:
             log("%s: refused, %d sessions already" % (link.name, max_sessions))
             link.close()

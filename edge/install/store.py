@@ -37,6 +37,7 @@ DEFAULT_MAX_BYTES = 16 << 20
 SUFFIX = {"bnn": ".bnn", "pranc": ".pranc"}
 LOG_LINE = 300  # characters of one log line
 LOG_BYTES = 256 << 10  # the log is rotated to log.1 at this size
+ABANDONED_S = 7 * 86400  # a partial transfer untouched this long is removed
 
 
 class Rejected(FormatError):
@@ -369,6 +370,7 @@ class SlotStore:
         the manifest, then the recorded tail): (path, file, good). The file is opened without
         following a symbolic link, so a link planted there is refused, never written through;
         Rejected when another session holds the payload."""
+        self.drop_abandoned()
         base = self._path("partial", manifest.sha256)
         path, progress = base + ".partial", base + ".json"
         try:
@@ -413,6 +415,29 @@ class SlotStore:
         f.seek(0)
         verified, bad = good_prefix(manifest.signed["chunks"], f, done)
         return verified if bad is not None else done
+
+    def drop_abandoned(self, max_age_s: float = ABANDONED_S) -> list:
+        """Remove transfers nobody has touched for `max_age_s` (a sender that never came back
+        must not keep its bytes on the device for ever); a transfer a session holds stays.
+        Returns the names removed."""
+        folder, gone = self._path("partial"), []
+        cutoff = time.time() - max_age_s
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+                if st.st_mtime > cutoff:
+                    continue
+                if name.endswith(".partial") and not os.path.islink(path):
+                    with open(path, "rb") as f:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: skip it
+                os.remove(path)
+                gone.append(name)
+            except OSError:
+                continue
+        if gone:
+            self.log("removed %d abandoned partial files" % len(gone))
+        return gone
 
     def record_progress(self, manifest: Manifest, offset: int) -> None:
         """Persist that the first `offset` bytes of the `.partial` file are durable (the

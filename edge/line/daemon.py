@@ -405,7 +405,7 @@ class Daemon:
         from edge.install.receiver import serve_listener
 
         min_acc = self.cfg["receiver"]["pranc_min_accuracy"]
-        self.receiver_health = {"active": 0, "served": 0, "refused_busy": 0, "failed": 0}
+        self.receiver_health = {"active": 0, "served": 0, "refused_busy": 0, "evicted": 0}
         try:
             serve_listener(
                 listener,

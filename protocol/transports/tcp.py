@@ -1,6 +1,7 @@
 """tcp://HOST:PORT[?baud=N]: the session over a TCP connection. `baud` tells the sender the
 rate of a slow hop (a serial-to-Ethernet bridge) so its first timeouts fit the link."""
 
+import contextlib
 import errno
 import select
 import socket
@@ -54,6 +55,11 @@ class SocketLink:
 
     def close(self) -> None:
         self.sock.close()
+
+    def abort(self) -> None:
+        """End the connection from another thread: a read waiting on it returns at once."""
+        with contextlib.suppress(OSError):  # already gone
+            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 def open_link(url: str, timeout: float = 10.0) -> SocketLink:
