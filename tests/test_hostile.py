@@ -20,30 +20,49 @@ from tests.shipkit import EDGE, ROOT, keys, signed_manifest
 SESSION = 77
 
 
-@pytest.fixture()
-def station(tmp_path, tiny_model):
+@pytest.fixture(params=["receive", "run"])
+def station(request, tmp_path, tiny_model):
+    """`binsort-edge receive`, or the daemon `binsort-edge run` with its TCP receiver (on the
+    conveyor simulator), on 127.0.0.1 with a store that trusts one key."""
+    from tests.conftest import free_port
+    from tests.test_daemon import _write_config
+
     key, pub = keys(tmp_path / "one")
     store = str(tmp_path / "store")
     SlotStore.init(store, [pub])
-    log = open(tmp_path / "receiver.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        EDGE + ["receive", "--listen", "tcp://127.0.0.1:0", "--store", store],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    port = None
-    for _ in range(200):
-        text = (tmp_path / "receiver.log").read_text()
-        if "(port " in text:
-            port = int(text.split("(port ", 1)[1].split(")")[0])
-            break
+    log_path = tmp_path / "edge.log"
+    log = open(log_path, "w")  # noqa: SIM115 (closed below)
+    if request.param == "receive":
+        cmd = EDGE + ["receive", "--listen", "tcp://127.0.0.1:0", "--store", store]
+    else:
+        port = free_port()
+        _write_config(
+            tmp_path / "edge.toml",
+            store,
+            receiver={"listen": "tcp://127.0.0.1:%d" % port},
+            source={"url": "sim:?size=32&speed=6&fps=50"},
+        )
+        cmd = EDGE + ["run", "--config", str(tmp_path / "edge.toml")]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    for _ in range(400):
+        if request.param == "receive":
+            text = log_path.read_text()
+            if "(port " in text:
+                port = int(text.split("(port ", 1)[1].split(")")[0])
+                break
+        else:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                pass
+        assert proc.poll() is None, log_path.read_text()[-2000:]
         time.sleep(0.05)
-    assert port, (tmp_path / "receiver.log").read_text()
+    else:
+        raise AssertionError(log_path.read_text()[-2000:])
     st = {"proc": proc, "port": port, "store": store, "key": key, "payload": tiny_model[1]}
     st["version"] = 0
-    st["log"] = tmp_path / "receiver.log"
+    st["log"] = log_path
     yield st
     proc.terminate()
     proc.wait(timeout=10)
