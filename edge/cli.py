@@ -159,6 +159,8 @@ def _run(args) -> int:
     if args.report:
         with open(args.report, "w") as f:
             json.dump({"status": daemon.status(), "decisions": list(daemon.decisions)}, f)
+    if daemon.failed_service:
+        raise BinsortError("%s stopped; start the daemon again" % daemon.failed_service)
     return 0
 
 

@@ -615,3 +615,26 @@ def test_abandoned_partial_transfers_are_removed_and_live_ones_kept(station):
         os.utime(path, (week_ago, week_ago))
     assert sorted(store.drop_abandoned()) == sorted(os.path.basename(p) for p in old)
     assert os.listdir(folder) == [os.path.basename(new)]
+
+
+def test_a_receiver_that_stops_ends_the_daemon_without_failing_the_model_on_trial(station):
+    """No receiver, no way to ship a fix: the daemon ends (systemd starts it again), and
+    the model on trial is not rolled back for it: that was not the model's fault."""
+    install(station, 1)
+    cfg = config(
+        station["store"],
+        model={"trial_boxes": 10_000, "trial_seconds": 600.0},  # still on trial at the end
+        receiver={"listen": "tcp://127.0.0.1:0"},
+        source={"url": "sim:?seed=3&size=64&speed=6"},
+    )
+    daemon = Daemon(cfg, record_truth=True)
+    daemon.start_services()
+    assert SlotStore(station["store"]).trial()["running"]
+    listener = next(s for s in daemon.servers if hasattr(s, "accept"))
+    listener.close()  # the receiver thread ends
+    t = time.monotonic()
+    daemon.run(max_frames=5000)
+    assert time.monotonic() - t < 30 and daemon.failed_service == "_serve_tcp"
+    store = SlotStore(station["store"])
+    assert store.trial() == dict(store.trial(), running=False)  # paused, not failed
+    assert store.recover() is None and store.active()[1]["version"] == 1

@@ -232,7 +232,7 @@ def serve_listener(
     while not stop() and not (once and installed):
         try:
             link = listener.accept(0.5)
-        except OSError:  # closed under us: the daemon is shutting down
+        except (OSError, ValueError):  # closed under us (select() on a closed socket: ValueError)
             break
         if link is None:
             continue

@@ -325,6 +325,17 @@ class SlotStore:
                 write_atomic(self._path("store.json"), _dump(state))
                 self.log("trial of slot %s started" % trial["slot"])
 
+    def pause_trial(self) -> None:
+        """The daemon ends for a reason that is not the model's: a trial it was running is
+        not counted as failed (recover() rolls back only a running one); it starts again."""
+        with self.locked():
+            state = self.state()
+            trial = state.get("trial")
+            if trial and trial["running"]:
+                trial["running"] = False
+                write_atomic(self._path("store.json"), _dump(state))
+                self.log("trial of slot %s paused: the daemon restarts" % trial["slot"])
+
     def commit_trial(self, why: str) -> None:
         with self.locked():
             state = self.state()

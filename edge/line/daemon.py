@@ -81,6 +81,8 @@ class Daemon:
         self.source_error = None
         self.pending = None  # (thread, result dict, slot) of a model being loaded
         self.receiver_health = None  # the TCP receiver's session counts, once it runs
+        self.services = []  # receiver threads; one that ends stops the daemon (systemd restarts)
+        self.failed_service = None
         self.store_mtime = self._store_mtime()
         self.state = "starting"
         self.servers, self.links = [], []
@@ -355,6 +357,9 @@ class Daemon:
         try:
             while not self.stop_event.is_set() and (max_frames is None or frames < max_frames):
                 if self.model is None:  # nothing to sort with: the camera rests, outputs safe
+                    if self._services_down():
+                        self._service_lost()
+                        break
                     self._check_store()
                     self._maybe_swap()
                     watchdog.ping()
@@ -369,6 +374,9 @@ class Daemon:
                 frames += 1
                 self.frames_seen += 1
                 watchdog.ping()  # only from here: a stalled loop gets restarted
+                if frames % 50 == 0 and self._services_down():
+                    self._service_lost()
+                    break
                 if time.monotonic() - last_save >= self.cfg["status"]["save_every_s"]:
                     self.counters.save()
                     last_save = time.monotonic()
@@ -400,6 +408,23 @@ class Daemon:
     def _thread(self, target, *args) -> None:
         t = threading.Thread(target=target, args=args, daemon=True, name=target.__name__)
         t.start()
+        self.services.append(t)
+
+    def _services_down(self) -> list:
+        """The names of receiver threads that have ended although the daemon runs."""
+        if self.stop_event.is_set():
+            return []
+        return [t.name for t in self.services if not t.is_alive()]
+
+    def _service_lost(self) -> None:
+        """A receiver thread ended: without it no model can be shipped, so the daemon ends
+        with an error and systemd starts it again, receivers and all. That is not the model's
+        fault: a model on trial keeps its trial (it is run again after the restart), it is
+        not rolled back."""
+        down = self._services_down()
+        self._event("%s stopped: the daemon ends so that it is started again" % ", ".join(down))
+        self.store.pause_trial()
+        self.failed_service = ", ".join(down)
 
     def _serve_tcp(self, listener) -> None:
         from edge.install.receiver import serve_listener
