@@ -104,8 +104,7 @@ class Receiver:
         try:
             return self._on_frame(frame, now)
         except Exception as e:  # noqa: BLE001 (a peer must never stop the receiver)
-            self.error = "internal error: %s" % type(e).__name__
-            self.link_lost()
+            self._fail("internal error: %s" % type(e).__name__)
             return [fr.Frame(fr.ERROR, frame.session, 0, bounded(self.error))]
 
     def _on_frame(self, frame, now: float) -> list:
@@ -125,11 +124,16 @@ class Receiver:
             if frame.kind == fr.DONE:
                 return self._done(now)
         except (BinsortError, OSError) as e:  # OSError: the sink's disk (full, read-only)
-            self.error = str(e)
-            self.link_lost()  # the session is over: what was verified is kept, the rest let go
-            self.sink = None  # suspended once; every later frame of the session gets the error
+            self._fail(str(e))
             return [self._frame(fr.ERROR, 0, bounded(self.error))]
         return []
+
+    def _fail(self, message: str) -> None:
+        """End the session: what was verified is kept (the sink is suspended, once), and every
+        later frame of the session gets `message` back."""
+        self.error = message
+        self.link_lost()
+        self.sink = None
 
     def link_lost(self) -> None:
         if self.sink is not None and self.result is None:
