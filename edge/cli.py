@@ -159,8 +159,8 @@ def _run(args) -> int:
     if args.report:
         with open(args.report, "w") as f:
             json.dump({"status": daemon.status(), "decisions": list(daemon.decisions)}, f)
-    if daemon.failed_service:
-        raise BinsortError("%s stopped; start the daemon again" % daemon.failed_service)
+    if daemon.fault:
+        raise BinsortError("%s; the daemon ends to be started again" % daemon.fault)
     return 0
 
 

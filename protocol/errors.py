@@ -20,3 +20,12 @@ def run_cli(prog: str, command, args) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def bounded(error, limit: int = 300) -> str:
+    """One line about an exception, at most `limit` characters (it may quote a peer)."""
+    text = ("%s" % error) or type(error).__name__
+    if not isinstance(error, BinsortError):
+        text = "%s: %s" % (type(error).__name__, text)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -13,7 +13,7 @@ import time
 
 from edge.install.store import Rejected, SlotStore
 from protocol.chunks import ChunkVerifier, chunk_start
-from protocol.errors import BinsortError, FormatError
+from protocol.errors import FormatError, bounded
 from protocol.session import Receiver, pump
 
 
@@ -252,12 +252,3 @@ def serve_listener(
         report()
         threading.Thread(target=serve, args=(link,), daemon=True, name="session").start()
     return list(installed) if once else []
-
-
-def bounded(error, limit: int = 300) -> str:
-    """One line about an exception, at most `limit` characters (it may quote a peer)."""
-    text = ("%s" % error) or type(error).__name__
-    if not isinstance(error, BinsortError):
-        text = "%s: %s" % (type(error).__name__, text)
-    text = text.replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -345,20 +345,43 @@ class SlotStore:
                 self.log("confirmed slot %s: %s" % (trial["slot"], why))
 
     def rollback(self, why: str):
-        """Make the previous model active again (none if there is no valid one) and mark the
-        failed slot so it is never chosen again. Returns the slot now active."""
+        """Mark the active slot failed, so it is never chosen again, and make active the first
+        slot that is intact and not marked failed: the trial's previous model first, then any
+        other. A slot whose file no longer matches its recorded SHA-256 is marked failed too.
+        None is active when no slot qualifies. Returns the slot now active."""
         with self.locked():
             state = self.state()
             trial = state.pop("trial", None)
             failed = state["active"]
-            previous = trial["previous"] if trial else _other(failed) if failed else None
             if failed and state["slots"].get(failed):
                 state["slots"][failed]["failed"] = why
-            good = state["slots"].get(previous) if previous else None
-            state["active"] = previous if good and not good.get("failed") else None
+            order = [trial["previous"]] if trial and trial.get("previous") else []
+            order += [s for s in SLOTS if s not in order and s != failed]
+            state["active"] = None
+            for slot in order:
+                if self._intact(state, slot):
+                    state["active"] = slot
+                    break
             write_atomic(self._path("store.json"), _dump(state))
             self.log("rollback from slot %s to %s: %s" % (failed, state["active"], why))
             return state["active"]
+
+    def _intact(self, state: dict, slot: str) -> bool:
+        """Whether `slot` holds a model not marked failed whose file matches its SHA-256;
+        a damaged one is marked failed in `state`."""
+        rec = state["slots"].get(slot)
+        if not rec or rec.get("failed"):
+            return False
+        path = self._path("slots", slot, "model" + SUFFIX[rec["kind"]])
+        try:
+            digest = file_sha256(path)
+        except OSError:
+            digest = None
+        if digest != rec["sha256"]:
+            rec["failed"] = "its file no longer matches its recorded SHA-256"
+            self.log("slot %s is damaged: not chosen" % slot)
+            return False
+        return True
 
     def recover(self):
         """At start: a trial that was running means the daemon died during it (crash, power

@@ -7,12 +7,14 @@ serial, edge.install.receiver) while the line runs. When the store's active slot
 model is loaded and self-tested in a helper thread beside the running one, then swapped in
 between two frames with the actuator held; it stays on trial until `trial_boxes` boxes and
 `trial_seconds` have passed without an error, and is then confirmed. A failed self-test, an
-exception while it runs, or a restart during its trial (crash, power loss, watchdog) rolls
-back to the previous slot. With no valid model the actuator stays in its safe state and frames
+exception while it runs, or a death of the process during its trial (crash, power loss,
+watchdog) rolls back to the previous slot; a clean stop or a fault outside the model pauses the
+trial. Saving counters and captures is work the line can do without: its errors are counted. With no valid model the actuator stays in its safe state and frames
 are skipped. A failing source is retried with backoff and shown in the status.
 """
 
 import collections
+import contextlib
 import os
 import signal
 import threading
@@ -25,7 +27,9 @@ from edge.line.decide import BoxTracker, LaneMap
 from edge.line.notify import Watchdog, notify
 from edge.line.sources import open_source, parse_url
 from edge.line.status import Counters, StatusServer
-from protocol.errors import BinsortError, FormatError
+from protocol.errors import BinsortError, FormatError, bounded
+
+IO_ERROR_LOG_S = 60.0  # one log line a minute per kind of non-essential error
 
 
 class LoadedModel:
@@ -82,7 +86,8 @@ class Daemon:
         self.pending = None  # (thread, result dict, slot) of a model being loaded
         self.receiver_health = None  # the TCP receiver's session counts, once it runs
         self.services = []  # receiver threads; one that ends stops the daemon (systemd restarts)
-        self.failed_service = None
+        self.fault = None  # why the loop ended early: a receiver gone, or a fault outside the model
+        self.io_errors = {}  # what -> {"count", "last", "logged_at"}: trouble the line runs through
         self.store_mtime = self._store_mtime()
         self.state = "starting"
         self.servers, self.links = [], []
@@ -166,12 +171,17 @@ class Daemon:
         self.trial = {"boxes": 0, "since": time.monotonic()}
 
     def _check_store(self) -> None:
-        """Start loading the model the store now names, if it changed (a new install)."""
+        """Start loading the model the store now names, if it changed (a new install). A store
+        that cannot be read just now leaves the running model running; it is read again."""
         mtime = self._store_mtime()
         if mtime == self.store_mtime or self.pending is not None:
             return
+        try:
+            slot, record = self.store.active()
+        except (BinsortError, OSError) as e:
+            self._io_error("store", e)
+            return
         self.store_mtime = mtime
-        slot, record = self.store.active()
         current = self.model.record if self.model else None
         if slot is None or (
             current
@@ -244,10 +254,12 @@ class Daemon:
             self.trial["boxes"] >= m["trial_boxes"]
             and time.monotonic() - self.trial["since"] >= m["trial_seconds"]
         ):
-            self.store.commit_trial(
-                "%d boxes in %.0f s without an error"
-                % (self.trial["boxes"], time.monotonic() - self.trial["since"])
+            why = "%d boxes in %.0f s without an error" % (
+                self.trial["boxes"],
+                time.monotonic() - self.trial["since"],
             )
+            if not self._nonessential("store", self.store.commit_trial, why):
+                return  # the store cannot be written just now: the trial goes on, tried again
             self._event(
                 "confirmed %s v%d after its trial"
                 % (self.model.record["model_id"], self.model.record["version"])
@@ -274,7 +286,28 @@ class Daemon:
 
     def _event(self, line: str) -> None:
         self.events.append({"t": round(time.time(), 3), "event": line})
-        self.log(line)
+        with contextlib.suppress(Exception):  # a log that cannot be written is no reason to stop
+            self.log(line)
+
+    def _nonessential(self, what: str, fn, *args) -> bool:
+        """Run fn(*args), work the line does not need to sort (saving counters, keeping
+        captures, writing the store's trial record): an error in it is counted, logged at most
+        once a minute per kind, and the line goes on. True when fn ran without an error."""
+        try:
+            fn(*args)
+            return True
+        except Exception as e:  # noqa: BLE001 (none of it may stop the line)
+            self._io_error(what, e)
+            return False
+
+    def _io_error(self, what: str, error: Exception) -> None:
+        rec = self.io_errors.setdefault(what, {"count": 0, "last": None, "logged_at": None})
+        rec["count"] += 1
+        rec["last"] = bounded(error)
+        now = time.monotonic()
+        if rec["logged_at"] is None or now - rec["logged_at"] >= IO_ERROR_LOG_S:
+            rec["logged_at"] = now
+            self._event("%s: %s (%d so far; the line goes on)" % (what, rec["last"], rec["count"]))
 
     def _read_frame(self):
         """The next frame; on a source failure, back off (the actuator safe) and retry."""
@@ -328,13 +361,15 @@ class Daemon:
             rec["model_version"] = self.model.record["version"]
             self.decisions.append(rec)
             if self.capture is not None:
-                self.capture.offer(
+                self._nonessential(
+                    "capture",
+                    self.capture.offer,
                     d,
                     self.box_frames.middle(d.first, d.last),
                     dict(self.model.record, labels=self.model.labels),
                 )
         if self.capture is not None:
-            self._keep_frame(frame, x, scores[0])
+            self._nonessential("capture", self._keep_frame, frame, x, scores[0])
         self._trial_step(d is not None)
 
     def _keep_frame(self, frame, x, scores) -> None:
@@ -347,7 +382,11 @@ class Daemon:
             self.box_frames.clear()
 
     def run(self, max_frames=None) -> None:
-        """The loop, until SIGTERM/stop(), the source's end, or max_frames."""
+        """The loop, until SIGTERM/stop(), the source's end, or max_frames. However it ends,
+        short of the process being killed, a model on trial keeps its trial: only an error
+        from the model itself (or a restart the daemon could not see coming: a crash of the
+        process, a power cut, the watchdog) rolls it back. A fault anywhere else ends the loop
+        with `fault` set, for systemd to start the daemon again."""
         watchdog = Watchdog()
         self.state = "running"
         notify("READY=1")
@@ -378,11 +417,15 @@ class Daemon:
                     self._service_lost()
                     break
                 if time.monotonic() - last_save >= self.cfg["status"]["save_every_s"]:
-                    self.counters.save()
+                    self._nonessential("counters", self.counters.save)
                     last_save = time.monotonic()
+        except Exception as e:  # noqa: BLE001 (a fault outside the model: restart, no rollback)
+            self.fault = bounded(e)
+            self._event("daemon fault: %s: the daemon ends, to be started again" % self.fault)
         finally:
             self.state = "stopping"
             notify("STOPPING=1")
+            self._nonessential("store", self.store.pause_trial)
             self.shutdown()
 
     # -- around the loop ----------------------------------------------------------------------
@@ -397,16 +440,16 @@ class Daemon:
             listener = tcp.listen(rx["listen"])
             self.servers.append(listener)
             self.receiver_port = listener.port
-            self._thread(self._serve_tcp, listener)
+            self._thread("the TCP receiver", self._serve_tcp, listener)
         if rx and rx["serial"]:
             from protocol.transports import serialport
 
             link = serialport.open_link(rx["serial"])
             self.links.append(link)
-            self._thread(self._serve_serial, link)
+            self._thread("the serial receiver", self._serve_serial, link)
 
-    def _thread(self, target, *args) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True, name=target.__name__)
+    def _thread(self, name: str, target, *args) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True, name=name)
         t.start()
         self.services.append(t)
 
@@ -423,8 +466,7 @@ class Daemon:
         not rolled back."""
         down = self._services_down()
         self._event("%s stopped: the daemon ends so that it is started again" % ", ".join(down))
-        self.store.pause_trial()
-        self.failed_service = ", ".join(down)
+        self.fault = "%s stopped" % ", ".join(down)
 
     def _serve_tcp(self, listener) -> None:
         from edge.install.receiver import serve_listener
@@ -469,8 +511,8 @@ class Daemon:
         if self.source is not None:
             self.source.close()
         if self.capture is not None:
-            self.capture.close()
-        self.counters.save()
+            self._nonessential("capture", self.capture.close)
+        self._nonessential("counters", self.counters.save)
 
     def status(self) -> dict:
         out = self.counters.snapshot()
@@ -497,6 +539,11 @@ class Daemon:
             out["capture"] = self.capture.summary()
         if self.receiver_health is not None:
             out["receiver"] = self.receiver_health
+        out["io_errors"] = {
+            what: {"count": e["count"], "last": e["last"]} for what, e in self.io_errors.items()
+        }
+        if self.fault:
+            out["fault"] = self.fault
         return out
 
 
