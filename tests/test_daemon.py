@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -91,7 +92,6 @@ def test_a_model_shipped_while_the_line_runs_is_swapped_in_without_losing_a_fram
     daemon = Daemon(cfg, record_truth=True)
     daemon.start_services()
     url = "tcp://127.0.0.1:%d" % daemon.receiver_port
-    import threading
 
     def ship_later():
         time.sleep(1.0)
@@ -162,7 +162,6 @@ def test_an_exception_from_a_model_on_trial_rolls_back(station):
 def test_no_model_keeps_the_actuator_safe_and_the_camera_idle(station):
     daemon = Daemon(config(station["store"]))
     assert daemon.model is None and daemon.status()["state"] == "no model"
-    import threading
 
     threading.Timer(0.5, daemon.stop).start()
     daemon.run()
@@ -181,7 +180,6 @@ def test_a_failing_source_is_retried_and_reported(station):
         config(station["store"], source={"url": "folder:%s?loop=1&fps=50" % frames_dir})
     )
     import shutil
-    import threading
 
     seen = {}
 
@@ -495,7 +493,6 @@ def test_a_power_cut_at_every_step_leaves_a_complete_verified_model_active(stati
 
 
 def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
-    import threading
 
     import numpy as np
 
@@ -638,6 +635,33 @@ def test_a_receiver_that_stops_ends_the_daemon_without_failing_the_model_on_tria
     store = SlotStore(station["store"])
     assert store.trial() == dict(store.trial(), running=False)  # paused, not failed
     assert store.recover() is None and store.active()[1]["version"] == 1
+
+
+def test_a_wedged_receiver_ends_the_daemon_like_a_stopped_one(station, monkeypatch):
+    """A receiver loop that stops going round (blocked for good) is as good as ended: the
+    daemon notices from its frame loop, ends with a fault, and the trial is paused."""
+    import edge.line.daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "RECEIVER_STALL_S", 1.0)
+    install(station, 1)
+    cfg = config(
+        station["store"],
+        model={"trial_boxes": 10_000, "trial_seconds": 600.0},
+        receiver={"listen": "tcp://127.0.0.1:0"},
+        source={"url": "sim:?seed=3&size=64&speed=6"},
+    )
+    daemon = Daemon(cfg)
+    daemon.start_services()
+    listener = next(s for s in daemon.servers if hasattr(s, "accept"))
+    time.sleep(0.3)
+    assert daemon.status()["receiver"]["loop_age_s"] < 1.0
+    wedged = threading.Event()
+    listener.accept = lambda timeout: wedged.wait() and None  # the loop blocks here for good
+    t = time.monotonic()
+    daemon.run(max_frames=100_000)
+    wedged.set()
+    assert time.monotonic() - t < 30 and daemon.fault == "the TCP receiver (wedged) stopped"
+    assert SlotStore(station["store"]).trial()["running"] is False
 
 
 def test_errors_in_work_the_line_does_not_need_never_stop_it(station, tmp_path):

@@ -158,6 +158,7 @@ def serve_listener(
     once=False,
     max_sessions: int = MAX_SESSIONS,
     on_health=None,
+    on_beat=None,
 ):
     """Accept connections on a listening transport (protocol.transports.tcp) until `stop()`
     says so or the listener is closed (or, with `once`, a model is installed), serving up to
@@ -166,8 +167,9 @@ def serve_listener(
     accepted (make_room): peers without a key cannot crowd out one with a signed model; only
     when every session is moving a signed model is a newcomer closed at once. Whatever one
     connection raises is logged (in one bounded line) and ends that connection only.
-    `on_health(dict)` hears the counts after every change. Returns the RESULTs of the session
-    that installed a model with `once`, else []."""
+    `on_health(dict)` hears the counts after every change, and `on_beat()` is called at least
+    twice a second while the accept loop runs (a watchdog can tell it from a wedged one).
+    Returns the RESULTs of the session that installed a model with `once`, else []."""
     log = log or (lambda line: None)
     stop = stop or (lambda: False)
     lock = threading.Lock()
@@ -230,6 +232,8 @@ def serve_listener(
         return True
 
     while not stop() and not (once and installed):
+        if on_beat is not None:
+            on_beat()
         try:
             link = listener.accept(0.5)
         except (OSError, ValueError):  # closed under us (select() on a closed socket: ValueError)

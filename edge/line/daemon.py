@@ -9,8 +9,9 @@ between two frames with the actuator held; it stays on trial until `trial_boxes`
 `trial_seconds` have passed without an error, and is then confirmed. A failed self-test, an
 exception while it runs, or a death of the process during its trial (crash, power loss,
 watchdog) rolls back to the previous slot; a clean stop or a fault outside the model pauses the
-trial. Saving counters and captures is work the line can do without: its errors are counted. With no valid model the actuator stays in its safe state and frames
-are skipped. A failing source is retried with backoff and shown in the status.
+trial. Saving counters and captures is work the line can do without: its errors are counted.
+With no valid model the actuator stays in its safe state and frames are skipped. A failing
+source is retried with backoff and shown in the status.
 """
 
 import collections
@@ -30,6 +31,7 @@ from edge.line.status import Counters, StatusServer
 from protocol.errors import BinsortError, FormatError, bounded
 
 IO_ERROR_LOG_S = 60.0  # one log line a minute per kind of non-essential error
+RECEIVER_STALL_S = 30.0  # a receiver loop that has not gone round for this long is wedged
 
 
 class LoadedModel:
@@ -85,6 +87,7 @@ class Daemon:
         self.source_error = None
         self.pending = None  # (thread, result dict, slot) of a model being loaded
         self.receiver_health = None  # the TCP receiver's session counts, once it runs
+        self.receiver_beat = None  # when the TCP receiver's accept loop last went round
         self.services = []  # receiver threads; one that ends stops the daemon (systemd restarts)
         self.fault = None  # why the loop ended early: a receiver gone, or a fault outside the model
         self.io_errors = {}  # what -> {"count", "last", "logged_at"}: trouble the line runs through
@@ -454,10 +457,15 @@ class Daemon:
         self.services.append(t)
 
     def _services_down(self) -> list:
-        """The names of receiver threads that have ended although the daemon runs."""
+        """The names of receiver threads that have ended although the daemon runs, or whose
+        loop has not gone round for RECEIVER_STALL_S (wedged: as good as ended)."""
         if self.stop_event.is_set():
             return []
-        return [t.name for t in self.services if not t.is_alive()]
+        down = [t.name for t in self.services if not t.is_alive()]
+        beat = self.receiver_beat
+        if beat is not None and time.monotonic() - beat > RECEIVER_STALL_S:
+            down.append("the TCP receiver (wedged)")
+        return down
 
     def _service_lost(self) -> None:
         """A receiver thread ended: without it no model can be shipped, so the daemon ends
@@ -481,8 +489,10 @@ class Daemon:
                 self._event,
                 self.stop_event.is_set,
                 on_health=lambda h: setattr(self, "receiver_health", h),
+                on_beat=lambda: setattr(self, "receiver_beat", time.monotonic()),
             )
         finally:
+            self.receiver_beat = None  # ended, not wedged: the thread's end says so
             if not self.stop_event.is_set():
                 self.receiver_health = dict(self.receiver_health, stopped=True)
                 self._event("receiver: stopped")
@@ -538,7 +548,9 @@ class Daemon:
         if self.capture is not None:
             out["capture"] = self.capture.summary()
         if self.receiver_health is not None:
-            out["receiver"] = self.receiver_health
+            out["receiver"] = dict(self.receiver_health)
+            if self.receiver_beat is not None:
+                out["receiver"]["loop_age_s"] = round(time.monotonic() - self.receiver_beat, 1)
         out["io_errors"] = {
             what: {"count": e["count"], "last": e["last"]} for what, e in self.io_errors.items()
         }
