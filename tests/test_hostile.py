@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from edge.install.store import SlotStore
+from edge.install.store import REFUSALS_PER_MINUTE, SlotStore
 from protocol import frames as fr
 from protocol.session import OFFER_HEAD
 from protocol.transports import tcp
@@ -240,7 +240,9 @@ def test_refused_offers_do_not_fill_the_disk(station):
     log = os.path.join(station["store"], "log")
     if os.path.exists(log):
         with open(log) as f:
-            assert max(len(line) for line in f) <= 400
+            lines = f.readlines()
+        assert max(len(line) for line in lines) <= 400
+        assert sum(" reject" in line for line in lines) <= REFUSALS_PER_MINUTE
     still_serves(station)
 
 

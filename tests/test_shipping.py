@@ -366,3 +366,26 @@ def test_installing_directly_checks_the_same_rules(device):
     with pytest.raises(Rejected, match="payload has|tampered"):
         store.install(manifest, str(bad))
     assert snapshot(device["store"]) == before
+
+
+def test_a_flood_of_refusals_is_logged_in_one_line_a_minute_past_the_first_few(device, monkeypatch):
+    """Past REFUSALS_PER_MINUTE refusals a minute, the rest are counted, not written: the
+    installs and rollbacks stay in the log instead of being rotated out by a flood."""
+    import edge.install.store as store_module
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(store_module.time, "monotonic", lambda: clock["t"])
+    store = SlotStore(device["store"])
+    for i in range(store_module.REFUSALS_PER_MINUTE + 500):
+        with pytest.raises(Rejected):
+            store.verify(b'{"not": "a manifest %d"}' % i)
+    clock["t"] += 61
+    store.log("installed something")
+    with open(os.path.join(device["store"], "log")) as f:
+        lines = [line.split(" ", 1)[1].strip() for line in f]
+    refusals = [line for line in lines if line.startswith("reject")]
+    assert len(refusals) == store_module.REFUSALS_PER_MINUTE
+    assert lines[-2:] == [
+        "500 more refusals in the minute before were not logged",
+        "installed something",
+    ]

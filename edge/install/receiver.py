@@ -58,7 +58,7 @@ class StoreSink:
                 self.file.seek(start)
                 self._sync(start)
                 m = self.manifest
-                self.store.log("reject %s v%d: %s" % (m.model_id, m.version, e))
+                self.store.log_refusal("reject %s v%d: %s" % (m.model_id, m.version, e))
                 raise Rejected(str(e)) from None
             self.file.write(data[at : at + take])
             self.offset += take

@@ -37,6 +37,7 @@ DEFAULT_MAX_BYTES = 16 << 20
 SUFFIX = {"bnn": ".bnn", "pranc": ".pranc"}
 LOG_LINE = 300  # characters of one log line
 LOG_BYTES = 256 << 10  # the log is rotated to log.1 at this size
+REFUSALS_PER_MINUTE = 20  # refusal lines logged a minute; the rest are counted in one line
 ABANDONED_S = 7 * 86400  # a partial transfer untouched this long is removed
 
 
@@ -58,6 +59,7 @@ class SlotStore:
     def __init__(self, root: str):
         self.root = root
         self._log_lock = threading.Lock()
+        self._refusals = [0.0, 0, 0]  # minute started at, lines logged in it, lines held back
         if not os.path.isfile(self._path("store.json")):
             raise BinsortError(
                 "%s is not a binsort model store (make one with: "
@@ -161,7 +163,7 @@ class SlotStore:
         try:
             manifest = verify_manifest(manifest_bytes, self.trusted_keys())
         except FormatError as e:
-            self.log("reject: %s" % e)
+            self.log_refusal("reject: %s" % e)
             raise Rejected(str(e)) from None
         self.admit(manifest)
         return manifest
@@ -206,7 +208,7 @@ class SlotStore:
                     "installed (ship a rollback)" % (manifest.version, floor)
                 )
         if why:
-            self.log("reject %s v%d: %s" % (manifest.model_id, manifest.version, why))
+            self.log_refusal("reject %s v%d: %s" % (manifest.model_id, manifest.version, why))
             raise Rejected(why)
 
     # -- installing ---------------------------------------------------------------------------
@@ -226,7 +228,7 @@ class SlotStore:
                 self._check_payload(manifest, payload_path, length)
                 _self_test(payload_path, None if complete else length)
             except Rejected as e:
-                self.log("reject %s v%d: %s" % (manifest.model_id, manifest.version, e))
+                self.log_refusal("reject %s v%d: %s" % (manifest.model_id, manifest.version, e))
                 raise
             state = self.state()
             slot = _other(state["active"])
@@ -503,6 +505,33 @@ class SlotStore:
         """Append one line to STORE/log. A line is at most LOG_LINE characters (refusals
         quote what a peer sent), and the log is rotated to log.1 at LOG_BYTES, so a peer
         sending refused offers all day fills at most 2 x LOG_BYTES of the disk."""
+        self._flush_refusals(time.monotonic())
+        self._append(line)
+
+    def log_refusal(self, line: str) -> None:
+        """A refusal, logged like any line up to REFUSALS_PER_MINUTE a minute; past that they
+        are counted, and the count is logged in one line once the minute is over, so a flood
+        of refused offers cannot rotate the installs and rollbacks out of the log."""
+        now = time.monotonic()
+        self._flush_refusals(now)
+        with self._log_lock:
+            window = self._refusals
+            if window[1] >= REFUSALS_PER_MINUTE:
+                window[2] += 1
+                return
+            window[1] += 1
+        self._append(line)
+
+    def _flush_refusals(self, now: float) -> None:
+        with self._log_lock:
+            started, _, held = self._refusals
+            if now - started < 60.0:
+                return
+            self._refusals = [now, 0, 0]
+        if held:
+            self._append("%d more refusals in the minute before were not logged" % held)
+
+    def _append(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         text = " ".join(str(line).split())
         if len(text) > LOG_LINE:
