@@ -90,6 +90,13 @@ def run_demo(
         "double": line["double"],
         "spurious": line["spurious"],
         "accuracy": line["accuracy"],
+        "sorted_right": line["sorted_right"],
+        "lane_right": line["lane_right"],
+        "late": line["late"],
+        "early": line["early"],
+        "wrong_diverter": line["wrong_diverter"],
+        "belt_speed_mps": line["belt_speed_mps"],
+        "boxes_per_minute": line["boxes_per_minute"],
         "lanes": line["lanes"],
         "latency_ms_p50": line["latency_ms_p50"],
         "latency_ms_p99": line["latency_ms_p99"],
@@ -128,8 +135,24 @@ def run_demo(
         "line: %d boxes, %d decisions, %d missed, %d double, per-box accuracy %.4f"
         % (line["boxes"], line["decisions"], line["missed"], line["double"], line["accuracy"] or 0)
     )
+    say(
+        "  belt %.2f m/s, %.0f boxes a minute: %.2f%% sorted right (the lane's diverter on the "
+        "box as it passed, no other), %.2f%% decided for the right lane; %d late, %d early, "
+        "%d hit by another box's diverter"
+        % (
+            line["belt_speed_mps"],
+            line["boxes_per_minute"],
+            100 * line["sorted_right"],
+            100 * line["lane_right"],
+            line["late"],
+            line["early"],
+            line["wrong_diverter"],
+        )
+    )
     for lane, c in sorted(line["lanes"].items()):
-        say("  lane %-7s %4d boxes, %5.1f%% sorted right" % (lane, c["boxes"], 100 * c["accuracy"]))
+        say(
+            "  lane %-7s %4d boxes, %5.1f%% decided right" % (lane, c["boxes"], 100 * c["accuracy"])
+        )
     say(
         "  per-frame latency p50 %.2f ms, p99 %.2f ms; model %d bytes shipped in %.2f s over TCP"
         % (line["latency_ms_p50"], line["latency_ms_p99"], model_bytes, line["transfer_seconds"])

@@ -41,6 +41,7 @@ def test_demo_trains_packs_and_the_edge_engine_computes_exactly_the_host_referen
     # an untrained tiny net on the line: the daemon runs and every box gets an answer or is
     # counted as missed; nothing crashes
     assert report["boxes"] == 12 and report["versions_used"]
+    assert {"sorted_right", "late", "early", "wrong_diverter", "boxes_per_minute"} <= set(report)
     assert (tmp_path / "run" / "metrics.json").exists() and (
         tmp_path / "run" / "curves.png"
     ).exists()
@@ -69,6 +70,10 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     # on the simulated line: one decision per box, and per box at least as good as per image
     assert report["boxes"] == 300 and report["missed"] == 0 and report["double"] == 0
     assert report["accuracy"] >= max(0.98, report["image_accuracy"])
+    # and physically: every diverter on its box as the box passed it (issue 18)
+    assert report["belt_speed_mps"] == 0.5 and report["boxes_per_minute"] > 0
+    assert report["late"] == report["early"] == report["wrong_diverter"] == 0
+    assert report["sorted_right"] == report["lane_right"] >= 0.98
     assert report["versions_used"] == [1, 2] and report["swap_missed"] == 0
     assert report["transfer_seconds"] > 0 and report["latency_ms_p99"] > 0
     assert report["size_ratio"] >= 20  # 24x measured: 2 golden 96x96 inputs are 18 KB of 90

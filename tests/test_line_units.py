@@ -54,11 +54,27 @@ def test_the_decision_averages_every_frame_and_never_picks_empty():
 
 
 def test_the_photo_eye_bounds_the_box_whatever_the_model_says():
-    tracker = BoxTracker(LABELS)
+    tracker = BoxTracker(LABELS, enter=1, leave=1)
     seq = ["empty", "K11", "empty", "K11", "empty", "empty"]
     eye = [False, True, True, True, False, False]
     decisions = feed(tracker, seq, eye)
     assert list(decisions) == [4] and decisions[4].frames == 3 and decisions[4].label == "K11"
+    assert decisions[4].t == pytest.approx(0.2)  # the middle of its first and last frames
+
+
+def test_a_flickering_photo_eye_neither_splits_a_box_nor_makes_one():
+    """Debounced by the tracker's counts: `enter` blocked frames start a box, `leave` clear
+    ones end it. One clear frame inside a box, or one blocked frame on the belt, is a flicker."""
+    tracker = BoxTracker(LABELS, enter=2, leave=3)
+    eye = [False, True, False, False, False]  # a one-frame flicker: no box
+    eye += [True, True, True, False, True, True, True]  # a box, with a one-frame gap in it
+    eye += [False, False, False, False]
+    seq = ["K11" if e else "empty" for e in eye]
+    decisions = feed(tracker, seq, eye)
+    assert list(decisions) == [14]
+    box = decisions[14]
+    assert (box.first, box.last, box.frames) == (5, 11, 6)  # the clear frame is not counted
+    assert box.t == pytest.approx((0.5 + 1.1) / 2)
 
 
 def test_no_empty_class_and_no_eye_is_an_error_and_bad_hysteresis_too():
@@ -107,37 +123,72 @@ def wait_for(cond, seconds=2.0):
     return cond()
 
 
-def test_the_actuator_pulses_each_lane_after_the_delay_for_the_pulse_time():
-    act = LogActuator(["left", "right"], delay_s=0.08, pulse_s=0.04)
+def actuator(lanes, distance=0.08, pulse=0.04, lead=0.0, speed=1.0):
+    return LogActuator(lanes, {lane: distance for lane in lanes}, speed, pulse, lead)
+
+
+def test_the_actuator_times_each_pulse_from_when_the_box_passed_the_camera():
+    """on = t_ref + distance / speed - lead, whenever the decision comes; off = on + pulse."""
+    act = actuator(["left", "right"], distance=0.16, speed=2.0, pulse=0.04, lead=0.01)
     try:
         t0 = time.monotonic()
-        act.fire("left", 0)
+        act.fire("left", 0, t0 - 0.03)  # the box passed the camera 30 ms before its decision
         t1 = time.monotonic()
-        act.fire("right", 1)
+        act.fire("right", 1, t1)
         assert wait_for(lambda: len(act.events) == 4)
         by = {(e[1], e[2]): e[0] for e in act.events}
         # never early (a loaded machine may be late; the schedule is absolute, not cumulative)
-        assert by[("on", "left")] >= t0 + 0.08 and by[("off", "left")] >= t0 + 0.12
-        assert by[("on", "right")] >= t1 + 0.08 and by[("on", "left")] < by[("off", "left")]
+        assert by[("on", "left")] >= t0 - 0.03 + 0.08 - 0.01
+        assert by[("on", "left")] < t0 + 0.08 - 0.01  # timed from t_ref, not from the decision
+        assert by[("off", "left")] >= t0 - 0.03 + 0.08 + 0.03
+        assert by[("on", "right")] >= t1 + 0.07 and by[("on", "left")] < by[("off", "left")]
         assert act.fired == {"left": 1, "right": 1}
         with pytest.raises(BinsortError, match="no actuator output"):
-            act.fire("middle", 2)
+            act.fire("middle", 2, t1)
     finally:
         act.close()
     assert act.events[-1][1] == "safe"
 
 
+def test_a_box_decided_after_it_reached_its_diverter_is_not_fired_and_is_counted():
+    """A pulse then would hit whatever comes next; one whose start has passed but whose box
+    has not yet arrived starts at once."""
+    clock = {"t": 10.0}
+    act = actuator(["left"], distance=0.5, speed=1.0, pulse=0.1, lead=0.05)
+    act.drive(lambda: clock["t"])
+    try:
+        late = act.fire("left", 0, 9.4)  # reached the diverter at 9.9
+        assert late["late"] and act.late == 1 and act.fired == {"left": 0}
+        act.fire("left", 1, 9.53)  # arrives at 10.03: on was 9.98, starts now
+        assert act.late_start == 1 and act.plan[-1]["start"] == 10.0
+        act.fire("left", 2, 9.9)  # arrives at 10.4: on at 10.35
+        act.advance()
+        assert [e[1:] for e in act.events] == [("on", "left")]
+        clock["t"] = 10.2
+        act.advance()
+        assert [e[1] for e in act.events] == ["on", "off"]
+        act.flush()  # the rest of the run: every planned pulse, in order
+        assert [(round(e[0], 2), e[1]) for e in act.events] == [
+            (10.0, "on"),
+            (10.2, "off"),
+            (10.2, "on"),
+            (10.2, "off"),
+        ]
+    finally:
+        act.close()
+
+
 def test_a_held_actuator_starts_nothing_new_until_released_and_safe_drops_the_queue():
-    act = LogActuator(["left"], delay_s=0.0, pulse_s=0.02)
+    act = actuator(["left"], distance=0.5, pulse=0.02)
     try:
         act.hold()
-        act.fire("left", 0)
+        act.fire("left", 0, time.monotonic() - 0.45)
         time.sleep(0.1)
         assert not [e for e in act.events if e[1] == "on"]
         act.release()
         assert wait_for(lambda: [e[1] for e in act.events] == ["on", "off"])
         act.hold()
-        act.fire("left", 1)
+        act.fire("left", 1, time.monotonic() + 0.05)
         act.safe()
         act.release()
         time.sleep(0.1)

@@ -39,7 +39,9 @@ SCHEMA = {
         "kind": (str, "log"),
         "belt_speed_mps": (float, 0.3),
         "camera_to_diverter_m": (float, 0.45),
+        "distance_m": (dict, None),
         "pulse_ms": (float, 150.0),
+        "lead_ms": (float, None),  # default: half of pulse_ms, the pulse centred on the box
         "pins": (dict, None),
         "url": (str, None),
     },
@@ -131,8 +133,24 @@ def _check_values(cfg) -> None:
         ("status", "save_every_s"),
     ):
         _positive(cfg, section, key)
-    if cfg["actuator"]["camera_to_diverter_m"] < 0:
+    act = cfg["actuator"]
+    if act["camera_to_diverter_m"] < 0:
         raise BinsortError("config [actuator] camera_to_diverter_m must not be negative")
+    act["distance_m"] = dict(act["distance_m"] or {})
+    for lane, metres in act["distance_m"].items():
+        if isinstance(metres, int) and not isinstance(metres, bool):
+            metres = act["distance_m"][lane] = float(metres)
+        if not isinstance(metres, float) or not 0 <= metres < 1000:
+            raise BinsortError(
+                "config [actuator.distance_m] %s: metres from the camera, got %r" % (lane, metres)
+            )
+    if act["lead_ms"] is None:
+        act["lead_ms"] = act["pulse_ms"] / 2
+    if not 0 <= act["lead_ms"] < act["pulse_ms"]:
+        raise BinsortError(
+            "config [actuator] lead_ms must be at least 0 and less than pulse_ms (the pulse "
+            "must still be on when the box's centre arrives)"
+        )
     if not 0 <= cfg["decide"]["min_confidence"] <= 1:
         raise BinsortError("config [decide] min_confidence must be between 0 and 1")
     lanes = cfg["lanes"]["map"]
@@ -141,7 +159,6 @@ def _check_values(cfg) -> None:
             raise BinsortError(
                 "config [lanes.map] %s: the lane must be a name, got %r" % (label, lane)
             )
-    act = cfg["actuator"]
     if act["kind"] not in ("gpio", "plc", "log"):
         raise BinsortError("config [actuator] kind must be gpio, plc or log, not %r" % act["kind"])
     if act["kind"] == "gpio":
@@ -156,6 +173,9 @@ def _check_values(cfg) -> None:
         raise BinsortError(
             'config [actuator] kind plc needs url = "serial:///dev/ttyUSB0?baud=9600"'
         )
+    unknown = sorted(set(act["distance_m"]) - set(lanes.values()) - {cfg["lanes"]["reject"]})
+    if unknown:
+        raise BinsortError("config [actuator.distance_m] %s is not a lane" % unknown[0])
     rx = cfg["receiver"]
     if rx is not None and not (rx["listen"] or rx["serial"]):
         raise BinsortError('config [receiver] needs listen = "tcp://0.0.0.0:7600" and/or serial')

@@ -82,9 +82,9 @@ class Daemon:
             enter=cfg["decide"]["enter_frames"],
             leave=cfg["decide"]["leave_frames"],
         )
-        # a missing camera or folder is an error at start; later failures are retried
-        self.source = open_source(cfg["source"]["url"], **self.source_kwargs)
+        self.source = None  # opened by the frame loop, after the status page and receivers
         self.source_error = None
+        self.watchdog = Watchdog()
         self.pending = None  # (thread, result dict, slot) of a model being loaded
         self.receiver_health = None  # the TCP receiver's session counts, once it runs
         self.receiver_beat = None  # when the TCP receiver's accept loop last went round
@@ -312,31 +312,59 @@ class Daemon:
             rec["logged_at"] = now
             self._event("%s: %s (%d so far; the line goes on)" % (what, rec["last"], rec["count"]))
 
+    def _open_source(self) -> None:
+        self.source = open_source(self.cfg["source"]["url"], **self.source_kwargs)
+        if getattr(self.source, "virtual", False):  # the simulator's clock, not the wall's
+            self.actuator.drive(self.source.now)
+
     def _read_frame(self):
-        """The next frame; on a source failure, back off (the actuator safe) and retry."""
+        """The next frame, with the photo-eye as it was when the frame was taken; on a source
+        failure, back off (the actuator safe, the watchdog fed, the status saying so) and
+        retry. None when the source has no more frames or the daemon is stopping."""
         backoff = 0.1
         while not self.stop_event.is_set():
             try:
                 if self.source is None:
-                    self.source = open_source(self.cfg["source"]["url"], **self.source_kwargs)
+                    self._open_source()
                 frame = self.source.read()
+                if frame is not None:
+                    frame.eye = self.eye.is_pressed if self.eye is not None else None
                 if self.source_error:
                     self._event("source recovered")
+                    notify("STATUS=sorting")
                 self.source_error = None
                 return frame
             except BinsortError as e:
                 self.counters.source_error()
                 if self.source_error is None:
                     self._event("source failed: %s (retrying)" % e)
+                    notify("STATUS=source error: %s" % bounded(e, 200))
                 self.source_error = str(e)
                 self.actuator.safe()
                 self.tracker.abandon()
                 if self.source is not None:
                     self.source.close()
                     self.source = None
-                self.stop_event.wait(backoff)
+                self._rest(backoff)
                 backoff = min(backoff * 2, self.cfg["source"]["retry_max_s"])
         return None
+
+    def _rest(self, seconds: float) -> None:
+        """Wait, feeding the watchdog: a source being retried is not a stalled daemon. A
+        receiver lost meanwhile stops the daemon as it would in the frame loop."""
+        end = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            self.watchdog.ping()
+            if self._services_down():
+                self._service_lost()
+                self.stop_event.set()
+                return
+            self._check_store()
+            self._maybe_swap()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.stop_event.wait(min(left, 0.5))
 
     def step(self, frame) -> None:
         """One frame through the model and the tracker."""
@@ -352,16 +380,16 @@ class Daemon:
         except (BinsortError, ValueError, MemoryError) as e:
             self._fail_running(e)
             return
-        eye = self.eye.is_pressed if self.eye is not None else None
-        d = self.tracker.push(frame.index, frame.t, scores[0], eye)
+        d = self.tracker.push(frame.index, frame.t, scores[0], frame.eye)
         self.counters.frame(time.perf_counter() - t0)
         if d is not None:
             self.lanes.route(d)
             if self.fire:
-                self.actuator.fire(d.lane, d.seq)
+                self.actuator.fire(d.lane, d.seq, d.t)
             self.counters.box(d.lane, d.label, d.why is not None)
             rec = d.as_dict()
             rec["model_version"] = self.model.record["version"]
+            rec["t"] = round(d.t, 4)
             self.decisions.append(rec)
             if self.capture is not None:
                 self._nonessential(
@@ -390,7 +418,7 @@ class Daemon:
         from the model itself (or a restart the daemon could not see coming: a crash of the
         process, a power cut, the watchdog) rolls it back. A fault anywhere else ends the loop
         with `fault` set, for systemd to start the daemon again."""
-        watchdog = Watchdog()
+        watchdog = self.watchdog
         self.state = "running"
         notify("READY=1")
         notify("STATUS=sorting" if self.model else "STATUS=waiting for a model")
@@ -413,6 +441,8 @@ class Daemon:
                 if self.truths is not None:
                     self.truths.append(frame.truth)
                 self.step(frame)
+                if self.actuator.manual:
+                    self.actuator.advance()
                 frames += 1
                 self.frames_seen += 1
                 watchdog.ping()  # only from here: a stalled loop gets restarted
@@ -428,6 +458,8 @@ class Daemon:
         finally:
             self.state = "stopping"
             notify("STOPPING=1")
+            if self.actuator.manual and self.fault is None:
+                self.actuator.flush()  # a virtual run's boxes still reach their diverters
             self._nonessential("store", self.store.pause_trial)
             self.shutdown()
 

@@ -3,9 +3,15 @@
 A box's boundaries come from the photo-eye when there is one: the box is in view while the eye
 is blocked. Without one they come from the model's `empty` class, with hysteresis: a box starts
 after `enter` frames in a row that are not empty and ends after `leave` frames in a row that
-are. Either way the decision combines every frame of the box: the mean of their class
-probabilities (softmax of the scores), best non-empty label wins. A box is decided once, when
-it ends, so it is never sorted twice or skipped.
+are; the photo-eye is debounced with the same counts. Either way the decision combines every
+frame of the box: the mean of their class probabilities (softmax of the scores), best
+non-empty label wins. A box is decided once, when it ends, so it is never sorted twice or
+skipped.
+
+A decision's `t` is the time the box's centre passed the camera's centre line (the photo-eye's
+line): the middle of the times of its first and last frames, each taken at most a frame
+period after its edge crossed (so it is off by less than half a frame period). The actuators
+time the diverters from it (edge.line.actuators), not from when the decision was made.
 """
 
 import numpy as np
@@ -109,14 +115,25 @@ class BoxTracker:
         return None
 
     def _push_eye(self, index, t, p, eye):
+        """The photo-eye, debounced by the same counts: a box starts after `enter` blocked
+        frames in a row and ends after `leave` clear ones, so a flicker neither splits a box
+        nor makes one."""
+        if not self.in_box:
+            if not eye:
+                self._reset()
+                return None
+            self.run_box += 1
+            self.probs.append(p)
+            self.frames.append((index, t))
+            self.in_box = self.run_box >= self.enter
+            return None
         if eye:
-            self.in_box = True
+            self.run_empty = 0
             self.probs.append(p)
             self.frames.append((index, t))
             return None
-        if self.in_box:
-            return self._decide()
-        return None
+        self.run_empty += 1
+        return self._decide() if self.run_empty >= self.leave else None
 
     def _decide(self) -> Decision:
         mean = np.mean(self.probs, axis=0)

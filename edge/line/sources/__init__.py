@@ -17,15 +17,17 @@ SCHEMES = {"picamera2": "camera", "folder": "folder", "sim": "conveyor"}
 
 
 class Frame:
-    """One grey frame: the image (uint8, H x W), its time `t` (seconds, monotonic), its `index`
-    in the source, and `truth`, what the simulator knows about it (box id and label) for
-    scoring. The photo-eye is not part of a frame: the daemon reads it from GPIO (the simulator
-    drives a mock pin), the same way as on a line."""
+    """One grey frame: the image (uint8, H x W), `t` the time it was taken (seconds: the
+    sensor's timestamp on time.monotonic()'s clock for a camera, the simulator's own clock
+    for sim:), its `index` in the source, and `truth`, what the simulator knows about it (box
+    id and label) for scoring. `eye` is the photo-eye read from GPIO as soon as the frame
+    arrives (the simulator drives a mock pin), the same way as on a line."""
 
-    __slots__ = ("image", "t", "index", "truth")
+    __slots__ = ("image", "t", "index", "truth", "eye")
 
     def __init__(self, image, t: float, index: int, truth=None):
         self.image, self.t, self.index, self.truth = image, t, index, truth
+        self.eye = None  # the photo-eye when the frame was taken; the daemon reads it
 
 
 def parse_url(url: str) -> "tuple[str, str, dict]":
