@@ -109,10 +109,12 @@ def _receive(args) -> int:
         finally:
             link.close()
         return 0 if results or not args.once else 1
-    from protocol.transports import scheme_of, tcp
+    from protocol.transports import tcp
 
-    if scheme_of(args.listen) != "tcp":
-        raise BinsortError("--listen takes tcp://HOST:PORT (use --serial for a serial line)")
+    if "://" in args.listen and not args.listen.startswith("tcp://"):
+        raise BinsortError(
+            "--listen takes tcp://HOST:PORT or HOST:PORT (use --serial for a serial line)"
+        )
     listener = tcp.listen(args.listen)
     log("listening on %s (port %d) into %s" % (args.listen, listener.port, args.store))
     try:

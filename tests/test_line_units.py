@@ -2,6 +2,7 @@
 schedule and the counters."""
 
 import json
+import os
 import time
 
 import numpy as np
@@ -260,15 +261,53 @@ BASE_CONFIG = {
         ("actuator", "camera_to_diverter_m", float("nan"), "finite number"),
         ("actuator", "belt_speed_mps", float("inf"), "finite number"),
         ("status", "listen", "127.0.0.1:99999", "port 0-65535"),
+        ("receiver", "listen", "udp://0.0.0.0:7600", "listen: 'udp://0.0.0.0:7600' is not a tcp"),
+        ("receiver", "listen", "0.0.0.0", "a TCP link is tcp://HOST:PORT"),
+        ("receiver", "serial", "tcp://1.2.3.4:5", "is not a serial:// address"),
+        ("actuator", "distance_m", {"middle": 0.4}, "middle is not a lane"),
+        ("actuator", "distance_m", {"left": -1}, "metres from the camera"),
+        ("actuator", "lead_ms", 200.0, "less than pulse_ms"),
+        ("source", "url", "sim:?sped=8", "unknown parameter 'sped' \\(parameters: speed, gap"),
+        ("source", "url", "folder:/x?fsp=2", "unknown parameter 'fsp' \\(parameters: fps, loop\\)"),
     ],
 )
 def test_config_values_that_are_not_finite_or_in_range_are_refused(section, key, value, message):
     from edge.line.config import check_config
+    from edge.line.sources import parse_url
 
     raw = {k: dict(v) for k, v in BASE_CONFIG.items()}
     raw.setdefault(section, {})[key] = value
     with pytest.raises(BinsortError, match=message):
-        check_config(raw)
+        parse_url(check_config(raw)["source"]["url"])  # what the daemon checks at start
+
+
+def test_bare_addresses_are_taken_as_they_are():
+    """`/dev/ttyUSB0` is a serial device and `127.0.0.1:7600` a TCP address; neither is cut
+    short by a blind `serial://` or `tcp://` slice."""
+    from protocol.transports import serialport, tcp
+
+    assert serialport.parse("/dev/ttyNOPE") == ("/dev/ttyNOPE", 115200)
+    assert serialport.parse("serial:///dev/ttyS0?baud=9600") == ("/dev/ttyS0", 9600)
+    assert tcp.parse("127.0.0.1:17601") == ("127.0.0.1", 17601, {})
+    assert tcp.parse("tcp://[::1]:7600") == ("::1", 7600, {})
+
+
+def test_a_folder_source_skips_an_unreadable_image_and_counts_it(tmp_path):
+    from PIL import Image
+
+    from edge.line.sources import open_source
+
+    for name in ("a.png", "c.png"):
+        Image.new("L", (8, 8), 9).save(tmp_path / name)
+    (tmp_path / "b.png").write_bytes(b"\x89PNG not really")
+    source = open_source("folder:%s?loop=1" % tmp_path)
+    paths = [source.read().truth["path"] for _ in range(4)]
+    assert [os.path.basename(p) for p in paths] == ["a.png", "c.png", "a.png", "c.png"]
+    assert source.skipped == 2 and source.last_skipped.startswith("b.png")
+    for name in ("a.png", "c.png"):
+        (tmp_path / name).write_bytes(b"gone bad")
+    with pytest.raises(BinsortError, match="none of the 3 images could be read"):
+        source.read()
 
 
 def test_a_counters_file_with_wrong_types_does_not_stop_the_line(tmp_path):

@@ -6,6 +6,7 @@ import math
 import tomllib
 
 from protocol.errors import BinsortError
+from protocol.transports import serialport, tcp
 
 # section -> key -> (type, default); a default of REQUIRED means the key must be given
 REQUIRED = object()
@@ -179,6 +180,9 @@ def _check_values(cfg) -> None:
     rx = cfg["receiver"]
     if rx is not None and not (rx["listen"] or rx["serial"]):
         raise BinsortError('config [receiver] needs listen = "tcp://0.0.0.0:7600" and/or serial')
+    _check_address(rx and rx["listen"], "receiver", "listen", tcp.parse)
+    _check_address(rx and rx["serial"], "receiver", "serial", serialport.parse)
+    _check_address(act["kind"] == "plc" and act["url"], "actuator", "url", serialport.parse)
     check_capture(cfg["capture"])
     host, sep, port = cfg["status"]["listen"].rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -186,6 +190,14 @@ def _check_values(cfg) -> None:
             "config [status] listen must be HOST:PORT (port 0-65535), not %r"
             % cfg["status"]["listen"]
         )
+
+
+def _check_address(url, section: str, key: str, parse) -> None:
+    if url:
+        try:
+            parse(url)
+        except BinsortError as e:
+            raise BinsortError("config [%s] %s: %s" % (section, key, e)) from None
 
 
 def check_capture(cap: "dict | None") -> None:

@@ -574,6 +574,8 @@ class Daemon:
         )
         out["engine"] = m.engine.describe() if m else None
         out["source"] = {"url": self.cfg["source"]["url"], "last_error": self.source_error}
+        if getattr(self.source, "skipped", 0):  # unreadable images a folder source passed over
+            out["source"].update(skipped=self.source.skipped, last_skipped=self.source.last_skipped)
         out["latency_ms"] = self.counters.latency_ms()
         out["events"] = list(self.events)[-20:]
         out["last_decisions"] = list(self.decisions)[-10:]

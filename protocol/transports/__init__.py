@@ -27,6 +27,16 @@ def scheme_of(url: str) -> str:
     return scheme
 
 
+def after_scheme(url: str, scheme: str) -> str:
+    """What follows `scheme://` in `url`. A bare address (no `://`: `/dev/ttyUSB0`,
+    `127.0.0.1:7600`) is taken as it is; another scheme is a one-line error."""
+    if url.startswith(scheme + "://"):
+        return url[len(scheme) + 3 :]
+    if "://" in url:
+        raise BinsortError("%r is not a %s:// address" % (url, scheme))
+    return url
+
+
 def transport(url: str):
     """The module that handles `url`'s scheme."""
     import importlib

@@ -9,7 +9,7 @@ import select
 
 from protocol.errors import BinsortError
 from protocol.session import LinkClosed
-from protocol.transports import rate_of, ship_stream, split_query
+from protocol.transports import after_scheme, rate_of, ship_stream, split_query
 
 DEFAULT_BAUD = 115200
 
@@ -25,7 +25,7 @@ def _pyserial():
 def parse(url: str) -> "tuple[str, int]":
     """(device or pyserial URL, baud rate); query parameters other than baud stay with a
     pyserial URL."""
-    target, params = split_query(url[len("serial://") :])
+    target, params = split_query(after_scheme(url, "serial"))
     if not target:
         raise BinsortError("%s: a serial link is serial:///dev/ttyUSB0?baud=115200" % url)
     baud = int(rate_of({"baud": params.pop("baud", str(DEFAULT_BAUD))}, url) * 10)

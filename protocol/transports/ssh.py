@@ -14,6 +14,7 @@ import shlex
 
 from protocol.errors import BinsortError
 from protocol.session import RemoteError
+from protocol.transports import after_scheme
 
 BLOCK = 32768
 
@@ -28,7 +29,7 @@ def _paramiko():
 
 def parse(url: str) -> "tuple[str, str, int, str]":
     """(user, host, port, store dir)."""
-    rest = url[len("ssh://") :]
+    rest = after_scheme(url, "ssh")
     where, slash, path = rest.partition("/")
     user, at, hostport = where.rpartition("@")
     host, colon, port = hostport.partition(":")

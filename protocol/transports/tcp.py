@@ -8,11 +8,11 @@ import socket
 
 from protocol.errors import BinsortError
 from protocol.session import LinkClosed
-from protocol.transports import rate_of, ship_stream, split_query
+from protocol.transports import after_scheme, rate_of, ship_stream, split_query
 
 
 def parse(url: str) -> "tuple[str, int, dict]":
-    rest, params = split_query(url[len("tcp://") :])
+    rest, params = split_query(after_scheme(url, "tcp"))
     host, sep, port = rest.rstrip("/").rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise BinsortError("%s: a TCP link is tcp://HOST:PORT" % url)

@@ -31,7 +31,8 @@ class Frame:
 
 
 def parse_url(url: str) -> "tuple[str, str, dict]":
-    """'scheme:rest?k=v&...' -> (scheme, rest, params)."""
+    """'scheme:rest?k=v&...' -> (scheme, rest, params); a parameter the source does not take
+    is an error naming the ones it does (a typo is never silently ignored)."""
     scheme, sep, rest = url.partition(":")
     if not sep or scheme not in SCHEMES:
         raise BinsortError(
@@ -39,6 +40,12 @@ def parse_url(url: str) -> "tuple[str, str, dict]":
             "simulator)" % url
         )
     rest, params = split_query(rest)
+    known = importlib.import_module("edge.line.sources." + SCHEMES[scheme]).PARAMS
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise BinsortError(
+            "%s: unknown parameter %r (parameters: %s)" % (scheme, unknown[0], ", ".join(known))
+        )
     return scheme, rest, params
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from edge.line.sources import Frame, number
 from protocol.errors import BinsortError
 
+PARAMS = ("size", "fps")
+
 
 def _size(params: dict) -> "tuple[int, int]":
     text = params.get("size", "160x120")

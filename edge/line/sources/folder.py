@@ -1,6 +1,7 @@
 """folder:PATH[?fps=10&loop=1]: replay the images of a folder (and its sub-folders) in name
 order, as grey frames; `fps` paces them (0: as fast as they are read), `loop` starts over."""
 
+import os
 import time
 
 import numpy as np
@@ -8,6 +9,8 @@ import numpy as np
 from edge.imaging.imagefolder import image_files
 from edge.line.sources import Frame, number
 from protocol.errors import BinsortError
+
+PARAMS = ("fps", "loop")
 
 
 class FolderSource:
@@ -17,25 +20,37 @@ class FolderSource:
             raise BinsortError("folder:%s holds no images" % path)
         self.fps = number(params, "fps", 0.0, float, 0.0, "folder")
         self.loop = params.get("loop", "0") not in ("0", "false", "no")
-        self.index = 0
+        self.index = 0  # the next file to read
+        self.frames = 0  # frames returned
+        self.skipped, self.last_skipped = 0, None
         self.next_at = time.monotonic()
 
     def read(self):
+        """The next readable image; one that cannot be read is skipped and counted
+        (`skipped`, `last_skipped`), so a bad file never stops a replay. BinsortError only
+        when a whole pass over the folder found nothing readable."""
         from PIL import Image
 
+        for _ in range(len(self.paths)):
+            if self.index >= len(self.paths) and not self.loop:
+                return None
+            path = self.paths[self.index % len(self.paths)]
+            self.index += 1
+            if self.fps:
+                self.next_at += 1.0 / self.fps
+                time.sleep(max(0.0, self.next_at - time.monotonic()))
+            try:
+                with Image.open(path) as img:
+                    grey = np.asarray(img.convert("L"), dtype=np.uint8)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                self.skipped += 1
+                self.last_skipped = "%s: %s" % (os.path.basename(path), e)
+                continue
+            self.frames += 1
+            return Frame(grey, time.monotonic(), self.frames - 1, {"path": path})
         if self.index >= len(self.paths) and not self.loop:
             return None
-        path = self.paths[self.index % len(self.paths)]
-        if self.fps:
-            self.next_at += 1.0 / self.fps
-            time.sleep(max(0.0, self.next_at - time.monotonic()))
-        try:
-            with Image.open(path) as img:
-                grey = np.asarray(img.convert("L"), dtype=np.uint8)
-        except OSError as e:
-            raise BinsortError("cannot read %s: %s" % (path, e)) from None
-        self.index += 1
-        return Frame(grey, time.monotonic(), self.index - 1, {"path": path})
+        raise BinsortError("folder: none of the %d images could be read" % len(self.paths))
 
     def close(self) -> None:
         pass
