@@ -315,53 +315,6 @@ def test_config_mistakes_are_one_line_errors_at_start(station, edit, message):
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_picamera2_adapter_takes_the_y_plane_of_the_lores_stream():
-    """A stand-in with Picamera2's API (the real one needs a Pi): the adapter asks for a
-    YUV420 lores stream with few buffers and crops the Y plane out of the strided buffer."""
-    import numpy as np
-
-    from edge.line.sources.camera import CameraSource
-
-    calls = {}
-
-    class FakePicamera2:
-        def create_video_configuration(self, main, lores, buffer_count, controls):
-            calls["config"] = (main, lores, buffer_count, controls)
-            return {"lores": lores}
-
-        def configure(self, config):
-            calls["configured"] = config
-
-        def stream_configuration(self, name):
-            return {"stride": 96}  # wider than the 80-pixel image, as the ISP pads rows
-
-        def start(self):
-            calls["started"] = True
-
-        def capture_buffer(self, name):
-            assert name == "lores"
-            y = np.arange(96 * 60, dtype=np.uint32).astype(np.uint8)
-            uv = np.full(96 * 30, 128, np.uint8)
-            return np.concatenate([y, uv])
-
-        def stop(self):
-            calls["stopped"] = True
-
-        def close(self):
-            pass
-
-    module = type("picamera2", (), {"Picamera2": FakePicamera2})
-    cam = CameraSource({"size": "80x60", "fps": "20"}, module)
-    frame = cam.read()
-    main, lores, buffers, controls = calls["config"]
-    assert lores == {"size": (80, 60), "format": "YUV420"} and buffers == 2
-    assert controls == {"FrameRate": 20.0}
-    expected = np.arange(96 * 60, dtype=np.uint32).astype(np.uint8).reshape(60, 96)[:, :80]
-    assert frame.image.shape == (60, 80) and (frame.image == expected).all()
-    cam.close()
-    assert calls["stopped"]
-
-
 def test_a_daemon_whose_config_uses_no_gpio_runs_without_gpiozero(station):
     install(station, 1)
     env = env_without(station["tmp"], "gpiozero")

@@ -66,12 +66,26 @@ def area_resize(grey: np.ndarray, height: int, width: int) -> np.ndarray:
     return ((2 * total.astype(np.int64) + d) // (2 * d)).astype(np.uint8)
 
 
-def preprocess(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Frame (any size, grey or colour uint8) -> (height, width) uint8 model input."""
+def full_range(luma: np.ndarray) -> np.ndarray:
+    """Limited-range ("video", 16-235) luma to full range (0-255), as training images are:
+    (255 (Y - 16) + 109) // 219, clipped. A camera's YUV stream in a video colour space
+    (Picamera2's default for small video sizes, SMPTE 170M) is limited range."""
+    y = luma.astype(np.int32)
+    return np.clip((255 * (y - 16) + 109) // 219, 0, 255).astype(np.uint8)
+
+
+def preprocess(
+    frame: np.ndarray, height: int, width: int, limited_range: bool = False
+) -> np.ndarray:
+    """Frame (any size, grey or colour uint8) -> (height, width) uint8 model input.
+    `limited_range`: the frame is limited-range luma (a camera's YUV), made full range."""
     grey = to_grey(frame)
     if grey.shape[0] < 1 or grey.shape[1] < 1:
         raise BinsortError("frame is empty")
-    return area_resize(centre_crop(grey, height, width), height, width)
+    crop = centre_crop(grey, height, width)
+    if limited_range:
+        crop = full_range(crop)
+    return area_resize(crop, height, width)
 
 
 def load_image(path) -> np.ndarray:

@@ -375,7 +375,7 @@ class Daemon:
         t0 = time.perf_counter()
         h, w = self.model.input_shape
         try:
-            x = preprocess(frame.image, h, w)
+            x = preprocess(frame.image, h, w, frame.limited_range)
             _, _, scores = self.model.engine.classify(x[None])
         except (BinsortError, ValueError, MemoryError) as e:
             self._fail_running(e)

@@ -23,11 +23,12 @@ class Frame:
     id and label) for scoring. `eye` is the photo-eye read from GPIO as soon as the frame
     arrives (the simulator drives a mock pin), the same way as on a line."""
 
-    __slots__ = ("image", "t", "index", "truth", "eye")
+    __slots__ = ("image", "t", "index", "truth", "eye", "limited_range")
 
-    def __init__(self, image, t: float, index: int, truth=None):
+    def __init__(self, image, t: float, index: int, truth=None, limited_range=False):
         self.image, self.t, self.index, self.truth = image, t, index, truth
         self.eye = None  # the photo-eye when the frame was taken; the daemon reads it
+        self.limited_range = limited_range  # luma in 16-235 (a camera's YUV): preprocess widens
 
 
 def parse_url(url: str) -> "tuple[str, str, dict]":
