@@ -654,7 +654,7 @@ def test_a_wedged_receiver_ends_the_daemon_like_a_stopped_one(station, monkeypat
     time.sleep(0.3)
     assert daemon.status()["receiver"]["loop_age_s"] < 1.0
     wedged = threading.Event()
-    listener.accept = lambda timeout: wedged.wait() and None  # the loop blocks here for good
+    listener.accept = lambda timeout: wedged.wait() and time.sleep(timeout)  # blocks for good
     t = time.monotonic()
     daemon.run(max_frames=100_000)
     wedged.set()

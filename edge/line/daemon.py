@@ -457,6 +457,7 @@ class Daemon:
             self._event("daemon fault: %s: the daemon ends, to be started again" % self.fault)
         finally:
             self.state = "stopping"
+            self.stop_event.set()  # the receiver threads end too
             notify("STOPPING=1")
             if self.actuator.manual and self.fault is None:
                 self.actuator.flush()  # a virtual run's boxes still reach their diverters
