@@ -99,6 +99,7 @@ def _receive(args) -> int:
 
     store = _open_store(args)
     log = _log(args.quiet)
+    store.on_refusal = log  # refusals on the console too (at most 20 lines a minute)
     if args.serial:
         from protocol.transports import serialport
 

@@ -222,7 +222,9 @@ def test_status_endpoint_serves_json_and_a_page_and_counters_survive_a_restart(s
 
     assert status["engine"] == "native (%s)" % native.popcount_path()
     page = urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=5).read().decode()
-    assert "<h1>binsort sorter</h1>" in page and "viewport" in page and ">12<" in page
+    station_name = socket.gethostname()  # no [status] station: the host's name
+    assert "<h1 id=station>%s</h1>" % station_name in page and "viewport" in page
+    assert ">12<" in page
     daemon2.shutdown()
 
 
@@ -815,3 +817,18 @@ def test_a_wrong_belt_speed_is_seen_as_boxes_hit_late_or_early(station):
     score, _ = sorting_run(station, 0.6, 0.5)
     print(score)
     assert score["early"] + score["late"] > 0 and score["sorted_right"] < score["lane_right"]
+
+
+def test_the_log_summarises_boxes_instead_of_a_line_per_box(station):
+    """Months on an SD card: one line per period with the boxes per lane, never one per box;
+    refusals and swaps still have lines of their own."""
+    install(station, 1)
+    lines = []
+    cfg = config(station["store"], status={"summary_every_s": 0.02})
+    daemon = Daemon(cfg, log=lines.append, record_truth=True)
+    decisions, _ = run_sim(daemon)
+    summaries = [ln for ln in lines if ln.startswith("last ")]
+    assert summaries and not [ln for ln in lines if ln.startswith("box ")]
+    counted = sum(int(ln.split(": ")[1].split()[0]) for ln in summaries)
+    assert 0 < counted <= len(decisions) == 12  # the boxes after the last summary are not in one
+    assert all("line-3 v1" in ln for ln in summaries)

@@ -60,6 +60,7 @@ class SlotStore:
         self.root = root
         self._log_lock = threading.Lock()
         self._refusals = [0.0, 0, 0]  # minute started at, lines logged in it, lines held back
+        self.on_refusal = None  # also tell this callable each refusal line that is logged
         if not os.path.isfile(self._path("store.json")):
             raise BinsortError(
                 "%s is not a binsort model store (make one with: "
@@ -521,6 +522,8 @@ class SlotStore:
                 return
             window[1] += 1
         self._append(line)
+        if self.on_refusal is not None:
+            self.on_refusal(line)
 
     def _flush_refusals(self, now: float) -> None:
         with self._log_lock:
@@ -529,7 +532,10 @@ class SlotStore:
                 return
             self._refusals = [now, 0, 0]
         if held:
-            self._append("%d more refusals in the minute before were not logged" % held)
+            line = "%d more refusals in the minute before were not logged" % held
+            self._append(line)
+            if self.on_refusal is not None:
+                self.on_refusal(line)
 
     def _append(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -99,7 +99,6 @@ class Actuator:
             self._push(on, "on", lane)
             self._push(off, "off", lane)
             self.cond.notify()
-        self.log("box %d -> lane %s in %.0f ms" % (seq, lane, 1000 * (on - now)))
 
     def _push(self, t, action, lane):
         heapq.heappush(self.queue, (t, self.order, action, lane))

@@ -62,7 +62,10 @@ SCHEMA = {
     "status": {
         "listen": (str, "127.0.0.1:8080"),
         "state_dir": (str, None),
-        "save_every_s": (float, 10.0),
+        "save_every_s": (float, 60.0),
+        "station": (str, None),
+        "reject_alarm": (float, 0.2),
+        "summary_every_s": (float, 60.0),
     },
 }
 OPTIONAL_SECTIONS = ("photo_eye", "gpio", "receiver", "capture")
@@ -132,6 +135,7 @@ def _check_values(cfg) -> None:
         ("decide", "enter_frames"),
         ("decide", "leave_frames"),
         ("status", "save_every_s"),
+        ("status", "summary_every_s"),
     ):
         _positive(cfg, section, key)
     act = cfg["actuator"]
@@ -152,6 +156,8 @@ def _check_values(cfg) -> None:
             "config [actuator] lead_ms must be at least 0 and less than pulse_ms (the pulse "
             "must still be on when the box's centre arrives)"
         )
+    if not 0 <= cfg["status"]["reject_alarm"] <= 1:
+        raise BinsortError("config [status] reject_alarm must be between 0 and 1")
     if not 0 <= cfg["decide"]["min_confidence"] <= 1:
         raise BinsortError("config [decide] min_confidence must be between 0 and 1")
     lanes = cfg["lanes"]["map"]

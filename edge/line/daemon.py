@@ -18,13 +18,16 @@ import collections
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
+
+import numpy as np
 
 from edge.imaging.preprocess import preprocess
 from edge.install.store import SlotStore, file_sha256
 from edge.line.actuators import make_actuator
-from edge.line.decide import BoxTracker, LaneMap
+from edge.line.decide import BoxTracker, LaneMap, softmax
 from edge.line.notify import Watchdog, notify
 from edge.line.sources import open_source, parse_url
 from edge.line.status import Counters, StatusServer
@@ -52,6 +55,7 @@ class Daemon:
         self.cfg = cfg
         self.log = log or (lambda line: None)
         self.store = SlotStore(cfg["model"]["store"])
+        self.store.on_refusal = lambda line: self._event("refused: " + line)
         self.counters = Counters(
             cfg["status"]["state_dir"] or os.path.join(self.store.root, "daemon")
         )
@@ -95,6 +99,9 @@ class Daemon:
         self.state = "starting"
         self.servers, self.links = [], []
         self.frames_seen = 0
+        self.last_input = None  # (model input, label, confidence) of the latest frame
+        self.minute = collections.Counter()  # lanes of the boxes since the last summary
+        self.station = cfg["status"]["station"] or socket.gethostname()
         self.swaps = []  # frame numbers at which a model was swapped in
         self.truths = [] if record_truth else None  # what the simulator knew of each frame
         self.fire = True  # `binsort-edge capture` watches the line without sorting
@@ -380,6 +387,9 @@ class Daemon:
         except (BinsortError, ValueError, MemoryError) as e:
             self._fail_running(e)
             return
+        best = int(np.argmax(scores[0]))
+        probs = softmax(np.asarray(scores[0], dtype=np.float64))
+        self.last_input = (x, self.model.labels[best], float(probs[best]))
         d = self.tracker.push(frame.index, frame.t, scores[0], frame.eye)
         self.counters.frame(time.perf_counter() - t0)
         if d is not None:
@@ -390,6 +400,8 @@ class Daemon:
             rec = d.as_dict()
             rec["model_version"] = self.model.record["version"]
             rec["t"] = round(d.t, 4)
+            rec["at"] = round(time.time(), 3)  # wall clock, for the page's boxes a minute
+            self.minute[d.lane] += 1
             self.decisions.append(rec)
             if self.capture is not None:
                 self._nonessential(
@@ -422,7 +434,7 @@ class Daemon:
         self.state = "running"
         notify("READY=1")
         notify("STATUS=sorting" if self.model else "STATUS=waiting for a model")
-        last_save = time.monotonic()
+        last_save = last_summary = time.monotonic()
         frames = 0
         try:
             while not self.stop_event.is_set() and (max_frames is None or frames < max_frames):
@@ -452,6 +464,9 @@ class Daemon:
                 if time.monotonic() - last_save >= self.cfg["status"]["save_every_s"]:
                     self._nonessential("counters", self.counters.save)
                     last_save = time.monotonic()
+                if time.monotonic() - last_summary >= self.cfg["status"]["summary_every_s"]:
+                    self._summary(time.monotonic() - last_summary)
+                    last_summary = time.monotonic()
         except Exception as e:  # noqa: BLE001 (a fault outside the model: restart, no rollback)
             self.fault = bounded(e)
             self._event("daemon fault: %s: the daemon ends, to be started again" % self.fault)
@@ -464,11 +479,31 @@ class Daemon:
             self._nonessential("store", self.store.pause_trial)
             self.shutdown()
 
+    def _summary(self, seconds: float) -> None:
+        """One log line and one systemd STATUS= for the boxes of the last period, instead of
+        a line per box (an SD card's journal for months)."""
+        boxes = sum(self.minute.values())
+        lanes = ", ".join("%s %d" % kv for kv in sorted(self.minute.items()))
+        m = self.model
+        model = "%s v%d" % (m.record["model_id"], m.record["version"]) if m else "no model"
+        late = self.actuator.late
+        line = "last %.0f s: %d boxes%s, %d late in all; %s" % (
+            seconds,
+            boxes,
+            " (%s)" % lanes if lanes else "",
+            late,
+            model,
+        )
+        with contextlib.suppress(Exception):
+            self.log(line)
+        notify("STATUS=sorting, %.0f boxes/min, %s" % (60 * boxes / max(seconds, 1e-9), model))
+        self.minute.clear()
+
     # -- around the loop ----------------------------------------------------------------------
 
     def start_services(self) -> None:
         """The status endpoint and the receivers (the same store, in threads)."""
-        self.servers.append(StatusServer(self.cfg["status"]["listen"], self.status))
+        self.servers.append(StatusServer(self.cfg["status"]["listen"], self.status, self.frame_png))
         rx = self.cfg["receiver"]
         if rx and rx["listen"]:
             from protocol.transports import tcp
@@ -560,6 +595,7 @@ class Daemon:
     def status(self) -> dict:
         out = self.counters.snapshot()
         m = self.model
+        out["station"] = self.station
         out["state"] = (
             self.state
             if m and not self.source_error
@@ -578,8 +614,18 @@ class Daemon:
         if getattr(self.source, "skipped", 0):  # unreadable images a folder source passed over
             out["source"].update(skipped=self.source.skipped, last_skipped=self.source.last_skipped)
         out["latency_ms"] = self.counters.latency_ms()
+        out["lanes"] = {lane: out["lanes"].get(lane, 0) for lane in self.lanes.all_lanes()}
+        now = time.time()
+        decisions = list(self.decisions)  # one copy: the frame loop appends meanwhile
+        out["boxes_per_minute"] = sum(1 for d in decisions if d["at"] >= now - 60)
+        out["reject_rate"] = round(out["rejects"] / out["boxes"], 4) if out["boxes"] else None
+        out["reject_alarm"] = self.cfg["status"]["reject_alarm"]
+        out["alarm"] = bool(out["boxes"] and out["reject_rate"] > out["reject_alarm"])
+        out["actuator"] = self.actuator.summary()
         out["events"] = list(self.events)[-20:]
-        out["last_decisions"] = list(self.decisions)[-10:]
+        out["last_decisions"] = decisions[-10:]
+        if self.last_input is not None:
+            out["frame"] = {"label": self.last_input[1], "confidence": round(self.last_input[2], 4)}
         if self.capture is not None:
             out["capture"] = self.capture.summary()
         if self.receiver_health is not None:
@@ -592,6 +638,14 @@ class Daemon:
         if self.fault:
             out["fault"] = self.fault
         return out
+
+    def frame_png(self):
+        """The latest model input as a PNG, or None before the first frame."""
+        if self.last_input is None:
+            return None
+        from edge.line.status import png
+
+        return png(self.last_input[0])
 
 
 def run_daemon(cfg: dict, log=None, max_frames=None) -> Daemon:

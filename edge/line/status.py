@@ -1,8 +1,12 @@
 """The daemon's counters (persisted across restarts) and its HTTP status endpoint.
 
-GET /status.json gives the status as JSON; GET / gives the same as a small HTML page that
-refreshes itself, readable on a phone. Counters are written to STATE_DIR/counters.json
-atomically every few seconds and at shutdown, and read back at start.
+GET /status.json gives the status as JSON (the machine interface); GET / gives the operator's
+page, refreshing itself, readable on a phone: station, state, model and version (a date when
+it is a unix time), boxes a minute, every lane's count, the reject rate (red past
+`reject_alarm`), boxes decided too late to divert, recent decisions and events, and the latest
+model input (GET /frame.png) with what the model called it. Counters are written to
+STATE_DIR/counters.json atomically every `save_every_s` (a minute) and at shutdown, and read
+back at start.
 """
 
 import html
@@ -109,57 +113,164 @@ class Counters:
         write_atomic(self.path, json.dumps(snap, indent=1).encode())
 
 
+def readable_seconds(seconds) -> str:
+    """3 d 4 h, 2 h 5 min, 7 min 3 s, 12 s."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "min", 60)):
+        if s >= size:
+            return "%d %s %d %s" % (s // size, unit, s % size // subsize, sub)
+    return "%d min %d s" % (s // 60, s % 60) if s >= 60 else "%d s" % s
+
+
+def version_text(version) -> str:
+    """A version that is a unix time (what `binsort ship` gives by default) as its date."""
+    if isinstance(version, int) and version >= 1_000_000_000:
+        return "%d (%s)" % (version, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(version)))
+    return str(version)
+
+
+def png(grey) -> bytes:
+    """A grey uint8 image as a PNG, scaled 3x (nearest) so a 96-pixel input is visible."""
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(grey)
+    img = img.resize((img.width * 3, img.height * 3), Image.NEAREST)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+PAGE_STYLE = (
+    "body{font-family:sans-serif;margin:1em;max-width:60em}"
+    "th{text-align:left;padding-right:1em}td,th{border-bottom:1px solid #ddd;padding:.3em}"
+    ".alarm{background:#c62828;color:#fff;font-weight:bold}.ok{background:#e8f5e9}"
+    ".warn{background:#fff3cd}section{margin-top:1.2em}img{image-rendering:pixelated}"
+    "figure{margin:0}"
+)
+
+
 def render_html(status: dict) -> str:
-    def row(k, v):
-        return "<tr><th>%s</th><td>%s</td></tr>" % (html.escape(str(k)), html.escape(str(v)))
+    """The operator's page: every value that comes from a peer or a file is escaped."""
+    esc = html.escape
+
+    def row(k, v, cls=None, ident=None):
+        attrs = (" class=%s" % cls if cls else "") + (" id=%s" % ident if ident else "")
+        return "<tr%s><th>%s</th><td>%s</td></tr>" % (attrs, esc(str(k)), esc(str(v)))
 
     model = status.get("model") or {}
     lat = status.get("latency_ms") or {}
+    source = status.get("source") or {}
+    act = status.get("actuator") or {}
+    state = status.get("state")
+    rate = status.get("reject_rate")
     rows = [
-        row("state", status.get("state")),
+        row("state", state, "ok" if state == "running" else "alarm", "state"),
         row(
             "model",
-            "%s v%s (slot %s%s)"
+            "%s version %s, slot %s%s"
             % (
                 model.get("model_id"),
-                model.get("version"),
+                version_text(model.get("version")),
                 model.get("slot"),
                 ", on trial" if model.get("trial") else "",
             )
             if model
-            else "none — actuator safe",
+            else "none: actuator safe",
+            None if model else "alarm",
+            "model",
         ),
         row("engine", status.get("engine")),
-        row("boxes", status.get("boxes")),
-        row("rejects", status.get("rejects")),
+        row("boxes a minute", status.get("boxes_per_minute"), None, "rate"),
+        row("boxes", status.get("boxes"), None, "boxes"),
+        row(
+            "rejected",
+            "%s (%s; alarm above %.0f%%)"
+            % (
+                status.get("rejects"),
+                "%.1f%%" % (100 * rate) if rate is not None else "no boxes yet",
+                100 * (status.get("reject_alarm") or 0),
+            ),
+            "alarm" if status.get("alarm") else None,
+            "rejects",
+        ),
+        row(
+            "decided too late to divert",
+            act.get("late", 0),
+            "warn" if act.get("late") else None,
+            "late",
+        ),
         row("latency p50 / p99", "%s / %s ms" % (lat.get("p50"), lat.get("p99"))),
         row("frames", status.get("frames")),
         row(
             "uptime",
-            "%s s (total %s s, %s restarts)"
-            % (status.get("uptime_s"), status.get("uptime_total_s"), status.get("restarts")),
+            "%s (in all %s, %s restarts)"
+            % (
+                readable_seconds(status.get("uptime_s")),
+                readable_seconds(status.get("uptime_total_s")),
+                status.get("restarts"),
+            ),
+            None,
+            "uptime",
         ),
         row(
-            "source",
+            "camera",
             "%s (%s errors%s)"
             % (
-                status.get("source", {}).get("url"),
+                source.get("url"),
                 status.get("source_errors"),
-                ", last: %s" % status["source"]["last_error"]
-                if status.get("source", {}).get("last_error")
-                else "",
+                ", last: %s" % source["last_error"] if source.get("last_error") else "",
             ),
+            "alarm" if source.get("last_error") else None,
+            "source",
         ),
     ]
-    lanes = "".join(row(k, v) for k, v in sorted((status.get("lanes") or {}).items()))
+    for what, err in sorted((status.get("io_errors") or {}).items()):
+        rows.append(row("%s errors" % what, "%d, last: %s" % (err["count"], err["last"]), "warn"))
+    lanes = "".join(
+        row(lane, n, None, "lane-" + "".join(c for c in lane if c.isalnum()))
+        for lane, n in sorted((status.get("lanes") or {}).items())
+    )
+    events = "".join(
+        "<li>%s %s</li>"
+        % (esc(time.strftime("%H:%M:%S", time.localtime(e.get("t", 0)))), esc(str(e.get("event"))))
+        for e in reversed(status.get("events") or [])
+    )
+    decisions = "".join(
+        "<tr><td>%s</td><td>%s</td><td>%.2f</td><td>%s</td></tr>"
+        % (
+            esc(str(d.get("seq"))),
+            esc(str(d.get("label"))),
+            d.get("confidence") or 0,
+            esc(str(d.get("lane"))),
+        )
+        for d in reversed(status.get("last_decisions") or [])
+    )
+    frame = status.get("frame")
+    view = (
+        "<figure><img id=frame src=frame.png alt='model input' width=288"
+        " onload='this.dataset.shown=this.naturalWidth'>"
+        "<figcaption id=frame-label>%s (%.0f%%)</figcaption></figure>"
+        % (esc(str(frame["label"])), 100 * frame["confidence"])
+        if frame
+        else "<p id=frame-label>no frame yet</p>"
+    )
+    station = esc(str(status.get("station") or "binsort"))
     return (
         "<!doctype html><html><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
-        "<meta http-equiv=refresh content=5><title>binsort</title>"
-        "<style>body{font-family:sans-serif;margin:1em}th{text-align:left;padding-right:1em}"
-        "td,th{border-bottom:1px solid #ddd;padding:.3em}</style></head><body>"
-        "<h1>binsort sorter</h1><table>%s</table><h2>boxes per lane</h2><table>%s</table>"
-        "<p><a href=status.json>status.json</a></p></body></html>" % ("".join(rows), lanes)
+        "<meta http-equiv=refresh content=3><title>%s: binsort</title><style>%s</style></head>"
+        "<body><h1 id=station>%s</h1><table id=summary>%s</table>"
+        "<section><h2>boxes per lane</h2><table id=lanes>%s</table></section>"
+        "<section><h2>what the model sees</h2>%s</section>"
+        "<section><h2>recent decisions</h2><table id=decisions><tr><th>box</th><th>label</th>"
+        "<th>confidence</th><th>lane</th></tr>%s</table></section>"
+        "<section><h2>events</h2><ul id=events>%s</ul></section>"
+        "<p><a href=status.json>status.json</a></p></body></html>"
+        % (station, PAGE_STYLE, station, "".join(rows), lanes, view, decisions, events)
     )
 
 
@@ -200,18 +311,20 @@ class _CappedServer(ThreadingHTTPServer):
 
 
 class StatusServer:
-    def __init__(self, listen: str, get_status):
+    def __init__(self, listen: str, get_status, get_frame=None):
         host, _, port = listen.rpartition(":")
 
         class Handler(BaseHTTPRequestHandler):
             timeout = STATUS_TIMEOUT  # applied to the connection's socket by StreamRequestHandler
 
             def do_GET(self):
-                status = get_status()
-                if self.path.split("?")[0] in ("/status.json", "/status"):
-                    body, ctype = json.dumps(status).encode(), "application/json"
-                elif self.path.split("?")[0] in ("/", "/index.html"):
-                    body, ctype = render_html(status).encode(), "text/html; charset=utf-8"
+                path = self.path.split("?")[0]
+                if path in ("/status.json", "/status"):
+                    body, ctype = json.dumps(get_status()).encode(), "application/json"
+                elif path in ("/", "/index.html"):
+                    body, ctype = render_html(get_status()).encode(), "text/html; charset=utf-8"
+                elif path == "/frame.png" and get_frame is not None and get_frame() is not None:
+                    body, ctype = get_frame(), "image/png"
                 else:
                     self.send_error(404)
                     return
