@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from edge.engine import native
 from tests.hidden_packages import env_without
 from tests.shipkit import ROOT
@@ -76,3 +78,33 @@ def test_bench_engines_names_an_anchor_skipped_on_request(tmp_path):
     assert report["skipped"] == ["onnxruntime float32 (--skip-onnxruntime)"]
     assert not any(r["engine"].startswith("onnxruntime") for r in report["rows"])
     assert "SKIPPED anchor: onnxruntime" in out.stderr
+
+
+def test_belt_sweep_reports_each_speed_and_the_fastest_that_sorts(tmp_path, lively_tiny_model):
+    """An untrained model sorts badly; the tool's report is what is checked here."""
+    model = tmp_path / "tiny.bnn"
+    model.write_bytes(lively_tiny_model[1])
+    out = subprocess.run(
+        [sys.executable, "tools/belt-sweep", str(model), "--speeds", "0.5,1", "--boxes", "6"]
+        + ["--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    runs = report["runs"]
+    assert [r["belt_speed_mps"] for r in runs] == [0.5, 1.0] and report["latency_ms"] == 0
+    for r in runs:
+        assert r["boxes"] == 6 and 0 <= r["sorted_right"] <= 1 and r["boxes_per_minute"] > 0
+        assert {"lane_right", "late", "early", "wrong_diverter", "missed", "double"} <= set(r)
+    assert runs[1]["boxes_per_minute"] == pytest.approx(2 * runs[0]["boxes_per_minute"], 0.2)
+    bad = subprocess.run(
+        [sys.executable, "tools/belt-sweep", str(model), "--speeds", "fast"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--speeds" in bad.stderr

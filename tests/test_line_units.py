@@ -320,3 +320,26 @@ def test_a_counters_file_with_wrong_types_does_not_stop_the_line(tmp_path):
     assert snap["boxes"] == 1 and snap["frames"] == 7 and snap["lanes"] == {"left": 1}
     (tmp_path / "counters.json").write_text("[" * 100_000)
     assert Counters(str(tmp_path)).data["boxes"] == 0
+
+
+def test_the_simulated_belt_carries_each_box_past_the_camera_when_passes_says():
+    """The simulator's physics agree with its frames: the middle of the frames whose centre
+    line crosses a box is when passes() says the box's centre crossed it, within a frame
+    period, on a belt whose speed wanders by 20%; downstream points come later in step."""
+    from edge.line.sources.conveyor import ConveyorSimulator
+
+    sim = ConveyorSimulator({"boxes": "6", "size": "64", "belt": "0.5", "vary": "0.2"})
+    frames = []
+    while (frame := sim.read()) is not None:
+        frames.append(frame)
+    assert frames[1].t - frames[0].t == pytest.approx(1 / 30)
+    boxes = sorted({f.truth["box"] for f in frames if f.truth["box"] is not None})
+    assert boxes == list(range(6))
+    for box in boxes:
+        seen = [f.t for f in frames if f.truth["box"] == box]
+        assert (min(seen) + max(seen)) / 2 == pytest.approx(sim.passes(box, 0.0), abs=1 / 30)
+        later = sim.passes(box, 0.6) - sim.passes(box, 0.0)
+        assert 0.6 / (0.5 * 1.2) <= later <= 0.6 / (0.5 * 0.8)
+    slow = ConveyorSimulator({"boxes": "1", "size": "64", "latency": "40"})
+    a, b = slow.read(), slow.read()
+    assert b.t - a.t == pytest.approx(2 / 30) and slow.now() == pytest.approx(b.t + 0.04)
