@@ -17,7 +17,7 @@ OURS = {"host", "edge", "protocol", "tests"} | {
 }
 # Imported only on a Raspberry Pi, where Raspberry Pi OS ships it with apt (libcamera's Python
 # binding cannot be built by pip); the adapter says so when it is missing.
-ONLY_ON_A_PI = {"picamera2"}
+ONLY_ON_A_PI = {"picamera2", "libcamera"}  # python3-picamera2 brings python3-libcamera
 
 
 def python_files(folder: str):
