@@ -14,7 +14,7 @@ from host.models import BinaryNet, arch_spec
 from protocol import bnn
 from protocol.fold import fold_thresholds
 
-GOLDEN_COUNT = 2
+GOLDEN_COUNT = 4  # seeded self-test inputs (GSEE): 8 bytes a class each in the file
 
 
 def _bn_params(bn) -> tuple:
@@ -157,12 +157,34 @@ def deployed_layers(model: BinaryNet) -> list:
     return layers
 
 
-def golden_inputs(labels: list, size: int, count: int = GOLDEN_COUNT) -> np.ndarray:
-    """Self-test inputs: synthetic frames of the first labels, through the edge preprocessing."""
+def rendered_inputs(labels: list, size: int, count: int = 2) -> np.ndarray:
+    """Synthetic frames of the first labels, through the edge preprocessing: the self-test
+    inputs of format 1.0 files (GOLD, stored whole), kept to compare the two."""
     from edge.imaging.box_images import render
 
     frames = [np.asarray(render(1234, "golden", labels[i % len(labels)], i)) for i in range(count)]
     return np.stack([preprocess(f, size, size) for f in frames])
+
+
+def seeded_golden(model: "bnn.BnnModel", count: int = GOLDEN_COUNT, first_seed: int = 1):
+    """(seed, [(input bytes, scores)]): the first seed from `first_seed` whose `count` drawn
+    inputs all get different scores from the host reference, so that no two inputs test the
+    same thing; if none of 32 seeds does (an untrained net may give many inputs one answer),
+    the one with the most different scores."""
+    from host.reference import reference_scores
+
+    h, w = model.input_shape
+    best = None
+    for seed in range(first_seed, first_seed + 32):
+        images = [bnn.seeded_input(seed, i, h, w) for i in range(count)]
+        x = np.stack([np.frombuffer(im, np.uint8).reshape(h, w) for im in images])
+        scores = [[int(v) for v in s] for s in reference_scores(model, x)]
+        distinct = len({tuple(s) for s in scores})
+        if best is None or distinct > best[0]:
+            best = (distinct, seed, list(zip(images, scores, strict=True)))
+        if distinct == count:
+            break
+    return best[1], best[2]
 
 
 def model_meta(ckpt: dict, size: int, version: int) -> dict:
@@ -180,13 +202,10 @@ def model_meta(ckpt: dict, size: int, version: int) -> dict:
 
 
 def write_with_golden(meta: dict, layers: list) -> bytes:
-    """The `.bnn` bytes, with golden inputs whose scores the host reference computes."""
-    from host.reference import reference_scores
-
-    gold_x = golden_inputs(meta["labels"], meta["input"]["height"])
-    gold_scores = reference_scores(bnn.BnnModel(meta, layers, [], b""), gold_x)
-    golden = [(x.tobytes(), [int(v) for v in s]) for x, s in zip(gold_x, gold_scores, strict=True)]
-    return bnn.write_bnn(meta, layers, golden)
+    """The `.bnn` bytes, with seeded self-test inputs whose scores the host reference
+    computes."""
+    seed, golden = seeded_golden(bnn.BnnModel(meta, layers, [], b""))
+    return bnn.write_bnn(meta, layers, golden, golden_seed=seed)
 
 
 def pack_model(ckpt: dict, model: BinaryNet, version: int = 1) -> bytes:

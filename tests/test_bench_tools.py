@@ -108,3 +108,22 @@ def test_belt_sweep_reports_each_speed_and_the_fastest_that_sorts(tmp_path, live
         timeout=60,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--speeds" in bad.stderr
+
+
+def test_selftest_strength_compares_stored_and_seeded_inputs(tmp_path, lively_tiny_model):
+    model = tmp_path / "tiny.bnn"
+    model.write_bytes(lively_tiny_model[1])
+    out = subprocess.run(
+        [sys.executable, "tools/selftest-strength", str(model), "--flips", "40", "--counts", "2,4"]
+        + ["--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r["inputs"]: r for r in json.loads(out.stdout)["rows"]}
+    assert set(rows) == {"rendered x2 (GOLD)", "seeded x2 (GSEE)", "seeded x4 (GSEE)"}
+    assert rows["rendered x2 (GOLD)"]["bytes"] == 8 + 2 * (32 * 32 + 8 * 5)
+    assert rows["seeded x4 (GSEE)"]["bytes"] == 12 + 4 * 8 * 5
+    assert all(0 <= r["caught"] <= r["of"] == 40 for r in rows.values())

@@ -7,6 +7,10 @@ from hypothesis import strategies as st
 from protocol import bnn
 from protocol.errors import FormatError
 
+# bnn.seeded_input(1, 0, 32, 32): its first bytes and SHA-256 (docs/format.md)
+FIRST_BYTES = "827b716b78557073"
+SEEDED_1_0_32 = "b653909757d0260624575e8f63e1f0ff4a91c1df7956ab85840c404657c46000"
+
 
 def test_round_trip_keeps_metadata_layers_and_golden(tiny_model):
     _, data = tiny_model
@@ -20,8 +24,34 @@ def test_round_trip_keeps_metadata_layers_and_golden(tiny_model):
         bnn.BDENSE,
         bnn.DENSE_OUT,
     ]
-    assert len(model.golden) == 2
-    assert bnn.write_bnn(model.meta, model.layers, model.golden) == data
+    assert len(model.golden) == 4 and model.golden_seed is not None
+    assert bnn.write_bnn(model.meta, model.layers, model.golden, model.golden_seed) == data
+
+
+def test_seeded_self_test_inputs_cost_a_seed_and_their_scores(tiny_model):
+    """GSEE (format 1.1): the inputs are drawn from the seed on every machine, so the file
+    holds only the seed and the expected scores; each input gets scores of its own."""
+    model = bnn.read_bnn(tiny_model[1])
+    h, w = model.input_shape
+    for i, (image, _) in enumerate(model.golden):
+        assert image == bnn.seeded_input(model.golden_seed, i, h, w)
+    assert len({tuple(scores) for _, scores in model.golden}) == 4
+    assert struct.unpack_from("<HH", tiny_model[1], 4) == (1, 1)  # format 1.1
+    stored = bnn.write_bnn(model.meta, model.layers, model.golden)  # 1.0: GOLD, stored whole
+    assert len(stored) - len(tiny_model[1]) == 4 * h * w - 4  # the images, less the seed
+    again = bnn.read_bnn(stored)  # a 1.0 file still reads, with the same self-test
+    assert again.golden == model.golden and again.golden_seed is None
+    assert struct.unpack_from("<HH", stored, 4) == (1, 0)
+
+
+def test_seeded_inputs_are_the_same_bytes_everywhere():
+    """Fixed vectors: the portable generator must never change (docs/format.md)."""
+    import hashlib
+
+    digest = hashlib.sha256(bnn.seeded_input(1, 0, 32, 32)).hexdigest()
+    assert bnn.seeded_input(1, 0, 32, 32)[:8].hex() == FIRST_BYTES
+    assert digest == SEEDED_1_0_32
+    assert bnn.seeded_input(1, 1, 32, 32) != bnn.seeded_input(1, 0, 32, 32)
 
 
 def test_wrong_magic_is_named(tiny_model):
@@ -33,7 +63,7 @@ def test_wrong_magic_is_named(tiny_model):
 def test_future_major_version_asks_for_an_upgrade(tiny_model):
     _, data = tiny_model
     future = data[:4] + struct.pack("<H", bnn.VERSION_MAJOR + 1) + data[6:]
-    with pytest.raises(FormatError, match="unsupported .bnn format version 2.0.*upgrade"):
+    with pytest.raises(FormatError, match="unsupported .bnn format version 2.1.*upgrade"):
         bnn.read_bnn(future)
 
 
@@ -102,6 +132,16 @@ def test_a_model_without_golden_inputs_is_refused(tiny_model):
     model = bnn.read_bnn(tiny_model[1])
     with pytest.raises(FormatError, match="GOLD holds no inputs"):
         bnn.read_bnn(bnn.write_bnn(model.meta, model.layers, []))
+    with pytest.raises(FormatError, match="GSEE holds no inputs"):
+        bnn.read_bnn(bnn.write_bnn(model.meta, model.layers, [], golden_seed=1))
+
+
+def test_a_seeded_self_test_cannot_ask_for_endless_inputs(tiny_model):
+    model = bnn.read_bnn(tiny_model[1])
+    h, w = model.input_shape
+    many = [(bnn.seeded_input(7, i, h, w), [0] * 5) for i in range(17)]
+    with pytest.raises(FormatError, match="asks for 17 self-test inputs"):
+        bnn.read_bnn(bnn.write_bnn(model.meta, model.layers, many, golden_seed=7))
 
 
 def test_a_small_file_cannot_ask_for_a_huge_model(tiny_model):

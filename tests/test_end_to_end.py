@@ -76,7 +76,7 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     assert report["sorted_right"] == report["lane_right"] >= 0.98
     assert report["versions_used"] == [1, 2] and report["swap_missed"] == 0
     assert report["transfer_seconds"] > 0 and report["latency_ms_p99"] > 0
-    assert report["size_ratio"] >= 20  # 24x measured: 2 golden 96x96 inputs are 18 KB of 90
+    assert report["size_ratio"] >= 25  # 23.8x with two stored 96x96 self-test images; 29.8x seeded
     assert report["edge_equals_host_reference"] is True
     assert report["label_agreement_with_float_model"] >= 0.995
 
