@@ -80,18 +80,17 @@ def test_bench_engines_names_an_anchor_skipped_on_request(tmp_path):
     assert "SKIPPED anchor: onnxruntime" in out.stderr
 
 
+def tool(name: str, *args):
+    """tools/NAME ARGS..., run with this Python from the project root."""
+    cmd = [sys.executable, "tools/" + name] + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
 def test_belt_sweep_reports_each_speed_and_the_fastest_that_sorts(tmp_path, lively_tiny_model):
     """An untrained model sorts badly; the tool's report is what is checked here."""
     model = tmp_path / "tiny.bnn"
     model.write_bytes(lively_tiny_model[1])
-    out = subprocess.run(
-        [sys.executable, "tools/belt-sweep", str(model), "--speeds", "0.5,1", "--boxes", "6"]
-        + ["--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+    out = tool("belt-sweep", model, "--speeds", "0.5,1", "--boxes", "6", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     runs = report["runs"]
@@ -100,27 +99,14 @@ def test_belt_sweep_reports_each_speed_and_the_fastest_that_sorts(tmp_path, live
         assert r["boxes"] == 6 and 0 <= r["sorted_right"] <= 1 and r["boxes_per_minute"] > 0
         assert {"lane_right", "late", "early", "wrong_diverter", "missed", "double"} <= set(r)
     assert runs[1]["boxes_per_minute"] == pytest.approx(2 * runs[0]["boxes_per_minute"], 0.2)
-    bad = subprocess.run(
-        [sys.executable, "tools/belt-sweep", str(model), "--speeds", "fast"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    bad = tool("belt-sweep", model, "--speeds", "fast")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--speeds" in bad.stderr
 
 
 def test_selftest_strength_compares_stored_and_seeded_inputs(tmp_path, lively_tiny_model):
     model = tmp_path / "tiny.bnn"
     model.write_bytes(lively_tiny_model[1])
-    out = subprocess.run(
-        [sys.executable, "tools/selftest-strength", str(model), "--flips", "40", "--counts", "2,4"]
-        + ["--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+    out = tool("selftest-strength", model, "--flips", "40", "--counts", "2,4", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {r["inputs"]: r for r in json.loads(out.stdout)["rows"]}
     assert set(rows) == {"rendered x2 (GOLD)", "seeded x2 (GSEE)", "seeded x4 (GSEE)"}

@@ -53,6 +53,15 @@ def install(station, version, payload=None, **extra):
     return store.install(manifest, str(path))
 
 
+def confirmed_then_new(station):
+    """v1 installed and through its trial, then v2 installed: (store, v1's slot, v2's slot)."""
+    store = SlotStore(station["store"])
+    first = install(station, 1)
+    store.begin_trial()
+    store.commit_trial("healthy")
+    return store, first, install(station, 2)
+
+
 def run_sim(daemon, max_frames=None):
     """Run the loop to the source's end; returns (decisions, truth of every frame). The daemon
     is made with record_truth=True."""
@@ -254,22 +263,30 @@ def _write_config(path, store, **over):
                 f.write("%s = %s\n" % (k, toml_value(v)))
 
 
-def test_run_notifies_systemd_pings_the_watchdog_and_stops_cleanly_on_sigterm(station):
-    install(station, 1)
-    cfg_path = station["tmp"] / "edge.toml"
-    _write_config(cfg_path, station["store"])
-    sock_path = str(station["tmp"] / "notify.sock")
+def run_under_systemd(cfg_path, tmp, watchdog_usec: int):
+    """`binsort-edge run` as systemd would start it: $NOTIFY_SOCKET (a datagram socket the
+    test reads) and $WATCHDOG_USEC. Returns (process, socket)."""
+    sock_path = str(tmp / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(10)
-    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="200000")
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC=str(watchdog_usec))
     proc = subprocess.Popen(
         EDGE + ["run", "--config", str(cfg_path), "--quiet"],
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         text=True,
     )
+    return proc, sock
+
+
+def test_run_notifies_systemd_pings_the_watchdog_and_stops_cleanly_on_sigterm(station):
+    install(station, 1)
+    cfg_path = station["tmp"] / "edge.toml"
+    _write_config(cfg_path, station["store"])
+    proc, sock = run_under_systemd(cfg_path, station["tmp"], 200_000)
     got = []
     try:
         while got.count(b"WATCHDOG=1") < 3:
@@ -364,19 +381,7 @@ def test_a_missing_camera_keeps_the_page_receiver_and_watchdog_up(station, tmp_p
         status={"listen": "127.0.0.1:%d" % status_port},
         receiver={"listen": "tcp://127.0.0.1:%d" % rx_port},
     )
-    sock_path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(sock_path)
-    sock.settimeout(10)
-    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
-    proc = subprocess.Popen(
-        EDGE + ["run", "--config", str(path)],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, sock = run_under_systemd(path, tmp_path, 400_000)
     got = []
     try:
         while got.count(b"WATCHDOG=1") < 6:
@@ -555,11 +560,7 @@ def test_an_install_during_a_trial_keeps_the_confirmed_model_as_the_rollback_tar
 def test_a_slot_whose_file_no_longer_matches_its_record_is_not_run(station, lively_tiny_model):
     """A valid model put in a slot behind the store's back (or a disk that returns other
     bytes) is refused at load, by the SHA-256 recorded at install, and the previous model runs."""
-    store = SlotStore(station["store"])
-    first = install(station, 1)
-    store.begin_trial()
-    store.commit_trial("healthy")
-    second = install(station, 2)
+    store, first, second = confirmed_then_new(station)
     with open(store.model_path(second), "wb") as f:
         f.write(lively_tiny_model[1])  # loads and passes its own self-test, but is not v2
     daemon = Daemon(config(station["store"]))
@@ -743,11 +744,7 @@ def test_rollback_takes_an_intact_slot_and_marks_a_damaged_one(station):
     """The rollback target is checked against its SHA-256 before it is chosen: a damaged
     previous model is marked failed, and with no intact slot left none is active (the actuator
     stays safe) rather than a model that would fail at load."""
-    store = SlotStore(station["store"])
-    first = install(station, 1)
-    store.begin_trial()
-    store.commit_trial("healthy")
-    second = install(station, 2)
+    store, first, second = confirmed_then_new(station)
     with open(store.model_path(first), "r+b") as f:
         f.seek(100)
         f.write(b"\xff\x00")
