@@ -343,3 +343,16 @@ def test_the_simulated_belt_carries_each_box_past_the_camera_when_passes_says():
     slow = ConveyorSimulator({"boxes": "1", "size": "64", "latency": "40"})
     a, b = slow.read(), slow.read()
     assert b.t - a.t == pytest.approx(2 / 30) and slow.now() == pytest.approx(b.t + 0.04)
+
+
+def test_the_annotated_example_config_loads_and_names_a_source_that_parses():
+    """edge/line/edge.toml, the file a line engineer copies, is a valid config."""
+    from edge.line.config import load_config
+    from edge.line.sources import parse_url
+    from tests.shipkit import ROOT
+
+    cfg = load_config(os.path.join(ROOT, "edge", "line", "edge.toml"))
+    scheme, _, params = parse_url(cfg["source"]["url"])
+    assert scheme == "picamera2" and params["exposure_us"] == "2000"
+    assert cfg["actuator"]["lead_ms"] == cfg["actuator"]["pulse_ms"] / 2
+    assert cfg["status"]["save_every_s"] == 60

@@ -2,7 +2,7 @@
 
     picamera2:[?size=160x120&fps=30]     edge.line.sources.camera    the Pi camera's lores Y plane
     folder:PATH[?fps=10&loop=1]          edge.line.sources.folder    replay images in name order
-    sim:[?speed=8&gap=0.6-1.6&seed=0...] edge.line.sources.conveyor  boxes moving past a camera
+    sim:[?belt=0.5&gap=0.6-1.6&latency=0...] edge.line.sources.conveyor  a physical belt, simulated
 
 A source's read() returns the next Frame, or None when it has no more (a folder without
 loop); it raises BinsortError when the camera fails, and the daemon retries with backoff.
