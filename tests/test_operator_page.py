@@ -120,3 +120,19 @@ def test_the_json_endpoint_stays_the_machine_interface(line):
     png = urllib.request.urlopen(url + "frame.png", timeout=5).read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert time.time() - got["last_decisions"][-1]["at"] < 60
+
+
+def test_the_live_view_is_encoded_at_most_twice_a_second_however_often_it_is_asked(line):
+    """A phone refreshing the page, or a peer asking for /frame.png in a loop, must not take
+    the frame loop's CPU: the PNG is encoded at most every FRAME_PNG_S."""
+    import edge.line.status as status_module
+
+    daemon, url = line
+    calls = []
+    real = status_module.png
+    status_module.png = lambda grey: calls.append(1) or real(grey)
+    try:
+        bodies = {urllib.request.urlopen(url + "frame.png", timeout=5).read() for _ in range(30)}
+    finally:
+        status_module.png = real
+    assert len(calls) <= 2 and len(bodies) <= 2

@@ -34,6 +34,7 @@ from edge.line.status import Counters, StatusServer
 from protocol.errors import BinsortError, FormatError, bounded
 
 IO_ERROR_LOG_S = 60.0  # one log line a minute per kind of non-essential error
+FRAME_PNG_S = 0.5  # the page's live view is encoded at most this often
 RECEIVER_STALL_S = 30.0  # a receiver loop that has not gone round for this long is wedged
 
 
@@ -100,6 +101,7 @@ class Daemon:
         self.servers, self.links = [], []
         self.frames_seen = 0
         self.last_input = None  # (model input, label, confidence) of the latest frame
+        self.png_cache = None  # (when, PNG bytes) of the page's live view
         self.minute = collections.Counter()  # lanes of the boxes since the last summary
         self.station = cfg["status"]["station"] or socket.gethostname()
         self.swaps = []  # frame numbers at which a model was swapped in
@@ -640,12 +642,19 @@ class Daemon:
         return out
 
     def frame_png(self):
-        """The latest model input as a PNG, or None before the first frame."""
-        if self.last_input is None:
+        """The latest model input as a PNG, or None before the first frame. Encoded at most
+        every FRAME_PNG_S, whoever asks how often: page views must not take a Pi Zero's one
+        core from the frame loop."""
+        last = self.last_input
+        if last is None:
             return None
+        cached = self.png_cache
+        if cached is not None and time.monotonic() - cached[0] < FRAME_PNG_S:
+            return cached[1]
         from edge.line.status import png
 
-        return png(self.last_input[0])
+        self.png_cache = (time.monotonic(), png(last[0]))
+        return self.png_cache[1]
 
 
 def run_daemon(cfg: dict, log=None, max_frames=None) -> Daemon:
