@@ -136,3 +136,23 @@ def test_the_live_view_is_encoded_at_most_twice_a_second_however_often_it_is_ask
     finally:
         status_module.png = real
     assert len(calls) <= 2 and len(bodies) <= 2
+
+
+def test_the_status_is_computed_at_most_four_times_a_second_however_often_it_is_asked(line):
+    """The same for /status.json and the page: 40 requests in a row, one computation per
+    STATUS_CACHE_S."""
+    daemon, _ = line
+    calls = []
+    real = daemon.status
+    daemon.status = lambda: calls.append(1) or real()
+    from edge.line.status import StatusServer
+
+    server = StatusServer("127.0.0.1:0", daemon.status)
+    try:
+        t = time.monotonic()
+        for _ in range(40):
+            urllib.request.urlopen("http://127.0.0.1:%d/status.json" % server.port, timeout=5)
+        elapsed = time.monotonic() - t
+    finally:
+        server.close()
+    assert len(calls) <= 1 + elapsed / 0.25

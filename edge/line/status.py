@@ -310,9 +310,23 @@ class _CappedServer(ThreadingHTTPServer):
         pass  # a client's broken connection is not the line's business
 
 
+STATUS_CACHE_S = 0.25  # one status computed for all the requests within this long
+
+
 class StatusServer:
     def __init__(self, listen: str, get_status, get_frame=None):
         host, _, port = listen.rpartition(":")
+        cache = {"at": -1e9, "status": None}
+        lock = threading.Lock()
+
+        def current() -> dict:
+            """The status, computed at most every STATUS_CACHE_S whoever asks how often, so
+            page views cannot take a Pi Zero's one core from the frame loop."""
+            with lock:
+                now = time.monotonic()
+                if now - cache["at"] >= STATUS_CACHE_S:
+                    cache["status"], cache["at"] = get_status(), now
+                return cache["status"]
 
         class Handler(BaseHTTPRequestHandler):
             timeout = STATUS_TIMEOUT  # applied to the connection's socket by StreamRequestHandler
@@ -320,9 +334,9 @@ class StatusServer:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 if path in ("/status.json", "/status"):
-                    body, ctype = json.dumps(get_status()).encode(), "application/json"
+                    body, ctype = json.dumps(current()).encode(), "application/json"
                 elif path in ("/", "/index.html"):
-                    body, ctype = render_html(get_status()).encode(), "text/html; charset=utf-8"
+                    body, ctype = render_html(current()).encode(), "text/html; charset=utf-8"
                 elif path == "/frame.png" and get_frame is not None and get_frame() is not None:
                     body, ctype = get_frame(), "image/png"
                 else:
