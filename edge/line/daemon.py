@@ -100,7 +100,7 @@ class Daemon:
         self.state = "starting"
         self.servers, self.links = [], []
         self.frames_seen = 0
-        self.last_input = None  # (model input, label, confidence) of the latest frame
+        self.last_input = None  # (model input, scores, labels) of the latest frame, for the page
         self.png_cache = None  # (when, PNG bytes) of the page's live view
         self.minute = collections.Counter()  # lanes of the boxes since the last summary
         self.station = cfg["status"]["station"] or socket.gethostname()
@@ -389,9 +389,7 @@ class Daemon:
         except (BinsortError, ValueError, MemoryError) as e:
             self._fail_running(e)
             return
-        best = int(np.argmax(scores[0]))
-        probs = softmax(np.asarray(scores[0], dtype=np.float64))
-        self.last_input = (x, self.model.labels[best], float(probs[best]))
+        self.last_input = (x, scores[0], self.model.labels)  # the page reads it, if asked
         d = self.tracker.push(frame.index, frame.t, scores[0], frame.eye)
         self.counters.frame(time.perf_counter() - t0)
         if d is not None:
@@ -627,7 +625,10 @@ class Daemon:
         out["events"] = list(self.events)[-20:]
         out["last_decisions"] = decisions[-10:]
         if self.last_input is not None:
-            out["frame"] = {"label": self.last_input[1], "confidence": round(self.last_input[2], 4)}
+            _, scores, labels = self.last_input
+            probs = softmax(np.asarray(scores, dtype=np.float64))
+            best = int(np.argmax(probs))
+            out["frame"] = {"label": labels[best], "confidence": round(float(probs[best]), 4)}
         if self.capture is not None:
             out["capture"] = self.capture.summary()
         if self.receiver_health is not None:
