@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1 (torch.sign gives 0 for 0 and is never used for binarising)."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    """sign(x) with sign(0) = +1 (torch.sign gives 0 for 0 and is never used for binarising).
+    Written as 2 * (x >= 0) - 1: on a CPU that is 2.5 times faster than torch.where."""
+    return (x >= 0).to(x.dtype).mul_(2.0).sub_(1.0)
 
 
 class _SteSign(torch.autograd.Function):
@@ -51,6 +52,35 @@ def approx_sign(x: torch.Tensor, window: float = 1.0) -> torch.Tensor:
 ESTIMATORS = {"ste": ste_sign, "approx": approx_sign}
 
 
+class _BlendedSign(torch.autograd.Function):
+    """A sign activation in training, in one autograd node: forward
+    mix * sign(x) + (1 - mix) * clamp(x, -1, 1), backward the same blend of the estimator's
+    derivative and clamp's. The same function as composing the pieces, without the
+    intermediate tensors that made the sign layers a third of a CPU training step."""
+
+    @staticmethod
+    def forward(ctx, x, estimator, window, mix):
+        ctx.save_for_backward(x)
+        ctx.estimator, ctx.window, ctx.mix = estimator, window, mix
+        y = binarize(x)
+        if mix < 1.0:
+            y.mul_(mix).add_(x.clamp(-1.0, 1.0), alpha=1.0 - mix)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        w, mix = ctx.window, ctx.mix
+        a = x.abs()
+        if ctx.estimator == "approx":
+            d = (1.0 - a / w).clamp_(min=0.0).mul_(2.0 * mix / w)
+        else:
+            d = (a <= w).to(x.dtype).mul_(mix)
+        if mix < 1.0:
+            d.add_((a <= 1.0).to(x.dtype), alpha=1.0 - mix)
+        return grad * d, None, None, None
+
+
 def fake_quant(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
     """Forward: symmetric integer quantisation s * round(w / s), s = max|w| / (2^(bits-1) - 1),
     per output channel or for the whole tensor. Backward: identity (straight-through)."""
@@ -64,32 +94,38 @@ def fake_quant(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
 
 
 class SignActivation(nn.Module):
-    """sign with a chosen gradient estimator; counts how many inputs fall outside its window.
+    """sign with a chosen gradient estimator; samples how many inputs fall outside its window.
 
     Gradual binarisation: while training with `mix` < 1 the forward is
     mix * sign(x) + (1 - mix) * clamp(x, -1, 1), so magnitudes still flow while the net finds
     its features; the trainer raises mix to 1 early in training. In eval mode it is always sign.
     """
 
+    SAMPLE_EVERY = 8  # saturation is counted on every 8th training batch (it is a diagnostic)
+
     def __init__(self, estimator: str = "ste", window: float = 1.0):
         super().__init__()
-        self.quantize = ESTIMATORS[estimator]
+        if estimator not in ESTIMATORS:
+            raise ValueError("unknown gradient estimator %r" % estimator)
+        self.estimator = estimator
         self.window = window
         self.mix = 1.0
         self.saturated = 0
         self.seen = 0
+        self.calls = 0
 
     def forward(self, x):
-        y = self.quantize(x, self.window)
-        if self.training:
+        if not self.training:
+            return binarize(x)
+        if self.calls % self.SAMPLE_EVERY == 0:
             self.saturated += int((x.detach().abs() > self.window).sum())
             self.seen += x.numel()
-            if self.mix < 1.0:
-                y = self.mix * y + (1.0 - self.mix) * x.clamp(-1.0, 1.0)
-        return y
+        self.calls += 1
+        return _BlendedSign.apply(x, self.estimator, self.window, self.mix)
 
     def take_saturation(self) -> float:
-        """Fraction of inputs with zero gradient since the last call, then reset."""
+        """Fraction of inputs with zero gradient in the sampled batches since the last call,
+        then reset."""
         frac = self.saturated / max(self.seen, 1)
         self.saturated = self.seen = 0
         return frac
@@ -111,9 +147,17 @@ class InputConv(nn.Module):
         self.pool = pool
 
     def forward(self, x):
+        w = fake_quant(self.conv.weight, 8, True).contiguous()
+        if w.shape[1] == 1:
+            # with one input channel, the contiguous layout is also channels-last's, and from
+            # its strides the convolution picks NCHW output, which the pool then takes ten
+            # times longer on a CPU than channels-last (host/train.py trains channels-last):
+            # the same elements at the same offsets, with strides that say channels-last
+            k_h, k_w = w.shape[2], w.shape[3]
+            w = w.as_strided(w.shape, (k_h * k_w, 1, k_w, 1))
         y = F.conv2d(
             x,
-            fake_quant(self.conv.weight, 8, True),
+            w,
             self.conv.bias,
             self.conv.stride,
             self.conv.padding,

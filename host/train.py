@@ -83,7 +83,8 @@ def accuracy(model, pixels, labels, batch=512, keep=None) -> float:
     correct = 0
     extra = {} if keep is None else {"keep": keep}
     for i in range(0, len(labels), batch):
-        logits = model(to_input(pixels[i : i + batch]).to(device), **extra)
+        x = to_input(pixels[i : i + batch]).to(device)
+        logits = model(x.contiguous(memory_format=torch.channels_last), **extra)
         correct += int((logits.argmax(1).cpu() == labels[i : i + batch]).sum())
     return correct / max(len(labels), 1)
 
@@ -184,7 +185,9 @@ def train(
     data = TrainingData(folders, config, start[0]["labels"] if start else None)
     if rank == 0:
         data.describe(log)
-    model = build(config, len(data.labels), start, device)
+    # channels-last: a third less time a step on a CPU (convolutions and pooling in oneDNN's
+    # own layout), the same arithmetic
+    model = build(config, len(data.labels), start, device).to(memory_format=torch.channels_last)
     metrics = run_epochs(model, data, config, device, rank, world, progress, log)
     if rank == 0:
         save_run(out_dir, model, data, config, folders, metrics)
@@ -303,6 +306,7 @@ def run_epochs(model, data: TrainingData, config: TrainConfig, device, rank, wor
                 model.mix = mix
             step += 1
             x = to_input(augment(data.train_x[idx], gen)).to(device)
+            x = x.contiguous(memory_format=torch.channels_last)
             y = data.train_y[idx].to(device)
             if pranc:
                 logits = net(x, keep=prefix_sample(model.chunks, pranc["prefix_prob"], gen))
@@ -387,7 +391,7 @@ def save_run(out_dir: str, model, data: TrainingData, config: TrainConfig, folde
         "model_id": uuid.uuid4().hex[:12],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "metrics": {k: v for k, v in metrics.items() if k != "epochs"},
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.cpu().contiguous() for k, v in model.state_dict().items()},
     }
     torch.save(checkpoint, os.path.join(out_dir, "checkpoint.pt"))
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:

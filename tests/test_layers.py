@@ -28,3 +28,36 @@ def test_gradual_binarisation_blends_in_training_and_is_pure_sign_in_eval():
     assert torch.allclose(act(x), expected)
     act.eval()
     assert act(x).tolist() == [-1.0, -1.0, 1.0, 1.0]
+
+
+def _composed(x, estimator, mix):
+    """The sign activation written as separate autograd pieces: what the fused node replaces."""
+    y = (ste_sign if estimator == "ste" else approx_sign)(x, 1.0)
+    return mix * y + (1.0 - mix) * x.clamp(-1.0, 1.0) if mix < 1.0 else y
+
+
+def test_fused_sign_activation_has_the_composed_forward_and_gradient():
+    gen = torch.Generator().manual_seed(3)
+    for estimator in ("ste", "approx"):
+        for mix in (0.0, 0.3, 1.0):
+            x = (torch.randn(2, 3, 5, 5, generator=gen) * 1.5).requires_grad_()
+            g = torch.randn(2, 3, 5, 5, generator=gen)
+            act = SignActivation(estimator, 1.0)
+            act.mix = mix
+            act.train()
+            y = act(x)
+            (gx,) = torch.autograd.grad(y, x, g)
+            x2 = x.detach().requires_grad_()
+            y2 = _composed(x2, estimator, mix)
+            (gx2,) = torch.autograd.grad(y2, x2, g)
+            assert torch.allclose(y, y2), (estimator, mix)
+            assert torch.allclose(gx, gx2, atol=1e-6), (estimator, mix)
+
+
+def test_saturation_is_the_share_outside_the_window_in_sampled_batches():
+    act = SignActivation("approx", 1.0)
+    act.train()
+    for _ in range(SignActivation.SAMPLE_EVERY):
+        act(torch.tensor([-3.0, -0.5, 0.5, 2.0]))
+    assert act.take_saturation() == 0.5
+    assert act.take_saturation() == 0.0
