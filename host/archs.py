@@ -6,7 +6,8 @@ then 3 fully connected layers, binary except the last, behind a real-valued inpu
 keeps the first and last layers real), at 64x64. `bcnn96`, the default, is that net at 96x96
 with one binary conv fewer in stage 1: codes from 10% of the frame high on boxes of any size and
 place need the pixels (see docs/training-notes.md section 5), and a 2-core CPU still trains it
-within 15 minutes. `tiny` is for tests and very small devices.
+within 15 minutes. `first96` is a cascade's small first stage (a `.bsc` sends it before the
+full model). `tiny` is for tests and very small devices.
 """
 
 from protocol.errors import BinsortError
@@ -34,6 +35,16 @@ ARCHS = {
         "epochs": 36,
         "demo_count": 3000,
         "demo_epochs": 17,
+    },
+    # a cascade's first stage (issue 19): small enough for one 8 KiB send on a weak link
+    # (about 8.7 KB packed), at the default's 96x96 input; docs/training-notes.md section 6
+    "first96": {
+        "input": 96,
+        "stem": {"cout": 24, "k": 5, "stride": 2, "pool": 2},
+        "convs": [(24, 2), (48, 2), (48, 2)],
+        "dense": [32],
+        "epochs": 30,
+        "demo_count": 3000,
     },
     "tiny": {
         "input": 32,

@@ -113,6 +113,7 @@ def _train(args) -> int:
         binarize_ramp=args.binarize_ramp,
         seed=args.seed,
         real_weight=args.real_weight,
+        delta_budget=args.delta_budget,
     )
     metrics = train(
         folders[0] if len(folders) == 1 else folders,
@@ -167,6 +168,10 @@ def _pack(args) -> int:
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
     ckpt, model = load_checkpoint(path)
+    if args.out.endswith(".bsc") or args.first:
+        return _pack_cascade(args, path, ckpt, model)
+    if args.out.endswith(".bsd") or args.delta_from:
+        return _pack_delta(args, path, ckpt, model)
     stream = args.out.endswith(".pranc")
     if ckpt.get("param", "bnn") == "pranc":
         from host.pack_pranc import pack_pranc, pack_pranc_bnn
@@ -199,7 +204,147 @@ def _pack(args) -> int:
     return 0
 
 
-def _pack_test_data(args, ckpt, model):
+def _pack_cascade(args, path, ckpt, model) -> int:
+    """FIRST (a run or a .bnn) then the run, as a .bsc cascade; each stage's accuracy measured
+    through the edge engine on the test images of --data (default: the run's data)."""
+    from edge.engine import make_engine
+    from host.pack import pack_model
+    from protocol.bnn import read_bnn, read_model_file
+    from protocol.cascade import write_cascade
+
+    if not args.out.endswith(".bsc") or not args.first:
+        raise BinsortError("a cascade is written with --first RUN|FILE.bnn and --out FILE.bsc")
+    if ckpt.get("param", "bnn") != "bnn":
+        raise BinsortError("%s was trained with --param pranc; a cascade's stages are .bnn" % path)
+    stages = [_first_stage(args.first, args.version), pack_model(ckpt, model, args.version)]
+    images, labels = _pack_test_data(args, ckpt, model, sizes=True)
+    measured = []
+    for data in stages:
+        m = read_bnn(data)
+        if list(m.labels) != list(ckpt["labels"]):
+            raise BinsortError(
+                "%s has labels %s, the run %s" % (args.first, list(m.labels), ckpt["labels"])
+            )
+        side = m.input_shape[0]
+        got = make_engine(m).classify(images(side))[0]
+        measured.append((data, float((got == labels).mean())))
+    out = write_cascade(measured)
+    _write_atomically(args.out, out)
+    read_model_file(args.out, lambda d: None)
+    print(
+        "packed %s: %d bytes; stage 1 %d bytes (accuracy %.4f), stage 2 %d bytes (accuracy "
+        "%.4f) on %d test images"
+        % (
+            args.out,
+            len(out),
+            len(stages[0]),
+            measured[0][1],
+            len(stages[1]),
+            measured[1][1],
+            len(labels),
+        )
+    )
+    return 0
+
+
+def _pack_delta(args, path, ckpt, model) -> int:
+    """The run as a .bsd delta of the .bnn a device runs: one step with the new thresholds,
+    input conv and output layer on the old binary weights (tier 1), then one with the weight
+    flips too (tier 2) when the run changed any; each step's accuracy measured through the
+    edge engine when test images are at hand."""
+    from edge.engine import make_engine
+    from host.pack import pack_model, write_with_golden
+    from protocol import bnn
+    from protocol.delta import write_delta
+
+    if not args.out.endswith(".bsd") or not args.delta_from:
+        raise BinsortError("a delta is written with --delta-from OLD.bnn and --out FILE.bsd")
+    if ckpt.get("param", "bnn") != "bnn":
+        raise BinsortError("%s was trained with --param pranc; a delta updates a .bnn" % path)
+    base = bnn.read_model_file(args.delta_from, lambda data: (bnn.read_bnn(data), data)[1])
+    old = bnn.read_bnn(base)
+    new_bytes = pack_model(ckpt, model, args.version)
+    new = bnn.read_bnn(new_bytes)
+    if list(old.labels) != list(new.labels):
+        raise BinsortError(
+            "%s has labels %s, the run %s: a delta cannot change the labels (ship a whole model)"
+            % (args.delta_from, list(old.labels), list(new.labels))
+        )
+    if [la.geometry() for la in old.layers] != [la.geometry() for la in new.layers]:
+        raise BinsortError(
+            "%s is another architecture than the run (%s): a delta needs the same layers; "
+            "train with --init from the checkpoint that model was packed from"
+            % (args.delta_from, ckpt["arch"])
+        )
+    binary = (bnn.BCONV, bnn.BDENSE)
+    steps = [new_bytes]
+    if any(
+        a.weights != b.weights
+        for a, b in zip(old.layers, new.layers, strict=True)
+        if a.kind in binary
+    ):
+        tier1 = [
+            bnn.Layer(
+                **dict(
+                    b.geometry(),
+                    weights=a.weights if a.kind in binary else b.weights,
+                    thresholds=b.thresholds,
+                    flips=b.flips,
+                    bias=b.bias,
+                    scale=b.scale,
+                )
+            )
+            for a, b in zip(old.layers, new.layers, strict=True)
+        ]
+        steps.insert(0, write_with_golden(new.meta, tier1))
+    try:
+        images, truth = _pack_test_data(args, ckpt, model, sizes=True)
+        side = new.input_shape[0]
+        x = images(side)
+        accs = [float((make_engine(bnn.read_bnn(s)).classify(x)[0] == truth).mean()) for s in steps]
+    except BinsortError as e:
+        print("not measured: %s" % e)
+        accs = [None] * len(steps)
+    out = write_delta(base, list(zip(steps, accs, strict=True)))
+    _write_atomically(args.out, out)
+    flips = sum(
+        bin(x ^ y).count("1")
+        for a, b in zip(old.layers, new.layers, strict=True)
+        if a.kind in binary
+        for x, y in zip(a.weights, b.weights, strict=True)
+    )
+    shown = ["%s" % ("accuracy not measured" if a is None else "accuracy %.4f" % a) for a in accs]
+    print(
+        "packed %s: %d bytes against the model's %d (%s); %d weight-bit flips; %s"
+        % (
+            args.out,
+            len(out),
+            len(new_bytes),
+            "tier 1 then tier 2" if len(steps) == 2 else "one step",
+            flips,
+            ", ".join(shown),
+        )
+    )
+    return 0
+
+
+def _first_stage(first: str, version: int) -> bytes:
+    """The first stage's .bnn: a .bnn file as it is, or a run packed here."""
+    from host.pack import pack_model
+    from host.train import load_checkpoint
+    from protocol.bnn import read_bnn, read_model_file
+    from protocol.kinds import file_kind
+
+    if os.path.isfile(first) and file_kind(first) == "bnn":
+        return read_model_file(first, lambda data: (read_bnn(data), data)[1])
+    path = os.path.join(first, "checkpoint.pt") if os.path.isdir(first) else first
+    ckpt, model = load_checkpoint(path)
+    if ckpt.get("param", "bnn") != "bnn":
+        raise BinsortError("%s was trained with --param pranc; a cascade's stages are .bnn" % path)
+    return pack_model(ckpt, model, version)
+
+
+def _pack_test_data(args, ckpt, model, sizes=False):
     """The test images each prefix's accuracy is measured on: --data, else the run's data."""
     from edge.imaging.imagefolder import dataset_splits
     from edge.imaging.preprocess import load_inputs
@@ -216,9 +361,11 @@ def _pack_test_data(args, ckpt, model):
 
     from host.models import arch_spec
 
+    truth = np.array([lb for _, lb in test_items], dtype=np.int64)
+    if sizes:  # a function of the input side: each stage of a cascade reads its own size
+        return (lambda side: load_inputs([p for p, _ in test_items], side, side)), truth
     side = arch_spec(ckpt["arch"])["input"]
-    images = load_inputs([p for p, _ in test_items], side, side)
-    return images, np.array([lb for _, lb in test_items], dtype=np.int64)
+    return load_inputs([p for p, _ in test_items], side, side), truth
 
 
 def _print_stream_sizes(path, data, model) -> None:
@@ -410,6 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
         % (FINE_TUNE["epochs"], FINE_TUNE["lr"]),
     )
     p.add_argument(
+        "--delta-budget",
+        type=int,
+        default=None,
+        help="with --init: an update that fits BYTES as a .bsd delta of that model (tier 1: "
+        "thresholds, input conv, output layer; then the firmest weight flips that fit); "
+        "pack it with binsort pack RUN --delta-from OLD.bnn --out UPDATE.bsd",
+    )
+    p.add_argument(
         "--real-weight",
         type=float,
         default=None,
@@ -490,21 +645,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_train)
 
-    p = sub.add_parser("pack", help="pack a trained run into a .bnn file or a .pranc stream")
+    p = sub.add_parser(
+        "pack", help="pack a trained run into a .bnn file, a .pranc stream or a .bsc cascade"
+    )
     p.add_argument("checkpoint", help="RUN/checkpoint.pt (or the RUN folder)")
     p.add_argument(
-        "--out", required=True, help="the .bnn file, or a .pranc stream (runs trained as pranc)"
+        "--out",
+        required=True,
+        help="the .bnn file, a .pranc stream (runs trained as pranc), or a .bsc cascade "
+        "(with --first)",
+    )
+    p.add_argument(
+        "--first",
+        default=None,
+        help=".bsc: the small first stage, a run or a .bnn, sent before this run's model",
+    )
+    p.add_argument(
+        "--delta-from",
+        default=None,
+        help=".bsd: the .bnn the device runs now; the delta updates it to this run's model",
     )
     p.add_argument(
         "--data",
         default=None,
-        help=".pranc: data folder whose test images every prefix is measured on "
+        help=".pranc, .bsc and .bsd: data folder whose test images every prefix is measured on "
         "(default: the run's own data)",
     )
     p.add_argument("--version", type=int, default=1, help="monotonic model version (default 1)")
     p.set_defaults(run=_pack)
 
-    p = sub.add_parser("eval", help="accuracy and confusion of a .bnn through the edge engine")
+    p = sub.add_parser(
+        "eval", help="accuracy and confusion of a .bnn, .pranc or .bsc through the edge engine"
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="a folder of label sub-folders, e.g. DATA/test")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -512,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefix-bytes",
         type=int,
         default=None,
-        help="for a .pranc stream: use its longest prefix of at most N bytes that ends on a chunk",
+        help="for a .pranc stream: its longest prefix of at most N bytes that ends on a chunk; "
+        "for a .bsc cascade: its first N bytes, which must end on a stage",
     )
     p.set_defaults(run=_eval)
 

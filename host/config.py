@@ -54,6 +54,7 @@ class TrainConfig:
     init: "str | None" = None  # the checkpoint a fine-tuning run starts from
     real_weight: "float | None" = None  # share of each epoch from the real folders
     frozen_bn: bool = True  # fine-tuning keeps the base model's BatchNorm statistics
+    delta_budget: "int | None" = None  # bytes a .bsd delta of the base model may take (host.delta)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,5 +123,7 @@ def check(cfg: TrainConfig) -> None:
         raise BinsortError("--lr must be positive: %g" % cfg.lr)
     if not 0 <= cfg.binarize_ramp <= 1:
         raise BinsortError("--binarize-ramp must be between 0 and 1: %g" % cfg.binarize_ramp)
+    if cfg.delta_budget is not None and (cfg.init is None or cfg.delta_budget < 1):
+        raise BinsortError("--delta-budget needs --init RUN (the model the device runs) and bytes")
     if cfg.real_weight is not None and not 0 < cfg.real_weight < 1:
         raise BinsortError("the real-image weight must be between 0 and 1: %g" % cfg.real_weight)

@@ -1,9 +1,10 @@
 """`binsort ship`: sign a manifest for a model file and send both to a device by URL.
 
 The model is read and checked here first (a damaged file is never shipped). Its manifest
-(protocol.manifest) cuts a `.bnn` into 4 KiB chunks and a `.pranc` stream at its chunk records,
-with the accuracy the host measured for each prefix, so the device can verify and use every
-prefix as it arrives. The transport is chosen by the URL's scheme (protocol.transports).
+(protocol.manifest) cuts a `.bnn` into 4 KiB chunks, a `.pranc` stream at its chunk records and
+a `.bsc` cascade every 4 KiB and at the end of each stage, with the accuracy the host measured
+for each usable prefix, so the device can verify and use every prefix as it arrives. The
+transport is chosen by the URL's scheme (protocol.transports).
 """
 
 import os
@@ -33,11 +34,48 @@ def read_payload(path: str) -> "tuple[bytes, str, list, list]":
             chunks = [e[1] for e in events if e[0] == "chunk"]
             ends = [c.end for c in chunks[:-1]] + [len(data)]
             return "pranc", ends, [c.accuracy for c in chunks]
+        if model_kind(data) == "cascade":
+            return cascade_chunks(data)
+        if model_kind(data) == "delta":
+            return delta_chunks(data)
         read_bnn(data)
         return "bnn", mf.fixed_chunk_ends(len(data)), None
 
     kind, ends, accuracies = read_model_file(path, parse)
     return with_data["data"], kind, ends, accuracies
+
+
+def cascade_chunks(data: bytes) -> "tuple[str, list, list]":
+    """A whole `.bsc` cut every 4 KiB and at the end of every stage, so that each stage ends
+    on a signed chunk the device can install as soon as it is verified; the chunk that ends a
+    stage carries the accuracy the host measured for it."""
+    from protocol.cascade import read_cascade
+
+    cascade = read_cascade(data)
+    if not cascade.done:
+        raise FormatError("not a complete .bsc cascade: it ends without DONE")
+    return "cascade", *_cut_at(len(data), {s.end: s.accuracy for s in cascade.stages})
+
+
+def delta_chunks(data: bytes) -> "tuple[str, list, list]":
+    """A whole `.bsd` cut like a cascade, at the end of every step (each step is an update)."""
+    from protocol.delta import read_steps
+
+    steps, done = read_steps(data)
+    if not done:
+        raise FormatError("not a complete .bsd delta: it ends without DONE")
+    return "delta", *_cut_at(len(data), steps)
+
+
+def _cut_at(size: int, marks: dict) -> "tuple[list, list]":
+    """Chunk ends every 4 KiB and at each end in `marks` ({end: accuracy or None}), and the
+    accuracy of each chunk (that of the mark it ends on, else None)."""
+    ends, start = [], 0
+    for stop in sorted(marks) + [size]:
+        if stop > start:
+            ends += [start + e for e in mf.fixed_chunk_ends(stop - start)]
+        start = stop
+    return ends, [marks.get(e) for e in ends]
 
 
 ROLLBACK_HOURS = 24  # a signed rollback is refused this long after it was made
@@ -69,6 +107,10 @@ def build_manifest(
         "chunks": mf.chunk_table(payload, ends, accuracies),
         "created": now,
     }
+    if kind == "delta":
+        from protocol.delta import base_sha256
+
+        signed["base"] = base_sha256(payload)
     if rollback:
         signed["rollback"] = True
     hours = ROLLBACK_HOURS if rollback and expires_hours is None else expires_hours

@@ -188,12 +188,44 @@ def train(
     # channels-last: a third less time a step on a CPU (convolutions and pooling in oneDNN's
     # own layout), the same arithmetic
     model = build(config, len(data.labels), start, device).to(memory_format=torch.channels_last)
+    if config.delta_budget is not None:
+        from host.delta import check_budget
+
+        check_budget(start[0], load_checkpoint(config.init)[1], config.delta_budget)
     metrics = run_epochs(model, data, config, device, rank, world, progress, log)
+    if config.delta_budget is not None:
+        metrics = _fit_budget(model, data, config, device, rank, world, progress, log, metrics)
     if rank == 0:
         save_run(out_dir, model, data, config, folders, metrics)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+    return metrics
+
+
+def _fit_budget(model, data, config, device, rank, world, progress, log, metrics) -> dict:
+    """A delta run's second phase (host.delta): keep the weight flips the budget allows, then
+    train BatchNorm, the input conv and the output layer around them, binary weights frozen."""
+    import dataclasses
+
+    from host.delta import freeze_binary_weights, keep_within_budget
+
+    ckpt, base = load_checkpoint(config.init)
+    info = keep_within_budget(model, base.to(device), config.delta_budget, ckpt, log)
+    freeze_binary_weights(model)
+    second = dataclasses.replace(config, epochs=max(2, config.epochs // 3), binarize_ramp=0.0)
+    log("delta: %d epochs of thresholds, input conv and output layer" % second.epochs)
+    more = run_epochs(model, data, second, device, rank, world, progress, log)
+    for w in model.parameters():
+        w.requires_grad_(True)
+    if rank != 0:
+        return metrics
+    done = len(metrics["epochs"])
+    for row in more["epochs"]:
+        metrics["epochs"].append(dict(row, epoch=done + row["epoch"], phase="delta"))
+    metrics["test_accuracy"] = more["test_accuracy"]
+    metrics["train_seconds"] = round(metrics["train_seconds"] + more["train_seconds"], 1)
+    metrics["delta"] = info
     return metrics
 
 

@@ -176,8 +176,6 @@ def write_bnn(meta: dict, layers: list, golden: list, golden_seed=None) -> bytes
     """Serialise a model. `golden` is a list of (input image bytes, list of int scores); with
     `golden_seed` the images are seeded_input(golden_seed, i) and only the seed and the scores
     are written (GSEE, format 1.1), else the images are stored whole (GOLD, format 1.0)."""
-    sections = [section(b"META", json.dumps(meta, sort_keys=True).encode("utf-8"))]
-    sections.extend(section(b"LAYR", layer_payload(layer)) for layer in layers)
     h, w = meta["input"]["height"], meta["input"]["width"]
     classes = len(meta["labels"])
     if golden_seed is None:
@@ -185,16 +183,26 @@ def write_bnn(meta: dict, layers: list, golden: list, golden_seed=None) -> bytes
         for image, scores in golden:
             gold.append(bytes(image))
             gold.append(struct.pack("<%dq" % len(scores), *scores))
-        sections.append(section(b"GOLD", b"".join(gold)))
-        minor = 0
+        tag = b"GOLD"
     else:
         gold = [struct.pack(_GSEE, golden_seed, len(golden), h, w, classes)]
         for i, (image, scores) in enumerate(golden):
             if bytes(image) != seeded_input(golden_seed, i, h, w):
                 raise ValueError("golden input %d is not the one seed %d draws" % (i, golden_seed))
             gold.append(struct.pack("<%dq" % len(scores), *scores))
-        sections.append(section(b"GSEE", b"".join(gold)))
-        minor = 1
+        tag = b"GSEE"
+    meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
+    return assemble(meta_bytes, [layer_payload(layer) for layer in layers], tag, b"".join(gold))
+
+
+def assemble(meta_bytes: bytes, layer_payloads: list, gold_tag: bytes, gold_payload: bytes):
+    """A `.bnn` from its parts as they are stored: META's JSON bytes, each LAYR payload, and
+    the self-test section (GOLD, format 1.0, or GSEE, 1.1). write_bnn and a delta's apply
+    (protocol.delta) both end here, so the same parts always make the same bytes."""
+    sections = [section(b"META", meta_bytes)]
+    sections.extend(section(b"LAYR", payload) for payload in layer_payloads)
+    sections.append(section(gold_tag, gold_payload))
+    minor = 1 if gold_tag == b"GSEE" else 0
     body = struct.pack(_HEADER, MAGIC, VERSION_MAJOR, minor, len(sections) + 1)
     body += b"".join(sections)
     return body + section(b"HASH", hashlib.sha256(body).digest())

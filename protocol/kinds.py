@@ -1,12 +1,18 @@
 """What kind of model a file or a stream holds, told by its first four bytes (docs/format.md)."""
 
-from protocol import bnn, pranc
+from protocol import bnn, cascade, delta, pranc
 
-KINDS = {bnn.MAGIC: "bnn", pranc.MAGIC: "pranc"}
+KINDS = {
+    bnn.MAGIC: "bnn",
+    pranc.MAGIC: "pranc",
+    cascade.MAGIC: "cascade",
+    delta.MAGIC: "delta",
+}
 
 
 def model_kind(head: bytes) -> "str | None":
-    """ "bnn" or "pranc" for data starting with that format's magic, else None."""
+    """The kind ("bnn", "pranc", "cascade" or "delta") of data starting with that format's
+    magic, else None."""
     return KINDS.get(bytes(head[:4]))
 
 

@@ -15,7 +15,7 @@ import json
 from protocol.errors import FormatError
 
 FORMAT = "binsort-manifest/1"
-KINDS = ("bnn", "pranc")
+KINDS = ("bnn", "pranc", "cascade", "delta")
 MAX_MANIFEST = 1 << 20
 BNN_CHUNK = 4096
 FIELDS = ("format", "model_id", "kind", "version", "size", "sha256", "chunks", "created")
@@ -97,6 +97,7 @@ class Manifest:
         self.rollback = bool(signed.get("rollback", False))
         self.expires = signed.get("expires")  # unix seconds after which it is refused
         self.store = signed.get("store")  # the one store it may install into, or any
+        self.base = signed.get("base")  # a delta: the SHA-256 of the .bnn it applies to
 
     def chunk_ends(self) -> list:
         return [c[0] for c in self.signed["chunks"]]
@@ -134,6 +135,12 @@ def check_signed(signed) -> None:
     expires = signed.get("expires")
     _check(expires is None or (_is_int(expires) and expires > 0), "expires must be unix seconds")
     _check(signed.get("store") is None or _is_hex(signed["store"], 16), "store is 16 hex digits")
+    base = signed.get("base")
+    _check(
+        (kind == "delta") == (base is not None),
+        "a delta, and only a delta, names its base model (base)",
+    )
+    _check(base is None or _is_hex(base, 64), "base must be 64 lowercase hex digits")
     _check(
         not signed.get("rollback") or expires is not None,
         "a rollback manifest must expire (an old version must not be installable for ever)",

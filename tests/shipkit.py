@@ -8,6 +8,7 @@ import sys
 import time
 
 from protocol import manifest as mf
+from protocol.kinds import model_kind
 from protocol.signing import load_private, new_key_pair, sign_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +21,7 @@ def keys(path) -> "tuple[str, str]":
 
 
 def signed_manifest(payload: bytes, key_path: str, version: int, **extra) -> bytes:
-    kind = "pranc" if payload[:4] == b"BSPR" else "bnn"
+    kind = model_kind(payload) or "bnn"
     ends = extra.pop("ends", None) or mf.fixed_chunk_ends(len(payload))
     signed = {
         "format": mf.FORMAT,

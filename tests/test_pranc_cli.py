@@ -135,4 +135,4 @@ def test_prefix_bytes_on_a_bnn_is_a_one_line_error(pranc_run, trained_run):
         "--prefix-bytes",
         "100",
     )
-    assert_clean_error(code, err, ".pranc streams only")
+    assert_clean_error(code, err, ".pranc and .bsc streams only")

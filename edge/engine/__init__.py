@@ -16,7 +16,8 @@ from edge.engine import native
 from edge.engine.base import Engine
 from edge.engine.numpy_engine import NumpyEngine
 from edge.engine.stream import read_pranc_file
-from protocol.bnn import BnnModel, read_bnn_file
+from protocol.bnn import BnnModel, read_bnn_file, read_model_file
+from protocol.cascade import read_cascade
 from protocol.errors import FormatError
 from protocol.kinds import file_kind
 
@@ -37,7 +38,9 @@ def load_engine(path: str, prefix_bytes=None) -> Engine:
     A `.bnn` must reproduce its golden scores. A `.pranc` stream is rebuilt here (its decoder
     becomes the engine's `source`) and must reproduce the host's CRC32 of the packed layers;
     `prefix_bytes` uses only the stream's longest prefix of at most that many bytes that ends
-    on a chunk boundary."""
+    on a chunk boundary. A `.bsc` cascade (or its first `prefix_bytes`, which must end on a
+    stage) runs its last stage, which must reproduce its golden scores; `engine.stage` is
+    (that stage, stages in the stream)."""
     try:
         return _load(path, prefix_bytes)
     except MemoryError:
@@ -45,14 +48,22 @@ def load_engine(path: str, prefix_bytes=None) -> Engine:
 
 
 def _load(path: str, prefix_bytes) -> Engine:
-    if file_kind(path) == "pranc":
+    kind = file_kind(path)
+    if kind == "pranc":
         model, decoder = read_pranc_file(path, prefix_bytes)
         engine = make_engine(model)
         engine.source = decoder
         return engine
-    if prefix_bytes is not None:
-        raise FormatError("%s: --prefix-bytes applies to .pranc streams only" % path)
-    engine = make_engine(read_bnn_file(path))
+    stage = None
+    if kind == "cascade":
+        cascade = read_model_file(path, lambda data: read_cascade(_prefix(data, prefix_bytes)))
+        model, stage = cascade.model, cascade.stage
+    elif prefix_bytes is not None:
+        raise FormatError("%s: --prefix-bytes applies to .pranc and .bsc streams only" % path)
+    else:
+        model = read_bnn_file(path)
+    engine = make_engine(model)
+    engine.stage = stage
     failed = engine.self_test()
     if failed:
         raise FormatError(
@@ -60,3 +71,11 @@ def _load(path: str, prefix_bytes) -> Engine:
             "compute what the host packed)" % (path, failed)
         )
     return engine
+
+
+def _prefix(data: bytes, prefix_bytes) -> bytes:
+    if prefix_bytes is None:
+        return data
+    if not 0 < prefix_bytes <= len(data):
+        raise FormatError("a prefix of %d bytes of a %d-byte stream" % (prefix_bytes, len(data)))
+    return data[:prefix_bytes]

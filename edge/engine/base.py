@@ -11,7 +11,8 @@ class Engine:
     """Runs a parsed BnnModel. `scores` gives the exact integer class scores.
 
     `source` is the `.pranc` stream decoder the model was rebuilt from (edge.engine.stream), or
-    None for a `.bnn`; `load_engine` sets it."""
+    None for a `.bnn`; `stage` is (stage, stages) when the model is a stage of a `.bsc`
+    cascade, else None. `load_engine` sets both."""
 
     name = "engine"
 
@@ -20,6 +21,7 @@ class Engine:
         self.out_scale = model.layers[-1].scale
         self.chunk = chunk
         self.source = None
+        self.stage = None
 
     def describe(self) -> str:
         """The engine as `--verbose` and the daemon status name it."""

@@ -4,7 +4,8 @@
 (SlotStore.verify), resumes from the payload's `.partial` file, checks every chunk against the
 manifest's hash as it completes (a bad chunk is cut off and the session aborted), makes the
 file durable at every chunk boundary, installs each `.pranc` prefix whose host-measured accuracy
-meets the policy as soon as its chunk is verified, and installs the complete payload at DONE.
+meets the policy and each stage of a `.bsc` cascade as soon as its chunk is verified, and
+installs the complete payload at DONE.
 """
 
 import os
@@ -12,9 +13,13 @@ import threading
 import time
 
 from edge.install.store import Rejected, SlotStore
+from protocol import cascade, delta
+from protocol.cascade import ends_on_record
 from protocol.chunks import ChunkVerifier, chunk_start
 from protocol.errors import FormatError, bounded
 from protocol.session import Receiver, pump
+
+DONE_RECORD = 44  # a .bsc or .bsd DONE record: tag, length, SHA-256, CRC
 
 
 class StoreSink:
@@ -73,19 +78,28 @@ class StoreSink:
         end = self.offset
         self._sync(end)
         acc = self.manifest.accuracy(index)
-        if (
-            self.manifest.kind == "pranc"
-            and end < self.size
-            and self.min_accuracy is not None
-            and acc is not None
-            and acc >= self.min_accuracy
-        ):
+        if end < self.size and self._prefix_wanted(end, acc):
             slot = self.store.install(self.manifest, self.path, length=end)
             self.log(
-                "installed prefix of %d bytes (host accuracy %.4f) in slot %s" % (end, acc, slot)
+                "installed prefix of %d bytes (host accuracy %s) in slot %s"
+                % (end, "not measured" if acc is None else "%.4f" % acc, slot)
             )
             return {"installed": end, "accuracy": acc, "slot": slot}
         return None
+
+    def _prefix_wanted(self, end: int, acc) -> bool:
+        kind = self.manifest.kind
+        if kind == "pranc":
+            return self.min_accuracy is not None and acc is not None and acc >= self.min_accuracy
+        if self.size - end == DONE_RECORD:
+            return False  # the last stage or step: only DONE follows, installed as a whole
+        # every stage of a cascade and every step of a delta, as soon as it is whole
+        last = {"cascade": (cascade.MAGIC, b"STAG"), "delta": (delta.MAGIC, b"STEP")}.get(kind)
+        if last is None:
+            return False
+        self.file.flush()
+        with open(self.path, "rb") as f:
+            return ends_on_record(f, end, *last)
 
     def _sync(self, offset: int) -> None:
         self.file.flush()

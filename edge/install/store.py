@@ -34,7 +34,8 @@ from protocol.signing import parse_public, verify_manifest
 STATE_FORMAT = "binsort-store/1"
 SLOTS = ("a", "b")
 DEFAULT_MAX_BYTES = 16 << 20
-SUFFIX = {"bnn": ".bnn", "pranc": ".pranc"}
+# a delta's slot holds the .bnn it made, not the delta
+SUFFIX = {"bnn": ".bnn", "pranc": ".pranc", "cascade": ".bsc", "delta": ".bnn"}
 LOG_LINE = 300  # characters of one log line
 LOG_BYTES = 256 << 10  # the log is rotated to log.1 at this size
 REFUSALS_PER_MINUTE = 20  # refusal lines logged a minute; the rest are counted in one line
@@ -185,7 +186,12 @@ class SlotStore:
                 state["max_bytes"],
             )
         elif active and active["manifest"] == manifest.digest and not active["complete"]:
-            return  # more of the active .pranc stream
+            return  # more of the active .pranc stream, .bsc cascade or .bsd delta
+        elif manifest.kind == "delta" and not (active and active["sha256"] == manifest.base):
+            why = "this delta applies to model %s, which this device does not run (%s)" % (
+                manifest.base[:16],
+                "it runs %s" % active["sha256"][:16] if active else "it has no model",
+            )
         elif manifest.store is not None and manifest.store != state.get("store_id"):
             why = "the manifest is bound to another device's store"
         elif manifest.expires is not None and manifest.expires < time.time():
@@ -225,10 +231,18 @@ class SlotStore:
             size = manifest.size
             length = size if length is None else length
             complete = length == size
+            made = None  # a delta: the .bnn it makes, in a file of its own
             try:
                 self._check_payload(manifest, payload_path, length)
-                _self_test(payload_path, None if complete else length)
+                if manifest.kind == "delta":
+                    made = self._apply_delta(manifest, payload_path, length)
+                    _self_test(made, None)
+                else:
+                    _self_test(payload_path, None if complete else length)
             except Rejected as e:
+                if made is not None:
+                    with contextlib.suppress(OSError):
+                        os.remove(made)
                 self.log_refusal("reject %s v%d: %s" % (manifest.model_id, manifest.version, e))
                 raise
             state = self.state()
@@ -253,7 +267,9 @@ class SlotStore:
             for name in os.listdir(sdir):
                 os.remove(os.path.join(sdir, name))
             target = os.path.join(sdir, "model" + SUFFIX[manifest.kind])
-            if move and complete:
+            if made is not None:
+                os.replace(made, target)
+            elif move and complete:
                 os.replace(payload_path, target)
             else:
                 _copy_prefix(payload_path, target, length)
@@ -272,6 +288,8 @@ class SlotStore:
                 "manifest": manifest.digest,
                 "installed_at": int(time.time()),
             }
+            if manifest.base:
+                state["slots"][slot]["base"] = manifest.base
             previous = state["active"]  # the model that was running, confirmed or not
             state["active"] = slot
             # on trial until the daemon confirms it; a restart during the trial rolls back
@@ -292,6 +310,37 @@ class SlotStore:
                 % (what, manifest.model_id, manifest.version, manifest.kind, length, size, slot)
             )
             return slot
+
+    def _apply_delta(self, manifest: Manifest, path: str, length: int) -> str:
+        """The `.bnn` that the first `length` bytes of a delta make from its base model (in
+        either slot, checked against its recorded SHA-256), written and fsynced to a file in
+        partial/; Rejected if the base is gone or the delta does not make what it names."""
+        from protocol.delta import apply_delta
+
+        state = self.state()
+        base = None
+        for slot in SLOTS:
+            rec = state["slots"].get(slot)
+            if rec and rec.get("sha256") == manifest.base and not rec.get("failed"):
+                with contextlib.suppress(OSError), open(self.model_path(slot), "rb") as f:
+                    data = f.read()
+                    if hashlib.sha256(data).hexdigest() == manifest.base:
+                        base = data
+                        break
+        if base is None:
+            raise Rejected("the model this delta applies to (%s) is gone" % manifest.base[:16])
+        with open(path, "rb") as f:
+            delta = f.read(length)
+        try:
+            update = apply_delta(base, delta)
+        except FormatError as e:
+            raise Rejected(str(e)) from None
+        made = self._path("partial", manifest.sha256 + ".made.bnn")
+        with open(made, "wb") as f:
+            f.write(update.data)
+            f.flush()
+            os.fsync(f.fileno())
+        return made
 
     def _check_payload(self, manifest: Manifest, path: str, length: int) -> None:
         try:

@@ -241,12 +241,14 @@ class Daemon:
         self.actuator.release()
         rec = new.record
         self.swaps.append(self.frames_seen)
+        stage = new.engine.stage
         self._event(
-            "swapped in %s v%d (%s, slot %s, %d bytes) before frame %d"
+            "swapped in %s v%d (%s%s, slot %s, %d bytes) before frame %d"
             % (
                 rec["model_id"],
                 rec["version"],
                 rec["kind"],
+                " stage %d of %d" % stage if stage else "",
                 new.slot,
                 rec["bytes"],
                 self.frames_seen,
@@ -606,6 +608,7 @@ class Daemon:
         out["model"] = (
             {k: m.record[k] for k in ("model_id", "version", "kind", "bytes", "size", "complete")}
             | {"slot": m.slot, "trial": self.trial is not None}
+            | {"stage": list(m.engine.stage) if m.engine.stage else None}
             if m
             else None
         )

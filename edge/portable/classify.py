@@ -1,9 +1,10 @@
 """Classify model inputs with the portable engine; runs under MicroPython and CPython.
 
-    micropython edge/portable/classify.py [--stats] MODEL.bnn IMAGE.pgm|IMAGE.raw ...
+    micropython edge/portable/classify.py [--stats] MODEL.bnn|MODEL.bsc IMAGE.pgm|IMAGE.raw ...
 
 One JSON line per image, as `binsort-edge classify` prints them (path, label, confidence,
-scores), plus `int_scores`, the exact integers. `--stats` adds a line with the time per image.
+scores), plus `int_scores`, the exact integers. A `.bsc` cascade (or a prefix of it that ends
+on a stage) runs its last stage. `--stats` adds a line with the time per image.
 Under MicroPython, tools/micropython.mjs then steps the engine through the first image one
 output row at a time, collecting garbage between steps. A last line gives the peak heap in use
 (gc.mem_alloc) with the model loaded. This WebAssembly port reclaims memory only between calls
@@ -18,6 +19,7 @@ import sys
 import time
 
 from edge.portable.engine import PortableEngine, read_pgm
+from protocol import cascade
 from protocol.bnn import read_bnn
 from protocol.errors import BinsortError
 
@@ -67,9 +69,12 @@ def main(argv: list) -> int:
     stats = "--stats" in argv
     args = [a for a in argv if a != "--stats"]
     if len(args) < 2:
-        print("usage: portable_classify [--stats] MODEL.bnn IMAGE...", file=sys.stderr)
+        print("usage: portable_classify [--stats] MODEL.bnn|MODEL.bsc IMAGE...", file=sys.stderr)
         return 2
-    model = read_bnn(_read(args[0]))
+    data = _read(args[0])
+    # a .bsc cascade, whole or a prefix, runs its last stage
+    model = cascade.read_cascade(data).model if data[:4] == cascade.MAGIC else read_bnn(data)
+    del data
     engine = PortableEngine(model)
     if engine.self_test():
         raise BinsortError("%s: failed its self-test on golden inputs" % args[0])

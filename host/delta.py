@@ -1,0 +1,160 @@
+"""Training an update that fits a byte budget as a `.bsd` delta (issue 19, protocol.delta).
+
+A fine-tuning run (`binsort train --init RUN --delta-budget BYTES`) first trains as usual, every
+weight free. Then it keeps only the binary weights whose sign it changed most firmly, as many
+as the budget leaves after tier 1 (new thresholds, input conv and output layer, whose size is
+fixed by the architecture), puts every other binary weight back to the base model's, and trains
+BatchNorm, the input conv and the output layer again around those flips with the binary weights
+frozen. `binsort pack RUN --delta-from BASE.bnn` then writes the delta.
+"""
+
+import struct
+
+import torch
+
+from host.pack import deployed_layers, pack_model
+from protocol import bnn, delta
+from protocol.errors import BinsortError
+
+# bytes kept back for what is not known before training ends: the new META (its model id and
+# metrics, the delta's own figures among them) is longer than the base's
+MARGIN = 256
+
+
+def binary_weights(model) -> list:
+    """(name, latent weight parameter) of every binary layer, in order."""
+    return [(n, p) for n, p in model.named_parameters() if _is_binary(n)]
+
+
+def _is_binary(name: str) -> bool:
+    return name.endswith(".weight") and name.startswith(("convs.", "dense.")) and ".bn." not in name
+
+
+def tier1_bytes(base_bnn: bytes) -> int:
+    """The size of a tier-1 delta of `base_bnn`: every threshold, the input conv and the output
+    layer sent again (how much they change does not change their size)."""
+    model = bnn.read_bnn(base_bnn)
+    payloads = []
+    for layer in model.layers:
+        if layer.thresholds is not None:  # a changed threshold forces the layer's record
+            t = bytearray(layer.thresholds)
+            t[0] ^= 1
+            layer = bnn.Layer(
+                **dict(
+                    layer.geometry(),
+                    weights=layer.weights,
+                    thresholds=bytes(t),
+                    flips=layer.flips,
+                    bias=layer.bias,
+                    scale=layer.scale,
+                )
+            )
+        elif layer.kind == bnn.DENSE_OUT:
+            layer = bnn.Layer(
+                **dict(
+                    layer.geometry(),
+                    weights=layer.weights,
+                    bias=layer.bias,
+                    scale=layer.scale * 1.5,
+                )
+            )
+        payloads.append(bnn.layer_payload(layer))
+    parts = delta._sections(base_bnn)
+    tag = b"GSEE" if b"GSEE" in parts else b"GOLD"
+    changed = bnn.assemble(parts[b"META"], payloads, tag, parts[tag])
+    return len(delta.write_delta(base_bnn, [(changed, None)]))
+
+
+def step_bytes(base_bnn: bytes) -> int:
+    """What a second step adds besides its flips: its STEP record (META is not repeated)."""
+    parts = delta._sections(base_bnn)
+    tag = b"GSEE" if b"GSEE" in parts else b"GOLD"
+    framing = struct.calcsize(delta.RECORD) + 4
+    return framing + struct.calcsize(delta.STEP_HEAD) + len(parts[tag])
+
+
+def check_budget(ckpt: dict, base, budget: int) -> int:
+    """The bytes tier 1 takes for this model (with the margin); BinsortError, before any
+    training, when the budget is smaller."""
+    fixed = tier1_bytes(pack_model(ckpt, base)) + MARGIN
+    if fixed > budget:
+        raise BinsortError(
+            "--delta-budget %d is below the %d bytes that thresholds, input conv and output "
+            "layer take (tier 1) for this architecture" % (budget, fixed)
+        )
+    return fixed
+
+
+def flip_records_bytes(base_layers: list, layers: list) -> int:
+    """Bytes of the FLIPS records that turn the packed binary weights of `base_layers` into
+    those of `layers` (protocol.bnn Layers), exactly as protocol.delta writes them."""
+    total = 0
+    for i, (a, b) in enumerate(zip(base_layers, layers, strict=True)):
+        if a.kind in (bnn.BCONV, bnn.BDENSE) and a.weights != b.weights:
+            op = [o for o in delta.layer_ops(a, b, i) if o[2] == delta.FLIPS]
+            total += len(delta.record(b"LAYR", op[0]))
+    return total
+
+
+def keep_within_budget(model, base, budget: int, ckpt: dict, log=print) -> dict:
+    """Put back the base model's binary weights except the most firmly flipped ones that fit
+    `budget` bytes with tier 1; returns what was kept. `base` is the model the device runs (a
+    BinaryNet of the same architecture). The flips' bytes are measured on the packed layers,
+    as the delta will carry them."""
+    fixed = check_budget(ckpt, base, budget)
+    second_step = step_bytes(pack_model(ckpt, base))  # the flips come as a step of their own
+    base_layers = deployed_layers(base)
+    new, old = dict(binary_weights(model)), dict(binary_weights(base))
+    trained = {name: w.detach().clone() for name, w in new.items()}
+    candidates = []  # (importance, layer name, flat index)
+    for name, w1 in trained.items():
+        w0 = old[name].detach()
+        flipped = ((w1 >= 0) != (w0 >= 0)).flatten().nonzero().flatten()
+        candidates += [(float(w1.flatten()[i].abs()), name, int(i)) for i in flipped]
+    candidates.sort(reverse=True)
+
+    def select(n: int) -> None:
+        """The model's binary weights: the base's, but the n firmest flips."""
+        keep = {}
+        for _, name, i in candidates[:n]:
+            keep.setdefault(name, []).append(i)
+        with torch.no_grad():
+            for name, w in new.items():
+                flat = old[name].detach().flatten().clone()
+                idx = torch.tensor(keep.get(name, []), dtype=torch.long)
+                if len(idx):
+                    flat[idx] = trained[name].flatten()[idx]
+                w.copy_(flat.view_as(w))
+
+    def cost(n: int) -> int:
+        if n == 0:
+            return 0
+        select(n)
+        return second_step + flip_records_bytes(base_layers, deployed_layers(model))
+
+    lo, hi = 0, len(candidates)  # the most flips whose bytes fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fixed + cost(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    size = fixed - MARGIN + cost(lo)
+    select(lo)
+    log(
+        "delta budget %d bytes: tier 1 takes %d, %d of %d weight flips kept (%d bytes in all)"
+        % (budget, fixed - MARGIN, lo, len(candidates), size)
+    )
+    return {
+        "budget": budget,
+        "tier1_bytes": fixed - MARGIN,
+        "flips_found": len(candidates),
+        "flips_kept": lo,
+        "estimated_bytes": size,
+    }
+
+
+def freeze_binary_weights(model) -> None:
+    """Binary weights stay as they are; BatchNorm, the input conv and the output layer learn."""
+    for _, w in binary_weights(model):
+        w.requires_grad_(False)

@@ -1,0 +1,264 @@
+"""`.bsd` deltas (issue 19): an update pinned to the model a device runs. The format makes
+exactly the `.bnn` the host packed or fails; a prefix that ends on a step is an update; the
+store refuses a delta for another model before a byte is sent; the receiver installs tier 1
+then tier 2; `binsort pack --delta-from`; MicroPython applies it bit-exactly."""
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+from edge.install.store import SlotStore
+from host.pack import pack_model
+from host.ship import build_manifest
+from host.untrained import lively_net, untrained_checkpoint
+from protocol import delta
+from protocol.errors import FormatError
+from protocol.transports import tcp
+from tests.shipkit import HOST, ROOT, Receiver, keys
+
+MPY = os.path.join(ROOT, "tools", "micropython.mjs")
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(base .bnn, tier-1 .bnn, tier-2 .bnn): tier 1 changes a BatchNorm (thresholds), the input
+    conv and the output layer; tier 2 also flips every 37th weight of one binary conv."""
+    net = lively_net("tiny", 1)
+    base = pack_model(untrained_checkpoint("tiny"), net)
+    tier1 = copy.deepcopy(net)
+    with torch.no_grad():
+        tier1.convs[1].bn.bias += 0.3
+        tier1.head.linear.weight[0] += 0.5
+        tier1.stem.conv.weight[0] *= 1.1
+    tier2 = copy.deepcopy(tier1)
+    with torch.no_grad():
+        tier2.convs[1].weight.view(-1)[::37] *= -1
+    ck = untrained_checkpoint("tiny", model_id="line-3b")
+    return base, pack_model(ck, tier1, 2), pack_model(ck, tier2, 2)
+
+
+@pytest.fixture(scope="module")
+def update(models):
+    return delta.write_delta(models[0], [(models[1], 0.91), (models[2], 0.95)])
+
+
+def _step_ends(data: bytes) -> list:
+    return sorted(delta.read_steps(data)[0])
+
+
+def test_a_delta_makes_exactly_the_packed_model_and_its_prefix_makes_tier_1(models, update):
+    whole = delta.apply_delta(models[0], update)
+    assert whole.data == models[2] and whole.step == 2 and whole.done and whole.accuracy == 0.95
+    first = delta.apply_delta(models[0], update[: _step_ends(update)[0]])
+    assert first.data == models[1] and first.step == 1 and not first.done
+    assert len(update) < len(models[2]) // 2  # far smaller than the model
+    steps, done = delta.read_steps(update)
+    assert done and list(steps.values()) == [0.91, 0.95]
+
+
+def test_a_delta_for_another_model_or_cut_or_damaged_is_refused(models, update):
+    with pytest.raises(FormatError, match="applies to model"):
+        delta.apply_delta(models[1], update)
+    first_end = _step_ends(update)[0]
+    for cut in (0, 9, 60, first_end - 1, first_end + 5):
+        with pytest.raises(FormatError):
+            delta.apply_delta(models[0], update[:cut])
+    for at in range(8, len(update), 211):
+        bad = update[:at] + bytes([update[at] ^ 0x04]) + update[at + 1 :]
+        with pytest.raises(FormatError):
+            delta.apply_delta(models[0], bad)
+    with pytest.raises(FormatError, match="stray bytes after DONE"):
+        delta.apply_delta(models[0], update + delta.record(b"META", b"{}"))
+
+
+def test_a_step_that_does_not_make_the_named_model_is_refused(models, update):
+    """A well-framed delta whose changes are not the ones its step names (a host bug, or a
+    key holder's mistake) never yields a model: the SHA-256 of the result is checked."""
+    recs = delta._records(update)
+    body = update[:8]
+    for tag, payload, _, _ in recs:
+        if tag == b"LAYR" and payload[2] == delta.FLIPS:
+            continue  # drop tier 2's weight flips, keep its STEP
+        if tag == b"DONE":
+            payload = hashlib.sha256(body).digest()
+        body += delta.record(tag, payload)
+    with pytest.raises(FormatError, match="step 2 does not make the model the host packed"):
+        delta.apply_delta(models[0], body)
+
+
+def test_rice_code_round_trips_and_refuses_garbage():
+    for positions, bits in [([], 64), ([0], 8), ([0, 1, 2, 3], 8), ([5, 70, 71, 4095], 4096)]:
+        k = delta.rice_parameter(len(positions), bits)
+        coded = delta.rice_encode(positions, k)
+        assert delta.rice_decode(coded, len(positions), k, bits) == positions
+    coded = delta.rice_encode([3, 9], 1)
+    with pytest.raises(FormatError):
+        delta.rice_decode(coded, 3, 1, 64)  # more flips than coded
+    with pytest.raises(FormatError):
+        delta.rice_decode(coded, 2, 1, 8)  # a flip past the layer
+    with pytest.raises(FormatError):
+        delta.rice_decode(b"\xff\xff\xff\xff", 1, 0, 1 << 20)  # runs past the record
+
+
+def _store_with(tmp_path, payload: bytes):
+    key, pub = keys(tmp_path / "k")
+    store = str(tmp_path / "store")
+    SlotStore.init(store, [pub])
+    path = tmp_path / "base.bnn"
+    path.write_bytes(payload)
+    manifest, body, _ = build_manifest(str(path), key, version=1)
+    s = SlotStore(store)
+    s.install(s.verify(manifest), str(path))
+    return key, store
+
+
+def test_a_receiver_installs_tier_1_then_tier_2_on_the_model_it_runs(tmp_path, models, update):
+    key, store = _store_with(tmp_path, models[0])
+    (tmp_path / "u.bsd").write_bytes(update)
+    manifest, payload, signed = build_manifest(str(tmp_path / "u.bsd"), key, version=2)
+    assert signed["kind"] == "delta" and signed["base"] == hashlib.sha256(models[0]).hexdigest()
+    rx = Receiver(store)
+    seen = []
+    try:
+        result = tcp.ship(rx.url, manifest, payload, {"status": seen.append})
+    finally:
+        log = rx.stop()
+    assert [s["installed"] for s in seen] == [_step_ends(update)[0]], log
+    assert result["kind"] == "delta"
+    s = SlotStore(store)
+    slot, rec = s.active()
+    with open(s.model_path(slot), "rb") as f:
+        assert f.read() == models[2]  # the slot holds the .bnn itself, bit for bit
+    assert rec["complete"] and rec["base"] == signed["base"]
+    assert rec["sha256"] == hashlib.sha256(models[2]).hexdigest()
+
+
+def test_a_delta_for_a_model_the_device_does_not_run_is_refused_before_sending(
+    tmp_path, models, update
+):
+    key, store = _store_with(tmp_path, models[1])  # the device runs another model
+    (tmp_path / "u.bsd").write_bytes(update)
+    rx = Receiver(store)
+    try:
+        out = subprocess.run(
+            HOST + ["ship", str(tmp_path / "u.bsd"), "--to", rx.url, "--key", key, "--quiet"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+    finally:
+        rx.stop()
+    assert out.returncode == 2, out.stderr
+    assert "this delta applies to model %s" % hashlib.sha256(models[0]).hexdigest()[:16] in (
+        out.stderr
+    )
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert SlotStore(store).summary()["partial"] == []  # not a byte was kept
+
+
+def test_pack_writes_a_delta_and_refuses_another_architecture(tmp_path, trained_run):
+    run = trained_run / "run"
+    old = tmp_path / "old.bnn"
+    subprocess.run(HOST + ["pack", str(run), "--out", str(old)], check=True, cwd=ROOT)
+    out = subprocess.run(
+        HOST + ["pack", str(run), "--delta-from", str(old), "--out", str(tmp_path / "u.bsd")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "0 weight-bit flips" in out.stdout and "accuracy" in out.stdout
+    made = delta.apply_delta(old.read_bytes(), (tmp_path / "u.bsd").read_bytes())
+    assert made.done and made.step == 1
+    other = tmp_path / "other.bnn"
+    other.write_bytes(pack_model(untrained_checkpoint("bcnn"), lively_net("bcnn", 1)))
+    for extra, message in [
+        (["--delta-from", str(other), "--out", str(tmp_path / "x.bsd")], "another architecture"),
+        (["--delta-from", str(old), "--out", str(tmp_path / "x.bnn")], "--out FILE.bsd"),
+        (["--out", str(tmp_path / "x.bsd")], "--delta-from"),
+        (["--delta-from", str(tmp_path / "none.bnn"), "--out", str(tmp_path / "x.bsd")], "none"),
+    ]:
+        bad = subprocess.run(
+            HOST + ["pack", str(run), *extra], capture_output=True, text=True, cwd=ROOT
+        )
+        assert bad.returncode == 2, (extra, bad.stderr)
+        assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert not (tmp_path / "x.bsd").exists()
+
+
+def test_micropython_applies_tier_1_and_tier_2_bit_exactly(tmp_path, models, update):
+    (tmp_path / "base.bnn").write_bytes(models[0])
+    (tmp_path / "u.bsd").write_bytes(update)
+    (tmp_path / "tier1.bsd").write_bytes(update[: _step_ends(update)[0]])
+    script = os.path.join(ROOT, "edge", "portable", "apply_delta.py")
+    for name, want in (("tier1.bsd", models[1]), ("u.bsd", models[2])):
+        out_path = tmp_path / ("out-" + name + ".bnn")
+        # a named file that does not exist yet: tools/micropython.mjs copies it back
+        done = subprocess.run(
+            ["node", MPY, script, str(tmp_path / "base.bnn"), str(tmp_path / name), str(out_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        assert row["sha256"] == hashlib.sha256(want).hexdigest()
+        assert out_path.read_bytes() == want
+    done = subprocess.run(
+        ["node", MPY, script, str(tmp_path / "u.bsd"), str(tmp_path / "u.bsd"), "x"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "portable-apply-delta: error:" in done.stderr, done.stderr
+
+
+def test_train_fits_an_update_in_its_byte_budget_and_pack_writes_it(tmp_path, trained_run):
+    run, data = trained_run / "run", trained_run / "data"
+    old = tmp_path / "old.bnn"
+    subprocess.run(HOST + ["pack", str(run), "--out", str(old)], check=True, cwd=ROOT)
+    budget = 4200
+    out = subprocess.run(
+        HOST
+        + ["train", "--data", str(data), "--init", str(run), "--delta-budget", str(budget)]
+        + ["--epochs", "2", "--lr", "0.01", "--out", str(tmp_path / "u"), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "u" / "metrics.json") as f:
+        info = json.load(f)["delta"]
+    assert info["budget"] == budget and 0 < info["flips_kept"] <= info["flips_found"]
+    packed = subprocess.run(
+        HOST
+        + ["pack", str(tmp_path / "u"), "--delta-from", str(old), "--out", str(tmp_path / "u.bsd")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert packed.returncode == 0, packed.stderr
+    update = (tmp_path / "u.bsd").read_bytes()
+    assert len(update) <= budget, (len(update), packed.stdout)
+    made = delta.apply_delta(old.read_bytes(), update)
+    assert made.done and made.step == 2  # tier 1, then the flips
+    assert "%d weight-bit flips" % info["flips_kept"] in packed.stdout
+    for extra, message in [
+        (["--init", str(run), "--delta-budget", "100"], "below the"),
+        (["--delta-budget", "5000"], "--delta-budget needs --init"),
+    ]:
+        bad = subprocess.run(
+            HOST + ["train", "--data", str(data), "--out", str(tmp_path / "v"), *extra],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert bad.returncode == 2, (extra, bad.stderr)
+        assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert not (tmp_path / "v").exists()
