@@ -34,7 +34,7 @@ ARCHS = {
         "dense": [128, 128],
         "epochs": 36,
         "demo_count": 3000,
-        "demo_epochs": 17,
+        "demo_epochs": 28,
     },
     # a cascade's first stage (issue 19): small enough for one 8 KiB send on a weak link
     # (about 8.7 KB packed), at the default's 96x96 input; docs/training-notes.md section 6

@@ -254,3 +254,24 @@ def test_micropython_runs_the_last_stage_of_a_cascade_or_its_prefix(tmp_path, st
         [CLASSIFY, str(tmp_path / "cut.bsc"), paths[0]], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 2 and "ends inside a record" in out.stderr, out.stderr
+
+
+def test_weak_link_tool_reports_when_the_first_stage_and_the_whole_arrive(tmp_path, stages):
+    import json as _json
+
+    data = bsc.write_cascade([(stages[0], 0.9), (stages[1], 0.95)])
+    (tmp_path / "m.bsc").write_bytes(data)
+    out = subprocess.run(
+        [str(ROOT) + "/tools/weak-link", str(tmp_path / "m.bsc")]
+        + ["--baud", "115200", "--faults", "0.05", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    row = _json.loads(out.stdout)
+    first_end = bsc.read_cascade(data).stages[0].end
+    assert row["first_prefix_bytes"] == first_end and row["first_accuracy"] == 0.9
+    assert 0 < row["first_install_s"] < row["complete_s"]
+    assert first_end < row["first_wire_bytes"] < row["wire_bytes"]
+    assert row["result"] == "cascade"
