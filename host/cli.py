@@ -92,6 +92,19 @@ def _train_sources(args) -> list:
     return folders
 
 
+def _renames(pairs) -> "dict | None":
+    """--rename-label OLD=NEW (repeated) -> {OLD: NEW}."""
+    out = {}
+    for pair in pairs or []:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new or "/" in new or new != new.strip():
+            raise BinsortError("--rename-label takes OLD=NEW, e.g. V22=T31: %r" % pair)
+        if old in out:
+            raise BinsortError("--rename-label names %s twice" % old)
+        out[old] = new
+    return out or None
+
+
 def _train(args) -> int:
     from host.config import resolve
     from host.train import load_checkpoint, train
@@ -118,6 +131,7 @@ def _train(args) -> int:
         seed=args.seed,
         real_weight=args.real_weight,
         delta_budget=args.delta_budget,
+        rename_labels=_renames(args.rename_label),
     )
     metrics = train(
         folders[0] if len(folders) == 1 else folders,
@@ -269,11 +283,16 @@ def _pack_delta(args, path, ckpt, model) -> int:
     old = bnn.read_bnn(base)
     new_bytes = pack_model(ckpt, model, args.version)
     new = bnn.read_bnn(new_bytes)
-    if list(old.labels) != list(new.labels):
+    if len(old.labels) != len(new.labels):
         raise BinsortError(
-            "%s has labels %s, the run %s: a delta cannot change the labels (ship a whole model)"
-            % (args.delta_from, list(old.labels), list(new.labels))
+            "%s has %d labels, the run %d: a delta cannot change how many (ship a whole model)"
+            % (args.delta_from, len(old.labels), len(new.labels))
         )
+    for was, now in zip(old.labels, new.labels, strict=True):
+        if was != now:
+            print(
+                "the update renames output %s to %s (configure its lane on the device)" % (was, now)
+            )
     if [la.geometry() for la in old.layers] != [la.geometry() for la in new.layers]:
         raise BinsortError(
             "%s is another architecture than the run (%s): a delta needs the same layers; "
@@ -559,6 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune this RUN/checkpoint.pt: its architecture and labels are kept "
         "(defaults then: %d epochs, --lr %g, no binarisation ramp)"
         % (FINE_TUNE["epochs"], FINE_TUNE["lr"]),
+    )
+    p.add_argument(
+        "--rename-label",
+        action="append",
+        default=None,
+        metavar="OLD=NEW",
+        help="with --init: a new box code takes an old one's output (repeatable); the data "
+        "then has a folder NEW, not OLD",
     )
     p.add_argument(
         "--delta-budget",

@@ -55,6 +55,8 @@ class TrainConfig:
     real_weight: "float | None" = None  # share of each epoch from the real folders
     frozen_bn: bool = True  # fine-tuning keeps the base model's BatchNorm statistics
     delta_budget: "int | None" = None  # bytes a .bsd delta of the base model may take (host.delta)
+    # fine-tuning: {old label: new label}, a new box code taking an old one's output
+    rename_labels: "dict | None" = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,6 +125,8 @@ def check(cfg: TrainConfig) -> None:
         raise BinsortError("--lr must be positive: %g" % cfg.lr)
     if not 0 <= cfg.binarize_ramp <= 1:
         raise BinsortError("--binarize-ramp must be between 0 and 1: %g" % cfg.binarize_ramp)
+    if cfg.rename_labels and cfg.init is None:
+        raise BinsortError("--rename-label needs --init RUN: it renames that model's outputs")
     if cfg.delta_budget is not None and (cfg.init is None or cfg.delta_budget < 1):
         raise BinsortError("--delta-budget needs --init RUN (the model the device runs) and bytes")
     if cfg.real_weight is not None and not 0 < cfg.real_weight < 1:

@@ -31,8 +31,8 @@ def _is_binary(name: str) -> bool:
 
 
 def tier1_bytes(base_bnn: bytes) -> int:
-    """The size of a tier-1 delta of `base_bnn`: every threshold, the input conv and the output
-    layer sent again (how much they change does not change their size)."""
+    """The least a tier-1 delta of `base_bnn` can take: every threshold changed by at most one
+    step of one byte, the input conv and the output layer sent again."""
     model = bnn.read_bnn(base_bnn)
     payloads = []
     for layer in model.layers:
@@ -65,6 +65,23 @@ def tier1_bytes(base_bnn: bytes) -> int:
     return len(delta.write_delta(base_bnn, [(changed, None)]))
 
 
+def tier1_of(base_bnn: bytes, model) -> int:
+    """The size of the tier-1 delta from `base_bnn` to `model` (a trained BinaryNet): its
+    thresholds, input conv and output layer on the base's binary weights, with the base's META."""
+    base = bnn.read_bnn(base_bnn)
+    payloads = []
+    for a, b in zip(base.layers, deployed_layers(model), strict=True):
+        if a.kind in (bnn.BCONV, bnn.BDENSE):
+            b = bnn.Layer(
+                **dict(a.geometry(), weights=a.weights, thresholds=b.thresholds, flips=b.flips)
+            )
+        payloads.append(bnn.layer_payload(b))
+    parts = delta._sections(base_bnn)
+    tag = b"GSEE" if b"GSEE" in parts else b"GOLD"
+    changed = bnn.assemble(parts[b"META"], payloads, tag, parts[tag])
+    return len(delta.write_delta(base_bnn, [(changed, None)]))
+
+
 def step_bytes(base_bnn: bytes) -> int:
     """What a second step adds besides its flips: its STEP record (META is not repeated)."""
     parts = delta._sections(base_bnn)
@@ -74,7 +91,7 @@ def step_bytes(base_bnn: bytes) -> int:
 
 
 def check_budget(ckpt: dict, base, budget: int) -> int:
-    """The bytes tier 1 takes for this model (with the margin); BinsortError, before any
+    """The least tier 1 can take for this model (with the margin); BinsortError, before any
     training, when the budget is smaller."""
     fixed = tier1_bytes(pack_model(ckpt, base)) + MARGIN
     if fixed > budget:
@@ -101,8 +118,9 @@ def keep_within_budget(model, base, budget: int, ckpt: dict, log=print) -> dict:
     `budget` bytes with tier 1; returns what was kept. `base` is the model the device runs (a
     BinaryNet of the same architecture). The flips' bytes are measured on the packed layers,
     as the delta will carry them."""
-    fixed = check_budget(ckpt, base, budget)
-    second_step = step_bytes(pack_model(ckpt, base))  # the flips come as a step of their own
+    base_bnn = pack_model(ckpt, base)
+    fixed = tier1_of(base_bnn, model) + MARGIN  # as trained; its second phase moves it little
+    second_step = step_bytes(base_bnn)  # the flips come as a step of their own
     base_layers = deployed_layers(base)
     new, old = dict(binary_weights(model)), dict(binary_weights(base))
     trained = {name: w.detach().clone() for name, w in new.items()}
@@ -132,7 +150,12 @@ def keep_within_budget(model, base, budget: int, ckpt: dict, log=print) -> dict:
         select(n)
         return second_step + flip_records_bytes(base_layers, deployed_layers(model))
 
-    lo, hi = 0, len(candidates)  # the most flips whose bytes fit
+    if fixed > budget:
+        log(
+            "delta budget %d bytes: tier 1 alone takes %d as trained; no weight flips kept"
+            % (budget, fixed - MARGIN)
+        )
+    lo, hi = 0, len(candidates) if fixed <= budget else 0  # the most flips whose bytes fit
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if fixed + cost(mid) <= budget:

@@ -78,6 +78,27 @@ def _cut_at(size: int, marks: dict) -> "tuple[list, list]":
     return ends, [marks.get(e) for e in ends]
 
 
+def wire_bytes(manifest: bytes, end: int) -> int:
+    """Bytes a clean line carries for a session to deliver the first `end` payload bytes: the
+    sender's HELLO, the manifest's OFFER frames and the DATA frames, each as encoded on the line
+    (protocol.frames: COBS, header, CRC, delimiter). Answers from the device not counted."""
+    import struct
+
+    from protocol import frames as fr
+    from protocol.session import FRAME_PAYLOAD, OFFER_HEAD, OFFER_HEAD_SIZE
+
+    hello = b'{"max_payload":1024,"proto":[1],"window":8}'
+    total = len(fr.encode_frame(fr.Frame(fr.HELLO, 1, 0, hello)))
+    piece = FRAME_PAYLOAD - OFFER_HEAD_SIZE
+    for at in range(0, len(manifest), piece):
+        body = struct.pack(OFFER_HEAD, len(manifest)) + manifest[at : at + piece]
+        total += len(fr.encode_frame(fr.Frame(fr.OFFER, 1, at, body)))
+    for at in range(0, end, FRAME_PAYLOAD):
+        data = b"\x55" * min(FRAME_PAYLOAD, end - at)
+        total += len(fr.encode_frame(fr.Frame(fr.DATA, 1, at, data)))
+    return total
+
+
 ROLLBACK_HOURS = 24  # a signed rollback is refused this long after it was made
 
 

@@ -182,7 +182,10 @@ def train(
     if device == "auto":
         cuda = torch.cuda.is_available()
         device = ("cuda:%d" % (rank % torch.cuda.device_count())) if cuda else "cpu"
-    data = TrainingData(folders, config, start[0]["labels"] if start else None)
+    labels = start[0]["labels"] if start else None
+    if start and config.rename_labels:
+        labels = renamed(labels, config.rename_labels)
+    data = TrainingData(folders, config, labels)
     if rank == 0:
         data.describe(log)
     # channels-last: a third less time a step on a CPU (convolutions and pooling in oneDNN's
@@ -201,6 +204,23 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return metrics
+
+
+def renamed(labels: list, rename: dict) -> list:
+    """The model's labels with each old name replaced by its new one, in the same order (the
+    output that read the old code now reads the new); one-line errors for names that do not fit."""
+    for old, new in rename.items():
+        if old not in labels:
+            raise BinsortError(
+                "--rename-label %s=%s: the model has no label %s (its labels: %s)"
+                % (old, new, old, ", ".join(labels))
+            )
+        if new in labels and new not in rename:
+            raise BinsortError("--rename-label %s=%s: the model already has %s" % (old, new, new))
+    out = [rename.get(label, label) for label in labels]
+    if len(set(out)) != len(out):
+        raise BinsortError("--rename-label gives two outputs one label: %s" % ", ".join(out))
+    return out
 
 
 def _fit_budget(model, data, config, device, rank, world, progress, log, metrics) -> dict:

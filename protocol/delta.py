@@ -26,7 +26,7 @@ HEADER = "<4sHH"  # magic, major, minor
 RECORD = "<4sI"  # tag, payload length; payload; u32 CRC32 of tag + length + payload
 OP_HEAD = "<HBB"  # layer index, operation, Rice parameter (flips only, else 0)
 STEP_HEAD = "<HI32s4s"  # host accuracy in 1/10000, .bnn size, its SHA-256, self-test section tag
-WHOLE, THRESHOLDS, FLIPS = 1, 2, 3  # what a LAYR record does to its layer
+WHOLE, THRESHOLDS, FLIPS, THRESHOLD_STEPS = 1, 2, 3, 4  # what a LAYR record does to its layer
 NOT_MEASURED = 0xFFFF
 MAX_RECORD = 40 << 20
 
@@ -102,6 +102,47 @@ def rice_parameter(count: int, bits: int) -> int:
     return min(k, 30)
 
 
+# -- threshold steps: zigzag varints -----------------------------------------------------------
+
+
+def threshold_steps(old: bytes, new: bytes) -> bytes:
+    """Each i32 threshold's change, new - old, as a zigzag LEB128 varint: one byte for a change
+    within +-63, where a retrained threshold usually lands."""
+    n = len(old) // 4
+    a, b = struct.unpack("<%di" % n, old), struct.unpack("<%di" % n, new)
+    out = bytearray()
+    for i in range(n):
+        d = b[i] - a[i]
+        z = (d << 1) if d >= 0 else ((-d) << 1) - 1
+        while z >= 0x80:
+            out.append((z & 0x7F) | 0x80)
+            z >>= 7
+        out.append(z)
+    return bytes(out)
+
+
+def apply_threshold_steps(old: bytes, data: bytes, index: int) -> "tuple[bytes, int]":
+    """(new i32 thresholds, bytes of `data` used) from threshold_steps' output."""
+    n = len(old) // 4
+    a = struct.unpack("<%di" % n, old)
+    out, at = [], 0
+    for i in range(n):
+        z, shift = 0, 0
+        while True:
+            _check(at < len(data), "layer %d: threshold steps end early" % index)
+            byte = data[at]
+            at += 1
+            z |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+            _check(shift < 40, "layer %d: a threshold step too long" % index)
+        t = a[i] + ((z >> 1) if not z & 1 else -((z + 1) >> 1))
+        _check(-(1 << 31) <= t < (1 << 31), "layer %d: a threshold out of range" % index)
+        out.append(t)
+    return struct.pack("<%di" % n, *out), at
+
+
 # -- writing ----------------------------------------------------------------------------------
 
 
@@ -117,7 +158,11 @@ def layer_ops(old, new, index: int) -> list:
         return [struct.pack(OP_HEAD, index, WHOLE, 0) + bnn.layer_payload(new)]
     ops = []
     if (old.thresholds, old.flips) != (new.thresholds, new.flips):
-        ops.append(struct.pack(OP_HEAD, index, THRESHOLDS, 0) + new.thresholds + new.flips)
+        # new thresholds whole, or as varint steps from the old ones, whichever is shorter
+        whole = new.thresholds + new.flips
+        steps = threshold_steps(old.thresholds, new.thresholds) + new.flips
+        op, body = (THRESHOLD_STEPS, steps) if len(steps) < len(whole) else (THRESHOLDS, whole)
+        ops.append(struct.pack(OP_HEAD, index, op, 0) + body)
     if old.weights != new.weights:
         a, b = old.weights, new.weights
         positions = [
@@ -301,6 +346,12 @@ def _apply_op(layers: list, payloads: list, payload: bytes) -> None:
         tn, fn = len(layer.thresholds), len(layer.flips)
         _check(len(body) == tn + fn, "layer %d: thresholds of %d bytes" % (index, len(body)))
         new = _copy(layer, thresholds=body[:tn], flips=body[tn:])
+    elif op == THRESHOLD_STEPS:
+        _check(layer.kind in (bnn.BCONV, bnn.BDENSE, bnn.CONV_U8), "layer %d has none" % index)
+        thresholds, used = apply_threshold_steps(layer.thresholds, body, index)
+        flips = body[used:]
+        _check(len(flips) == len(layer.flips), "layer %d: flips of %d bytes" % (index, len(flips)))
+        new = _copy(layer, thresholds=thresholds, flips=flips)
     elif op == FLIPS:
         _check(layer.kind in (bnn.BCONV, bnn.BDENSE), "layer %d has no weight bits" % index)
         _check(len(body) >= 4, "layer %d: no flip count" % index)

@@ -262,3 +262,109 @@ def test_train_fits_an_update_in_its_byte_budget_and_pack_writes_it(tmp_path, tr
         assert bad.returncode == 2, (extra, bad.stderr)
         assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert not (tmp_path / "v").exists()
+
+
+def test_wire_curve_plots_accuracy_against_bytes_on_the_wire(tmp_path, models, update, trained_run):
+    from protocol.cascade import write_cascade
+
+    (tmp_path / "base.bnn").write_bytes(models[0])
+    (tmp_path / "u.bsd").write_bytes(update)
+    (tmp_path / "c.bsc").write_bytes(write_cascade([(models[1], None), (models[2], None)]))
+    out = subprocess.run(
+        [os.path.join(ROOT, "tools", "wire-curve")]
+        + [str(tmp_path / n) for n in ("base.bnn", "c.bsc", "u.bsd")]
+        + ["--data", str(trained_run / "data" / "test"), "--base", str(tmp_path / "base.bnn")]
+        + ["--out", str(tmp_path / "curve")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "curve.json").read_text())
+    assert [(r["model"], r["point"]) for r in rows] == [
+        ("base.bnn", "whole"),
+        ("c.bsc", "stage 1"),
+        ("c.bsc", "stage 2"),
+        ("u.bsd", "step 1"),
+        ("u.bsd", "step 2"),
+    ]
+    by = {(r["model"], r["point"]): r for r in rows}
+    # a delta costs far less on the wire than the model it makes; a stage less than the whole
+    assert by[("u.bsd", "step 2")]["wire_bytes"] < by[("base.bnn", "whole")]["wire_bytes"]
+    assert by[("c.bsc", "stage 1")]["wire_bytes"] < by[("c.bsc", "stage 2")]["wire_bytes"]
+    assert all(r["wire_bytes"] > r["bytes"] and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    bad = subprocess.run(
+        [os.path.join(ROOT, "tools", "wire-curve"), str(tmp_path / "u.bsd")]
+        + ["--data", str(trained_run / "data" / "test"), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "give --base" in bad.stderr, bad.stderr
+
+
+def test_a_new_box_code_takes_an_old_ones_output_and_ships_as_a_delta(tmp_path, trained_run):
+    """A line replaces V22 by T31: fine-tune with --rename-label V22=T31 on data that has a T31
+    folder, then a delta renames the output (its META carries the new labels)."""
+    import shutil
+
+    run, data = trained_run / "run", tmp_path / "data"
+    shutil.copytree(trained_run / "data", data)
+    for split in ("train", "test"):
+        (data / split / "V22").rename(data / split / "T31")
+    (data / "labels.json").unlink()  # the folders name the labels
+    old = tmp_path / "old.bnn"
+    subprocess.run(HOST + ["pack", str(run), "--out", str(old)], check=True, cwd=ROOT)
+    base = ["train", "--data", str(data), "--init", str(run), "--epochs", "1", "--quiet"]
+    out = subprocess.run(
+        HOST + base + ["--rename-label", "V22=T31", "--out", str(tmp_path / "new")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    packed = subprocess.run(
+        HOST
+        + ["pack", str(tmp_path / "new"), "--delta-from", str(old)]
+        + ["--out", str(tmp_path / "u.bsd"), "--data", str(data)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert packed.returncode == 0, packed.stderr
+    assert "renames output V22 to T31" in packed.stdout
+    made = delta.apply_delta(old.read_bytes(), (tmp_path / "u.bsd").read_bytes())
+    from protocol.bnn import read_bnn
+
+    assert read_bnn(made.data).labels == ["F06", "K11", "S19", "T31", "empty"]
+    for extra, message in [
+        (["--rename-label", "X99=T31"], "the model has no label X99"),
+        (["--rename-label", "V22=K11"], "already has K11"),
+        (["--rename-label", "V22"], "takes OLD=NEW"),
+        ([], "does not know"),  # the T31 folder without a rename
+    ]:
+        bad = subprocess.run(
+            HOST + base + extra + ["--out", str(tmp_path / "bad")],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert bad.returncode == 2, (extra, bad.stderr)
+        assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_thresholds_travel_as_one_byte_steps_when_they_move_little(update):
+    import struct
+
+    old = struct.pack("<5i", 0, -7, 100, -(2**31), 2**31 - 1)
+    new = struct.pack("<5i", 63, -7 + 64, 100 - 64, -(2**31) + 5, 2**31 - 2)
+    coded = delta.threshold_steps(old, new)
+    assert len(coded) == 6  # +63, -64, +5 and -1 take a byte each, +64 two
+    back, used = delta.apply_threshold_steps(old, coded + b"\x01", 0)
+    assert back == new and used == len(coded)
+    with pytest.raises(FormatError, match="end early"):
+        delta.apply_threshold_steps(old, coded[:-1], 0)
+    with pytest.raises(FormatError, match="out of range"):
+        delta.apply_threshold_steps(struct.pack("<i", 2**31 - 1), b"\x02", 0)  # +1 past i32
+    ops = [r[1][2] for r in delta._records(update) if r[0] == b"LAYR"]
+    assert delta.THRESHOLD_STEPS in ops  # the fixture's BatchNorm change moves thresholds a little

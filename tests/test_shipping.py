@@ -29,7 +29,7 @@ def device(tmp_path, tiny_model):
     model.write_bytes(payload)
     rx = Receiver(store)
     tcp.ship(rx.url, signed_manifest(payload, key, 1), payload, {"reconnects": 0})
-    yield {
+    dev = {
         "store": store,
         "key": key,
         "other": other_key,
@@ -38,7 +38,8 @@ def device(tmp_path, tiny_model):
         "model": str(model),
         "tmp": tmp_path,
     }
-    rx.stop()
+    yield dev
+    dev["rx"].stop()  # a test may have started another receiver in its place
 
 
 def _refused(dev, manifest, payload, match):
