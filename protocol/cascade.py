@@ -19,12 +19,11 @@ import struct
 
 from protocol import bnn
 from protocol.errors import FormatError
+from protocol.records import HEADER, RECORD, record
 
 MAGIC = b"BSCA"
 VERSION_MAJOR = 1
 VERSION_MINOR = 0
-HEADER = "<4sHH"  # magic, major, minor
-RECORD = "<4sI"  # tag, payload length; payload; u32 CRC32 of tag + length + payload
 STAGE_HEAD = "<HHH"  # stage index, stage count, host accuracy in 1/10000 (0xFFFF: not measured)
 NOT_MEASURED = 0xFFFF
 MAX_STAGES = 8
@@ -63,11 +62,6 @@ def _check(cond: bool, what: str) -> None:
         raise FormatError("not a valid .bsc cascade: " + what)
 
 
-def record(tag: bytes, payload: bytes) -> bytes:
-    head = struct.pack(RECORD, tag, len(payload))
-    return head + payload + struct.pack("<I", binascii.crc32(head + payload) & 0xFFFFFFFF)
-
-
 def write_cascade(stages: list) -> bytes:
     """The stream of `stages`, a list of (.bnn bytes, host accuracy or None), smallest first.
     Every stage must be a valid `.bnn`, and all must have the same labels."""
@@ -92,24 +86,6 @@ def _same_task(models: list) -> None:
             model.meta["labels"] == first["labels"],
             "stage %d has labels %s, stage 1 %s" % (i, model.meta["labels"], first["labels"]),
         )
-
-
-def ends_on_record(f, length: int, magic: bytes, last: bytes) -> bool:
-    """Whether the first `length` bytes of the open file `f`, a stream of `magic` framed like
-    this one (8-byte header, then tag, u32 length, payload, CRC32), end just after a record
-    tagged `last`. Told from the record headers alone (a seek and 8 bytes a record; nothing
-    else is checked): for a receiver to tell cheaply whether a verified prefix of a `.bsc`
-    cascade or a `.bsd` delta is one to install."""
-    hn, rn = struct.calcsize(HEADER), struct.calcsize(RECORD)
-    f.seek(0)
-    if length < hn or f.read(4) != magic:
-        return False
-    at, tag = hn, None
-    while at + rn <= length:
-        f.seek(at)
-        tag, size = struct.unpack(RECORD, f.read(rn))
-        at += rn + size + 4
-    return at == length and tag == last
 
 
 def read_cascade(data: bytes) -> Cascade:

@@ -18,12 +18,11 @@ import struct
 
 from protocol import bnn
 from protocol.errors import FormatError
+from protocol.records import HEADER, RECORD, record
 
 MAGIC = b"BSDL"
 VERSION_MAJOR = 1
 VERSION_MINOR = 0
-HEADER = "<4sHH"  # magic, major, minor
-RECORD = "<4sI"  # tag, payload length; payload; u32 CRC32 of tag + length + payload
 OP_HEAD = "<HBB"  # layer index, operation, Rice parameter (flips only, else 0)
 STEP_HEAD = "<HI32s4s"  # host accuracy in 1/10000, .bnn size, its SHA-256, self-test section tag
 WHOLE, THRESHOLDS, FLIPS, THRESHOLD_STEPS = 1, 2, 3, 4  # what a LAYR record does to its layer
@@ -34,11 +33,6 @@ MAX_RECORD = 40 << 20
 def _check(cond: bool, what: str) -> None:
     if not cond:
         raise FormatError("not a valid .bsd delta: " + what)
-
-
-def record(tag: bytes, payload: bytes) -> bytes:
-    head = struct.pack(RECORD, tag, len(payload))
-    return head + payload + struct.pack("<I", binascii.crc32(head + payload) & 0xFFFFFFFF)
 
 
 # -- Rice coding of sorted bit positions ------------------------------------------------------

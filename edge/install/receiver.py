@@ -14,9 +14,9 @@ import time
 
 from edge.install.store import Rejected, SlotStore
 from protocol import cascade, delta
-from protocol.cascade import ends_on_record
 from protocol.chunks import ChunkVerifier, chunk_start
 from protocol.errors import FormatError, bounded
+from protocol.records import ends_on_record
 from protocol.session import Receiver, pump
 
 DONE_RECORD = 44  # a .bsc or .bsd DONE record: tag, length, SHA-256, CRC
