@@ -307,16 +307,7 @@ def _pack_delta(args, path, ckpt, model) -> int:
         if a.kind in binary
     ):
         tier1 = [
-            bnn.Layer(
-                **dict(
-                    b.geometry(),
-                    weights=a.weights if a.kind in binary else b.weights,
-                    thresholds=b.thresholds,
-                    flips=b.flips,
-                    bias=b.bias,
-                    scale=b.scale,
-                )
-            )
+            b.replaced(weights=a.weights) if a.kind in binary else b
             for a, b in zip(old.layers, new.layers, strict=True)
         ]
         steps.insert(0, write_with_golden(new.meta, tier1))

@@ -2,8 +2,8 @@
 
 A fine-tuning run (`binsort train --init RUN --delta-budget BYTES`) first trains as usual, every
 weight free. Then it keeps only the binary weights whose sign it changed most firmly, as many
-as the budget leaves after tier 1 (new thresholds, input conv and output layer, whose size is
-fixed by the architecture), puts every other binary weight back to the base model's, and trains
+as the budget leaves after tier 1 (new thresholds, sent as steps from the old ones, input conv
+and output layer), puts every other binary weight back to the base model's, and trains
 BatchNorm, the input conv and the output layer again around those flips with the binary weights
 frozen. `binsort pack RUN --delta-from BASE.bnn` then writes the delta.
 """
@@ -13,7 +13,7 @@ import struct
 import torch
 
 from host.pack import deployed_layers, pack_model
-from protocol import bnn, delta
+from protocol import bnn, delta, records
 from protocol.errors import BinsortError
 
 # bytes kept back for what is not known before training ends: the new META (its model id and
@@ -30,64 +30,50 @@ def _is_binary(name: str) -> bool:
     return name.endswith(".weight") and name.startswith(("convs.", "dense.")) and ".bn." not in name
 
 
+def _self_test_section(parts: dict) -> bytes:
+    return b"GSEE" if b"GSEE" in parts else b"GOLD"
+
+
+def _delta_bytes(base_bnn: bytes, payloads: list) -> int:
+    """The size of a one-step delta from `base_bnn` to its own META and self-test with these
+    layer payloads."""
+    parts = delta._sections(base_bnn)
+    tag = _self_test_section(parts)
+    changed = bnn.assemble(parts[b"META"], payloads, tag, parts[tag])
+    return len(delta.write_delta(base_bnn, [(changed, None)]))
+
+
 def tier1_bytes(base_bnn: bytes) -> int:
     """The least a tier-1 delta of `base_bnn` can take: every threshold changed by at most one
     step of one byte, the input conv and the output layer sent again."""
-    model = bnn.read_bnn(base_bnn)
     payloads = []
-    for layer in model.layers:
+    for layer in bnn.read_bnn(base_bnn).layers:
         if layer.thresholds is not None:  # a changed threshold forces the layer's record
             t = bytearray(layer.thresholds)
             t[0] ^= 1
-            layer = bnn.Layer(
-                **dict(
-                    layer.geometry(),
-                    weights=layer.weights,
-                    thresholds=bytes(t),
-                    flips=layer.flips,
-                    bias=layer.bias,
-                    scale=layer.scale,
-                )
-            )
+            layer = layer.replaced(thresholds=bytes(t))
         elif layer.kind == bnn.DENSE_OUT:
-            layer = bnn.Layer(
-                **dict(
-                    layer.geometry(),
-                    weights=layer.weights,
-                    bias=layer.bias,
-                    scale=layer.scale * 1.5,
-                )
-            )
+            layer = layer.replaced(scale=layer.scale * 1.5)
         payloads.append(bnn.layer_payload(layer))
-    parts = delta._sections(base_bnn)
-    tag = b"GSEE" if b"GSEE" in parts else b"GOLD"
-    changed = bnn.assemble(parts[b"META"], payloads, tag, parts[tag])
-    return len(delta.write_delta(base_bnn, [(changed, None)]))
+    return _delta_bytes(base_bnn, payloads)
 
 
 def tier1_of(base_bnn: bytes, model) -> int:
     """The size of the tier-1 delta from `base_bnn` to `model` (a trained BinaryNet): its
     thresholds, input conv and output layer on the base's binary weights, with the base's META."""
-    base = bnn.read_bnn(base_bnn)
     payloads = []
-    for a, b in zip(base.layers, deployed_layers(model), strict=True):
+    for a, b in zip(bnn.read_bnn(base_bnn).layers, deployed_layers(model), strict=True):
         if a.kind in (bnn.BCONV, bnn.BDENSE):
-            b = bnn.Layer(
-                **dict(a.geometry(), weights=a.weights, thresholds=b.thresholds, flips=b.flips)
-            )
+            b = b.replaced(weights=a.weights)
         payloads.append(bnn.layer_payload(b))
-    parts = delta._sections(base_bnn)
-    tag = b"GSEE" if b"GSEE" in parts else b"GOLD"
-    changed = bnn.assemble(parts[b"META"], payloads, tag, parts[tag])
-    return len(delta.write_delta(base_bnn, [(changed, None)]))
+    return _delta_bytes(base_bnn, payloads)
 
 
 def step_bytes(base_bnn: bytes) -> int:
     """What a second step adds besides its flips: its STEP record (META is not repeated)."""
     parts = delta._sections(base_bnn)
-    tag = b"GSEE" if b"GSEE" in parts else b"GOLD"
-    framing = struct.calcsize(delta.RECORD) + 4
-    return framing + struct.calcsize(delta.STEP_HEAD) + len(parts[tag])
+    framing = struct.calcsize(records.RECORD) + 4
+    return framing + struct.calcsize(delta.STEP_HEAD) + len(parts[_self_test_section(parts)])
 
 
 def check_budget(ckpt: dict, base, budget: int) -> int:

@@ -81,6 +81,15 @@ class Layer:
         """{name: value} of the GEOMETRY fields."""
         return {name: getattr(self, name) for name in GEOMETRY}
 
+    def replaced(self, **changes) -> "Layer":
+        """A copy with some of weights, thresholds, flips, bias and scale replaced."""
+        fields = self.geometry()
+        for name in ("weights", "thresholds", "flips", "bias", "scale"):
+            fields[name] = changes.pop(name, getattr(self, name))
+        if changes:
+            raise TypeError("a layer's geometry is not replaced: %s" % ", ".join(changes))
+        return Layer(**fields)
+
     @property
     def is_conv(self) -> bool:
         return self.kind in (CONV_U8, BCONV)

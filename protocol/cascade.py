@@ -13,13 +13,12 @@ prefix that does not end on a stage is refused, not cut back. Standard library o
 subset MicroPython runs.
 """
 
-import binascii
 import hashlib
 import struct
 
 from protocol import bnn
 from protocol.errors import FormatError
-from protocol.records import HEADER, RECORD, record
+from protocol.records import HEADER, read_records, record
 
 MAGIC = b"BSCA"
 VERSION_MAJOR = 1
@@ -93,29 +92,11 @@ def read_cascade(data: bytes) -> Cascade:
     for anything else (a prefix ending inside a record, a stage out of order, a stage that is
     not a valid `.bnn`, stages with different labels, a wrong SHA-256)."""
     data = bytes(data)
-    hn, rn, sn = struct.calcsize(HEADER), struct.calcsize(RECORD), struct.calcsize(STAGE_HEAD)
-    _check(len(data) >= hn, "%d bytes, too short for a header" % len(data))
-    magic, major, minor = struct.unpack_from(HEADER, data)
-    _check(magic == MAGIC, "wrong magic %r (is this a .bsc file?)" % (magic,))
-    if major != VERSION_MAJOR:
-        raise FormatError(
-            "unsupported .bsc format version %d.%d (this binsort reads %d.x); "
-            "upgrade binsort" % (major, minor, VERSION_MAJOR)
-        )
-    stages, done, at = [], False, hn
-    while at < len(data):
-        _check(not done, "%d stray bytes after DONE" % (len(data) - at))
-        _check(at + rn <= len(data), "ends inside a record header at byte %d" % at)
-        tag, length = struct.unpack_from(RECORD, data, at)
-        end = at + rn + length
-        _check(length <= MAX_STAGE_BYTES, "a record of %d bytes is over the limit" % length)
-        _check(end + 4 <= len(data), "ends inside a record at byte %d" % at)
-        crc = struct.unpack_from("<I", data, end)[0]
-        _check(
-            binascii.crc32(data[at:end]) & 0xFFFFFFFF == crc,
-            "CRC mismatch in the record at byte %d (%r)" % (at, tag),
-        )
-        payload = data[at + rn : end]
+    sn = struct.calcsize(STAGE_HEAD)
+    stages, done = [], False
+    for tag, payload, end, at in read_records(
+        data, MAGIC, VERSION_MAJOR, ".bsc cascade", MAX_STAGE_BYTES
+    ):
         if tag == b"STAG":
             _check(len(payload) > sn, "stage record %d has no model" % (len(stages) + 1))
             index, count, acc = struct.unpack_from(STAGE_HEAD, payload)
@@ -134,7 +115,7 @@ def read_cascade(data: bytes) -> Cascade:
             except FormatError as e:
                 raise FormatError("stage %d of the cascade: %s" % (index + 1, e)) from None
             accuracy = None if acc == NOT_MEASURED else acc / 10000
-            stages.append(Stage(index, count, accuracy, model, end + 4))
+            stages.append(Stage(index, count, accuracy, model, end))
             _same_task([stages[0].model, model])
         elif tag == b"DONE":
             _check(stages and len(stages) == stages[0].count, "DONE before the last stage")
@@ -145,6 +126,5 @@ def read_cascade(data: bytes) -> Cascade:
             done = True
         else:
             _check(False, "unknown record %r" % (tag,))
-        at = end + 4
     _check(stages, "no stage in %d bytes" % len(data))
     return Cascade(stages, done)

@@ -18,7 +18,7 @@ import struct
 
 from protocol import bnn
 from protocol.errors import FormatError
-from protocol.records import HEADER, RECORD, record
+from protocol.records import HEADER, read_records, record
 
 MAGIC = b"BSDL"
 VERSION_MAJOR = 1
@@ -224,32 +224,8 @@ def base_sha256(data: bytes) -> str:
 
 
 def _records(data: bytes) -> list:
-    """[(tag, payload, end)] of every record of a stream or of a prefix ending on a record;
-    FormatError for a bad header, a CRC mismatch or a prefix ending inside a record."""
-    hn, rn = struct.calcsize(HEADER), struct.calcsize(RECORD)
-    _check(len(data) >= hn, "%d bytes, too short for a header" % len(data))
-    magic, major, minor = struct.unpack_from(HEADER, data)
-    _check(magic == MAGIC, "wrong magic %r (is this a .bsd file?)" % (magic,))
-    if major != VERSION_MAJOR:
-        raise FormatError(
-            "unsupported .bsd format version %d.%d (this binsort reads %d.x); "
-            "upgrade binsort" % (major, minor, VERSION_MAJOR)
-        )
-    out, at = [], hn
-    while at < len(data):
-        _check(at + rn <= len(data), "ends inside a record header at byte %d" % at)
-        tag, length = struct.unpack_from(RECORD, data, at)
-        _check(length <= MAX_RECORD, "a record of %d bytes is over the limit" % length)
-        end = at + rn + length
-        _check(end + 4 <= len(data), "ends inside a record at byte %d" % at)
-        crc = struct.unpack_from("<I", data, end)[0]
-        _check(
-            binascii.crc32(data[at:end]) & 0xFFFFFFFF == crc,
-            "CRC mismatch in the record at byte %d (%r)" % (at, tag),
-        )
-        out.append((bytes(tag), data[at + rn : end], end + 4, at))
-        at = end + 4
-    return out
+    """[(tag, payload, end, start)] of every record of a delta or of a prefix ending on one."""
+    return read_records(data, MAGIC, VERSION_MAJOR, ".bsd delta", MAX_RECORD)
 
 
 def read_steps(data: bytes) -> "tuple[dict, bool]":
@@ -293,7 +269,6 @@ def apply_delta(base: bytes, data: bytes) -> Update:
     layers = list(model.layers)
     meta, done, made, step, accuracy, open_step = None, False, None, 0, None, False
     for tag, payload, _, at in records[1:]:
-        _check(not done, "%d stray bytes after DONE" % (len(data) - at))
         if tag == b"META":
             meta, open_step = payload, True
         elif tag == b"LAYR":
@@ -339,13 +314,13 @@ def _apply_op(layers: list, payloads: list, payload: bytes) -> None:
         _check(layer.kind in (bnn.BCONV, bnn.BDENSE, bnn.CONV_U8), "layer %d has none" % index)
         tn, fn = len(layer.thresholds), len(layer.flips)
         _check(len(body) == tn + fn, "layer %d: thresholds of %d bytes" % (index, len(body)))
-        new = _copy(layer, thresholds=body[:tn], flips=body[tn:])
+        new = layer.replaced(thresholds=body[:tn], flips=body[tn:])
     elif op == THRESHOLD_STEPS:
         _check(layer.kind in (bnn.BCONV, bnn.BDENSE, bnn.CONV_U8), "layer %d has none" % index)
         thresholds, used = apply_threshold_steps(layer.thresholds, body, index)
         flips = body[used:]
         _check(len(flips) == len(layer.flips), "layer %d: flips of %d bytes" % (index, len(flips)))
-        new = _copy(layer, thresholds=thresholds, flips=flips)
+        new = layer.replaced(thresholds=thresholds, flips=flips)
     elif op == FLIPS:
         _check(layer.kind in (bnn.BCONV, bnn.BDENSE), "layer %d has no weight bits" % index)
         _check(len(body) >= 4, "layer %d: no flip count" % index)
@@ -355,15 +330,8 @@ def _apply_op(layers: list, payloads: list, payload: bytes) -> None:
         weights = bytearray(layer.weights)
         for p in rice_decode(body[4:], count, k, bits):
             weights[p >> 3] ^= 1 << (p & 7)
-        new = _copy(layer, weights=bytes(weights))
+        new = layer.replaced(weights=bytes(weights))
     else:
         _check(False, "unknown layer operation %d" % op)
     layers[index] = new
     payloads[index] = bnn.layer_payload(new)
-
-
-def _copy(layer, **changes):
-    fields = dict(layer.geometry())
-    for name in ("weights", "thresholds", "flips", "bias", "scale"):
-        fields[name] = changes.get(name, getattr(layer, name))
-    return bnn.Layer(**fields)

@@ -6,6 +6,8 @@ and u32 CRC-32 of tag + length + payload. Standard library only, in the subset M
 import binascii
 import struct
 
+from protocol.errors import FormatError
+
 HEADER = "<4sHH"  # magic, major, minor
 RECORD = "<4sI"  # tag, payload length; payload; u32 CRC32 of tag + length + payload
 
@@ -30,3 +32,42 @@ def ends_on_record(f, length: int, magic: bytes, last: bytes) -> bool:
         tag, size = struct.unpack(RECORD, f.read(rn))
         at += rn + size + 4
     return at == length and tag == last
+
+
+def read_records(data: bytes, magic: bytes, major: int, what: str, max_record: int) -> list:
+    """[(tag, payload, end, start)] of every record of a stream of `magic` (format version
+    `major`), or of a prefix of one that ends on a record; `what` names the format in errors
+    ("not a valid WHAT: ..."). FormatError for a bad header, another major version, a record
+    over `max_record` bytes, a CRC mismatch, a prefix ending inside a record, or any byte
+    after the DONE record that ends a stream."""
+
+    def check(cond: bool, why: str) -> None:
+        if not cond:
+            raise FormatError("not a valid %s: %s" % (what, why))
+
+    hn, rn = struct.calcsize(HEADER), struct.calcsize(RECORD)
+    check(len(data) >= hn, "%d bytes, too short for a header" % len(data))
+    got, file_major, minor = struct.unpack_from(HEADER, data)
+    ext = what.split()[0]
+    check(got == magic, "wrong magic %r (is this a %s file?)" % (got, ext))
+    if file_major != major:
+        raise FormatError(
+            "unsupported %s format version %d.%d (this binsort reads %d.x); upgrade binsort"
+            % (ext, file_major, minor, major)
+        )
+    out, at = [], hn
+    while at < len(data):
+        check(not out or out[-1][0] != b"DONE", "%d stray bytes after DONE" % (len(data) - at))
+        check(at + rn <= len(data), "ends inside a record header at byte %d" % at)
+        tag, length = struct.unpack_from(RECORD, data, at)
+        check(length <= max_record, "a record of %d bytes is over the limit" % length)
+        end = at + rn + length
+        check(end + 4 <= len(data), "ends inside a record at byte %d" % at)
+        crc = struct.unpack_from("<I", data, end)[0]
+        check(
+            binascii.crc32(data[at:end]) & 0xFFFFFFFF == crc,
+            "CRC mismatch in the record at byte %d (%r)" % (at, tag),
+        )
+        out.append((bytes(tag), data[at + rn : end], end + 4, at))
+        at = end + 4
+    return out
