@@ -194,6 +194,45 @@ def _capture(args) -> int:
     return 0
 
 
+def _recalibrate(args) -> int:
+    from edge.install import recalibration
+    from edge.install.store import SlotStore
+
+    store = SlotStore(args.store)
+    if args.undo:
+        slot = recalibration.undo(store)
+        print("slot %s is active again: the model the recalibration was made from" % slot)
+        return 0
+    if args.frames < 200:
+        raise BinsortError("--frames must be at least 200")
+    captures = args.captures or os.path.join(args.store, "captures")
+    log = None if args.json else _log(False)
+    report = recalibration.recalibrate_store(
+        store, captures, args.frames, log, install=not args.dry_run
+    )
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return 0
+    print(
+        "re-estimated the thresholds on %d frames (%s) in %.1f s: %.1f%% of their decisions "
+        "change"
+        % (
+            report["frames"],
+            ", ".join("%s %d" % kv for kv in report["per_label"].items()),
+            report["seconds"],
+            100 * report["decisions_changed"],
+        )
+    )
+    if args.dry_run:
+        print("dry run: nothing installed")
+    else:
+        print(
+            "installed in slot %s, on trial; `binsort-edge recalibrate --undo` goes back"
+            % report["slot"]
+        )
+    return 0
+
+
 def _pgm(args) -> int:
     from edge.engine import load_engine
     from edge.files import write_atomic
@@ -293,6 +332,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_capture)
+
+    p = sub.add_parser(
+        "recalibrate",
+        help="re-estimate the active model's thresholds from captured boxes (tier 0)",
+        description="Re-estimates every threshold of the store's active model from the "
+        "line's own boxes in the capture ring (unlabelled: the light or the camera changed, "
+        "not the codes), balanced by decided label, and installs the result in the other slot "
+        "on trial, like a shipped model. Needs a model packed with NORM (format 1.2). A "
+        "running daemon swaps it in; [recalibrate] in edge.toml does this on a schedule.",
+    )
+    p.add_argument("--store", required=True, help="the store folder")
+    p.add_argument("--captures", default=None, help="the capture ring (default STORE/captures)")
+    p.add_argument(
+        "--frames", type=int, default=1000, help="frames to use, balanced by label (1000)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="measure, install nothing")
+    p.add_argument("--undo", action="store_true", help="go back to the model it was made from")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(run=_recalibrate)
     return parser
 
 

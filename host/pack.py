@@ -12,7 +12,7 @@ from edge.engine.bits import pack_signs
 from edge.imaging.preprocess import PREPROCESS_KIND, preprocess
 from host.models import BinaryNet, arch_spec
 from protocol import bnn
-from protocol.fold import fold_thresholds
+from protocol.fold import INT32_MAX, INT32_MIN, fold_thresholds
 
 GOLDEN_COUNT = 4  # seeded self-test inputs (GSEE): 8 bytes a class each in the file
 
@@ -27,12 +27,22 @@ def _bn_params(bn) -> tuple:
     )
 
 
-def _thresholds(a, b, bn) -> "tuple[bytes, bytes]":
-    """Fold `y = a * acc + b` and the next block's BatchNorm + sign (protocol.fold)."""
+def _thresholds(a, b, bn) -> dict:
+    """Fold `y = a * acc + b` and the next block's BatchNorm + sign (protocol.fold): the
+    layer's thresholds, flips and NORM (the ratios beta/gamma that re-estimating the
+    thresholds from a device's own frames needs, edge.engine.recalibrate)."""
     gamma, beta, mean, var, eps = _bn_params(bn)
     ts, flips = fold_thresholds(a, b, gamma, beta, mean, var, eps)
     packed_flips = np.packbits(np.array(flips, dtype=bool), bitorder="little").tobytes()
-    return np.array(ts, dtype="<i4").tobytes(), packed_flips
+    ratios = [
+        bt / g if g != 0 and t not in (INT32_MIN, INT32_MAX) else None
+        for g, bt, t in zip(gamma, beta, ts, strict=True)
+    ]
+    return {
+        "thresholds": np.array(ts, dtype="<i4").tobytes(),
+        "flips": packed_flips,
+        "norm": bnn.pack_norm(ratios),
+    }
 
 
 def _alpha(w: torch.Tensor) -> list:
@@ -70,7 +80,7 @@ def deployed_layers(model: BinaryNet) -> list:
     wq = torch.round(w / scale.view(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8)
     k, s = stem.kernel_size[0], stem.stride[0]
     a = (scale.double() / 255).tolist()
-    ts, flips = _thresholds(a, stem.bias.detach().double().tolist(), consumers[0].bn)
+    folded = _thresholds(a, stem.bias.detach().double().tolist(), consumers[0].bn)
     weights = wq.permute(0, 2, 3, 1).contiguous().numpy().tobytes()  # (cout, k, k, cin)
     layer = bnn.Layer(
         kind=bnn.CONV_U8,
@@ -83,15 +93,14 @@ def deployed_layers(model: BinaryNet) -> list:
         in_w=size,
         pool=model.stem.pool,
         weights=weights,
-        thresholds=ts,
-        flips=flips,
+        **folded,
     )
     layers.append(layer)
 
     for i, conv in enumerate(model.convs):
         h, wd = layers[-1].out_shape()
         w = conv.weight.detach()
-        ts, flips = _thresholds(_alpha(w), [0.0] * w.shape[0], consumers[i + 1].bn)
+        folded = _thresholds(_alpha(w), [0.0] * w.shape[0], consumers[i + 1].bn)
         bits = _sign_bits(w.permute(0, 2, 3, 1).contiguous().numpy())  # (cout, k, k, cin)
         layers.append(
             bnn.Layer(
@@ -105,8 +114,7 @@ def deployed_layers(model: BinaryNet) -> list:
                 in_w=wd,
                 pool=conv.pool,
                 weights=bits,
-                thresholds=ts,
-                flips=flips,
+                **folded,
             )
         )
 
@@ -118,15 +126,12 @@ def deployed_layers(model: BinaryNet) -> list:
             w_np = _hwc_order(w, prev.cout, oh, ow)
         else:
             w_np = w.numpy()
-        ts, flips = _thresholds(
-            _alpha(w), [0.0] * w.shape[0], consumers[len(model.convs) + i + 1].bn
-        )
+        folded = _thresholds(_alpha(w), [0.0] * w.shape[0], consumers[len(model.convs) + i + 1].bn)
         layers.append(
             bnn.Layer(
                 **bnn.dense_geometry(bnn.BDENSE, w.shape[1], w.shape[0]),
                 weights=_sign_bits(w_np),
-                thresholds=ts,
-                flips=flips,
+                **folded,
             )
         )
 

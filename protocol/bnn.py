@@ -20,7 +20,7 @@ from protocol.prng import mix32, stream_key
 
 MAGIC = b"BSNN"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1 adds GSEE (seeded self-test inputs); 1.0 files still read
+VERSION_MINOR = 2  # 1.1 adds GSEE (seeded self-test inputs), 1.2 the layers' NORM; all read
 
 CONV_U8 = 1  # real-weight (int8) convolution on 8-bit pixels: the first layer
 BCONV = 2  # binary convolution, packed weights, integer thresholds
@@ -33,6 +33,9 @@ _SECTION = "<4sI"  # tag, payload length; payload; then u32 CRC32 of tag+length+
 _LAYER = "<BBBBIIHHBB2x"  # kind, k, stride, pad, cin, cout, in_h, in_w, pool, flags
 _GOLD = "<HHHH"  # count, height, width, classes
 _GSEE = "<IHHHH"  # seed, count, height, width, classes
+FLAG_NORM = 1  # a layer's flags: its BatchNorm ratios follow the flips (format 1.2)
+_FLAGS_AT = 17  # offset of the flags byte in a layer's header
+NORM_KEEP = -128  # a NORM value: this channel's threshold is not re-estimated
 GOLDEN_STREAM = 0x60D  # protocol.prng stream id of seeded self-test inputs
 _MAX_SECTIONS = 4096
 
@@ -61,6 +64,7 @@ class Layer:
         flips=None,
         bias=None,
         scale=1.0,
+        norm=None,
     ):
         self.kind = kind
         self.k = k
@@ -76,15 +80,18 @@ class Layer:
         self.flips = flips
         self.bias = bias
         self.scale = scale
+        # None, or f32 scale q then cout int8: each channel's BatchNorm beta/gamma over q
+        # (NORM_KEEP: none), what re-estimating its threshold on the device needs
+        self.norm = norm
 
     def geometry(self) -> dict:
         """{name: value} of the GEOMETRY fields."""
         return {name: getattr(self, name) for name in GEOMETRY}
 
     def replaced(self, **changes) -> "Layer":
-        """A copy with some of weights, thresholds, flips, bias and scale replaced."""
+        """A copy with some of weights, thresholds, flips, bias, scale and norm replaced."""
         fields = self.geometry()
-        for name in ("weights", "thresholds", "flips", "bias", "scale"):
+        for name in ("weights", "thresholds", "flips", "bias", "scale", "norm"):
             fields[name] = changes.pop(name, getattr(self, name))
         if changes:
             raise TypeError("a layer's geometry is not replaced: %s" % ", ".join(changes))
@@ -175,10 +182,35 @@ def section(tag: bytes, payload: bytes) -> bytes:
 
 
 def layer_payload(layer: Layer) -> bytes:
-    head = struct.pack(_LAYER, *[getattr(layer, name) for name in GEOMETRY], 0)
+    flags = FLAG_NORM if layer.norm is not None else 0
+    head = struct.pack(_LAYER, *[getattr(layer, name) for name in GEOMETRY], flags)
     if layer.kind == DENSE_OUT:
         return head + bytes(layer.weights) + bytes(layer.bias) + struct.pack("<f", layer.scale)
-    return head + bytes(layer.weights) + bytes(layer.thresholds) + bytes(layer.flips)
+    body = head + bytes(layer.weights) + bytes(layer.thresholds) + bytes(layer.flips)
+    return body + bytes(layer.norm) if layer.norm is not None else body
+
+
+def norm_ratios(layer: Layer) -> list:
+    """A layer's BatchNorm ratios beta/gamma per channel (None where NORM_KEEP), or None when
+    it carries no NORM."""
+    if layer.norm is None:
+        return None
+    q = struct.unpack_from("<f", layer.norm)[0]
+    values = struct.unpack_from("<%db" % layer.cout, layer.norm, 4)
+    return [None if v == NORM_KEEP else v * q for v in values]
+
+
+def pack_norm(ratios: list) -> bytes:
+    """The NORM bytes of per-channel ratios beta/gamma (None or not finite: not re-estimated),
+    quantised to int8 with one scale for the layer."""
+    finite = [abs(r) for r in ratios if r is not None and r == r and abs(r) != float("inf")]
+    q = max(finite) / 127 if finite and max(finite) > 0 else 1.0
+    q = struct.unpack("<f", struct.pack("<f", q))[0]  # the scale as stored
+    values = []
+    for r in ratios:
+        ok = r is not None and r == r and abs(r) != float("inf")
+        values.append(max(-127, min(127, int(round(r / q)))) if ok else NORM_KEEP)
+    return struct.pack("<f", q) + struct.pack("<%db" % len(values), *values)
 
 
 def write_bnn(meta: dict, layers: list, golden: list, golden_seed=None) -> bytes:
@@ -212,6 +244,8 @@ def assemble(meta_bytes: bytes, layer_payloads: list, gold_tag: bytes, gold_payl
     sections.extend(section(b"LAYR", payload) for payload in layer_payloads)
     sections.append(section(gold_tag, gold_payload))
     minor = 1 if gold_tag == b"GSEE" else 0
+    if any(p[_FLAGS_AT] & FLAG_NORM for p in layer_payloads):
+        minor = 2
     body = struct.pack(_HEADER, MAGIC, VERSION_MAJOR, minor, len(sections) + 1)
     body += b"".join(sections)
     return body + section(b"HASH", hashlib.sha256(body).digest())
@@ -268,13 +302,17 @@ def _parse_layer(payload: bytes, index: int) -> Layer:
     _check(len(payload) >= n, "layer %d header truncated" % index)
     fields = struct.unpack_from(_LAYER, payload)
     flags = fields[-1]
-    _check(flags == 0, "layer %d has unsupported flags 0x%02x" % (index, flags))
     layer = Layer(weights=b"", **{name: fields[i] for i, name in enumerate(GEOMETRY)})
     kind, cout = layer.kind, layer.cout
+    _check(
+        flags in ((0,) if kind == DENSE_OUT else (0, FLAG_NORM)),
+        "layer %d has unsupported flags 0x%02x" % (index, flags),
+    )
     check_geometry(layer, index)
     wb = layer.weight_bytes()
     tail = 4 if kind == DENSE_OUT else (cout + 7) // 8  # output scale, or packed flips
-    expect = n + wb + 4 * cout + tail
+    norm = 4 + cout if flags & FLAG_NORM else 0
+    expect = n + wb + 4 * cout + tail + norm
     _check(
         len(payload) == expect, "layer %d is %d bytes, expected %d" % (index, len(payload), expect)
     )
@@ -287,7 +325,11 @@ def _parse_layer(payload: bytes, index: int) -> Layer:
         _check(layer.scale == layer.scale and layer.scale > 0, "output scale is not positive")
     else:
         layer.thresholds = bytes(mv[rest : rest + 4 * cout])
-        layer.flips = bytes(mv[rest + 4 * cout :])
+        layer.flips = bytes(mv[rest + 4 * cout : len(payload) - norm])
+        if norm:
+            layer.norm = bytes(mv[len(payload) - norm :])
+            q = struct.unpack_from("<f", layer.norm)[0]
+            _check(q == q and 0 < q < float("inf"), "layer %d: NORM scale is not positive" % index)
     return layer
 
 

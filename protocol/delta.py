@@ -25,7 +25,8 @@ VERSION_MAJOR = 1
 VERSION_MINOR = 0
 OP_HEAD = "<HBB"  # layer index, operation, Rice parameter (flips only, else 0)
 STEP_HEAD = "<HI32s4s"  # host accuracy in 1/10000, .bnn size, its SHA-256, self-test section tag
-WHOLE, THRESHOLDS, FLIPS, THRESHOLD_STEPS = 1, 2, 3, 4  # what a LAYR record does to its layer
+# what a LAYR record does to its layer
+WHOLE, THRESHOLDS, FLIPS, THRESHOLD_STEPS, NORM = 1, 2, 3, 4, 5
 NOT_MEASURED = 0xFFFF
 MAX_RECORD = 40 << 20
 
@@ -169,6 +170,8 @@ def layer_ops(old, new, index: int) -> list:
         k = rice_parameter(len(positions), len(old.weights) * 8)
         head = struct.pack(OP_HEAD, index, FLIPS, k) + struct.pack("<I", len(positions))
         ops.append(head + rice_encode(positions, k))
+    if old.norm != new.norm:  # the BatchNorm ratios (format 1.2), or none
+        ops.append(struct.pack(OP_HEAD, index, NORM, 0) + (new.norm or b""))
     return ops
 
 
@@ -331,6 +334,11 @@ def _apply_op(layers: list, payloads: list, payload: bytes) -> None:
         for p in rice_decode(body[4:], count, k, bits):
             weights[p >> 3] ^= 1 << (p & 7)
         new = layer.replaced(weights=bytes(weights))
+    elif op == NORM:
+        _check(layer.kind in (bnn.BCONV, bnn.BDENSE), "layer %d: NORM goes with WHOLE" % index)
+        _check(len(body) in (0, 4 + layer.cout), "layer %d: NORM of %d bytes" % (index, len(body)))
+        new = layer.replaced(norm=body or None)
+        new = bnn._parse_layer(bnn.layer_payload(new), index)  # checks the NORM scale
     else:
         _check(False, "unknown layer operation %d" % op)
     layers[index] = new

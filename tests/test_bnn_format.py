@@ -36,12 +36,17 @@ def test_seeded_self_test_inputs_cost_a_seed_and_their_scores(tiny_model):
     for i, (image, _) in enumerate(model.golden):
         assert image == bnn.seeded_input(model.golden_seed, i, h, w)
     assert len({tuple(scores) for _, scores in model.golden}) == 4
-    assert struct.unpack_from("<HH", tiny_model[1], 4) == (1, 1)  # format 1.1
-    stored = bnn.write_bnn(model.meta, model.layers, model.golden)  # 1.0: GOLD, stored whole
+    assert struct.unpack_from("<HH", tiny_model[1], 4) == (1, 2)  # format 1.2: GSEE and NORM
+    stored = bnn.write_bnn(model.meta, model.layers, model.golden)  # GOLD, stored whole
     assert len(stored) - len(tiny_model[1]) == 4 * h * w - 4  # the images, less the seed
-    again = bnn.read_bnn(stored)  # a 1.0 file still reads, with the same self-test
+    again = bnn.read_bnn(stored)  # GOLD still reads, with the same self-test
     assert again.golden == model.golden and again.golden_seed is None
-    assert struct.unpack_from("<HH", stored, 4) == (1, 0)
+    plain = [layer.replaced(norm=None) for layer in model.layers]
+    old = bnn.write_bnn(model.meta, plain, model.golden)  # 1.0: GOLD and no NORM
+    assert struct.unpack_from("<HH", old, 4) == (1, 0)
+    assert bnn.read_bnn(old).layers[0].norm is None
+    norm_bytes = sum(4 + layer.cout for layer in model.layers if layer.norm is not None)
+    assert len(stored) - len(old) == norm_bytes
 
 
 def test_seeded_inputs_are_the_same_bytes_everywhere():
@@ -63,7 +68,7 @@ def test_wrong_magic_is_named(tiny_model):
 def test_future_major_version_asks_for_an_upgrade(tiny_model):
     _, data = tiny_model
     future = data[:4] + struct.pack("<H", bnn.VERSION_MAJOR + 1) + data[6:]
-    with pytest.raises(FormatError, match="unsupported .bnn format version 2.1.*upgrade"):
+    with pytest.raises(FormatError, match="unsupported .bnn format version 2.2.*upgrade"):
         bnn.read_bnn(future)
 
 

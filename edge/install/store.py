@@ -187,7 +187,9 @@ class SlotStore:
             )
         elif active and active["manifest"] == manifest.digest and not active["complete"]:
             return  # more of the active .pranc stream, .bsc cascade or .bsd delta
-        elif manifest.kind == "delta" and not (active and active["sha256"] == manifest.base):
+        elif manifest.kind == "delta" and not (
+            active and manifest.base in (active["sha256"], active.get("recalibrated_from"))
+        ):
             why = "this delta applies to model %s, which this device does not run (%s)" % (
                 manifest.base[:16],
                 "it runs %s" % active["sha256"][:16] if active else "it has no model",
@@ -245,71 +247,105 @@ class SlotStore:
                         os.remove(made)
                 self.log_refusal("reject %s v%d: %s" % (manifest.model_id, manifest.version, e))
                 raise
-            state = self.state()
-            slot = _other(state["active"])
-            trial = state.get("trial")
-            keep = trial.get("previous") if trial and trial.get("previous_confirmed") else None
-            confirmed = trial is None  # the active model passed its trial (or had none)
-            if keep and state["slots"].get(keep) and not state["slots"][keep].get("failed"):
-                # A model is on trial and the confirmed one it replaced is the rollback target:
-                # that one stays. The unconfirmed model gives way: the confirmed one is made
-                # active again first, so a power cut from here on finds it, whole.
-                slot = state["active"]
-                state["active"], state["slots"][slot] = keep, None
-                state.pop("trial", None)
-                confirmed = True
-                write_atomic(self._path("store.json"), _dump(state))
-                self.log("the model on trial in slot %s gives way to a new install" % slot)
-            elif state["slots"][slot] is not None:  # its model is about to be overwritten
-                state["slots"][slot] = None
-                write_atomic(self._path("store.json"), _dump(state))
-            sdir = self._path("slots", slot)
-            for name in os.listdir(sdir):
-                os.remove(os.path.join(sdir, name))
-            target = os.path.join(sdir, "model" + SUFFIX[manifest.kind])
             if made is not None:
-                os.replace(made, target)
+                place = lambda target: os.replace(made, target)  # noqa: E731
             elif move and complete:
-                os.replace(payload_path, target)
+                place = lambda target: os.replace(payload_path, target)  # noqa: E731
             else:
-                _copy_prefix(payload_path, target, length)
-            write_atomic(os.path.join(sdir, "manifest.json"), manifest.raw)
-            fsync_dir(sdir)
-            _self_test(target, None)
-            state["slots"][slot] = {
+                place = lambda target: _copy_prefix(payload_path, target, length)  # noqa: E731
+            record = {
                 "model_id": manifest.model_id,
                 "version": manifest.version,
                 "kind": manifest.kind,
-                "sha256": file_sha256(target),
                 "bytes": length,
                 "size": size,
                 "complete": complete,
                 "rollback": manifest.rollback,
                 "manifest": manifest.digest,
-                "installed_at": int(time.time()),
             }
             if manifest.base:
-                state["slots"][slot]["base"] = manifest.base
-            previous = state["active"]  # the model that was running, confirmed or not
-            state["active"] = slot
-            # on trial until the daemon confirms it; a restart during the trial rolls back
-            state["trial"] = {
-                "slot": slot,
-                "previous": previous,
-                "previous_confirmed": confirmed,  # a rollback target the next install keeps
-                "running": False,
-            }
-            if complete:
-                state["installed"].append(manifest.digest)
-                if not manifest.rollback:
-                    state["floor"] = max(state.get("floor", 0), manifest.version)
-            write_atomic(self._path("store.json"), _dump(state))
+                record["base"] = manifest.base
             what = "rollback to" if manifest.rollback else "install"
-            self.log(
-                "%s %s v%d (%s, %d of %d bytes) in slot %s"
-                % (what, manifest.model_id, manifest.version, manifest.kind, length, size, slot)
+            slot = self._switch_to(
+                place,
+                SUFFIX[manifest.kind],
+                manifest.raw,
+                record,
+                "%s %s v%d (%s, %d of %d bytes)"
+                % (what, manifest.model_id, manifest.version, manifest.kind, length, size),
+                installed=manifest.digest if complete else None,
+                floor=None if manifest.rollback else manifest.version,
             )
             return slot
+
+    def install_local(self, data: bytes, record: dict, what: str) -> str:
+        """Install a `.bnn` this device made itself from its active model (a recalibration,
+        edge.engine.recalibrate): no manifest, so no version floor or replay record changes;
+        the same slot, self-test and trial as any install. `record` adds to the slot's entry
+        in store.json. Returns the slot."""
+        with self.locked():
+            tmp = self._path("partial", "local.made.bnn")
+            write_atomic(tmp, data)
+            try:
+                _self_test(tmp, None)
+            except Rejected:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
+            base = {"kind": "bnn", "bytes": len(data), "size": len(data), "complete": True}
+            base.update(rollback=False, manifest=None, **record)
+            return self._switch_to(lambda target: os.replace(tmp, target), ".bnn", None, base, what)
+
+    def _switch_to(self, place, suffix, manifest_raw, record, what, installed=None, floor=None):
+        """(with the lock held) Write a checked model into the inactive slot through `place`,
+        self-test it there and make it active, on trial. Returns the slot."""
+        state = self.state()
+        slot = _other(state["active"])
+        trial = state.get("trial")
+        keep = trial.get("previous") if trial and trial.get("previous_confirmed") else None
+        confirmed = trial is None  # the active model passed its trial (or had none)
+        if keep and state["slots"].get(keep) and not state["slots"][keep].get("failed"):
+            # A model is on trial and the confirmed one it replaced is the rollback target:
+            # that one stays. The unconfirmed model gives way: the confirmed one is made
+            # active again first, so a power cut from here on finds it, whole.
+            slot = state["active"]
+            state["active"], state["slots"][slot] = keep, None
+            state.pop("trial", None)
+            confirmed = True
+            write_atomic(self._path("store.json"), _dump(state))
+            self.log("the model on trial in slot %s gives way to a new install" % slot)
+        elif state["slots"][slot] is not None:  # its model is about to be overwritten
+            state["slots"][slot] = None
+            write_atomic(self._path("store.json"), _dump(state))
+        sdir = self._path("slots", slot)
+        for name in os.listdir(sdir):
+            os.remove(os.path.join(sdir, name))
+        target = os.path.join(sdir, "model" + suffix)
+        place(target)
+        if manifest_raw is not None:
+            write_atomic(os.path.join(sdir, "manifest.json"), manifest_raw)
+        fsync_dir(sdir)
+        _self_test(target, None)
+        entry = dict(record)
+        entry["sha256"] = file_sha256(target)
+        entry["installed_at"] = int(time.time())
+        state["slots"][slot] = entry
+        previous = state["active"]  # the model that was running, confirmed or not
+        state["active"] = slot
+        # on trial until the daemon confirms it; a restart during the trial rolls back
+        state["trial"] = {
+            "slot": slot,
+            "previous": previous,
+            "previous_confirmed": confirmed,  # a rollback target the next install keeps
+            "running": False,
+        }
+        if installed is not None:
+            state["installed"].append(installed)
+            if floor is not None:
+                state["floor"] = max(state.get("floor", 0), floor)
+        write_atomic(self._path("store.json"), _dump(state))
+        self.log("%s in slot %s" % (what, slot))
+        return slot
 
     def _apply_delta(self, manifest: Manifest, path: str, length: int) -> str:
         """The `.bnn` that the first `length` bytes of a delta make from its base model (in
@@ -417,6 +453,22 @@ class SlotStore:
             write_atomic(self._path("store.json"), _dump(state))
             self.log("rollback from slot %s to %s: %s" % (failed, state["active"], why))
             return state["active"]
+
+    def activate(self, slot: str, why: str) -> str:
+        """Make `slot` active again (a model this device ran before; edge.install.recalibration
+        undoes a recalibration so), ending any trial. Rejected when it is empty, marked failed
+        or damaged."""
+        with self.locked():
+            state = self.state()
+            if not self._intact(state, slot):
+                write_atomic(self._path("store.json"), _dump(state))
+                raise Rejected("slot %s holds no intact model to go back to" % slot)
+            previous = state["active"]
+            state["active"] = slot
+            state.pop("trial", None)
+            write_atomic(self._path("store.json"), _dump(state))
+            self.log("slot %s active again instead of %s: %s" % (slot, previous, why))
+            return slot
 
     def _intact(self, state: dict, slot: str) -> bool:
         """Whether `slot` holds a model not marked failed whose file matches its SHA-256;

@@ -59,6 +59,10 @@ SCHEMA = {
         "full_frame": (bool, False),
         "min_free_mb": (float, 100.0),
     },
+    "recalibrate": {
+        "every_h": (float, REQUIRED),
+        "frames": (int, 1000),
+    },
     "status": {
         "listen": (str, "127.0.0.1:8080"),
         "state_dir": (str, None),
@@ -68,7 +72,7 @@ SCHEMA = {
         "summary_every_s": (float, 60.0),
     },
 }
-OPTIONAL_SECTIONS = ("photo_eye", "gpio", "receiver", "capture")
+OPTIONAL_SECTIONS = ("photo_eye", "gpio", "receiver", "capture", "recalibrate")
 
 
 def _typed(section, key, value, kind):
@@ -190,6 +194,16 @@ def _check_values(cfg) -> None:
     _check_address(rx and rx["serial"], "receiver", "serial", serialport.parse)
     _check_address(act["kind"] == "plc" and act["url"], "actuator", "url", serialport.parse)
     check_capture(cfg["capture"])
+    recal = cfg["recalibrate"]
+    if recal is not None:
+        _positive(cfg, "recalibrate", "every_h")
+        if recal["frames"] < 200:
+            raise BinsortError("config [recalibrate] frames must be at least 200")
+        if cfg["capture"] is None or cfg["capture"]["keep"] != "all":
+            raise BinsortError(
+                'config [recalibrate] needs [capture] with keep = "all": it re-estimates the '
+                "thresholds from the captured boxes, and doubtful ones alone are not the line"
+            )
     host, sep, port = cfg["status"]["listen"].rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise BinsortError(

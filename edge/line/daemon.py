@@ -108,6 +108,7 @@ class Daemon:
         self.truths = [] if record_truth else None  # what the simulator knew of each frame
         self.fire = True  # `binsort-edge capture` watches the line without sorting
         self.capture = self.box_frames = None
+        self.recalibration = None  # the last scheduled recalibration ([recalibrate])
         cap = cfg.get("capture")
         if cap:
             from edge.line.capture import BoxFrames, CaptureRing
@@ -521,6 +522,48 @@ class Daemon:
             self.links.append(link)
             self._thread("the serial receiver", self._serve_serial, link)
 
+        if self.cfg["recalibrate"]:
+            t = threading.Thread(target=self._recalibrate_every, daemon=True, name="recalibrate")
+            t.start()
+
+    def _recalibrate_every(self) -> None:
+        """[recalibrate]: every `every_h` hours re-estimate the active model's thresholds from
+        the capture ring (tier 0) and install the result, which the loop then swaps in and
+        trials like any model. Skipped while a model is on trial; errors are logged, never
+        fatal. The thread runs at the lowest CPU priority: the line comes first."""
+        with contextlib.suppress(AttributeError, OSError):  # Linux: nice this thread only
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        every = self.cfg["recalibrate"]["every_h"] * 3600
+        while not self.stop_event.wait(every):
+            self.recalibrate_now()
+
+    def recalibrate_now(self) -> bool:
+        """One scheduled recalibration (the [recalibrate] thread calls this): whether a
+        recalibrated model was installed. Skipped while a model is on trial."""
+        from edge.install.recalibration import recalibrate_store
+
+        if self.store.trial() is not None:
+            self._event("recalibration skipped: a model is on trial")
+            return False
+        try:
+            report = recalibrate_store(
+                self.store, self.capture.root, self.cfg["recalibrate"]["frames"]
+            )
+        except BinsortError as e:
+            self.recalibration = {"at": int(time.time()), "error": str(e)}
+            self._event("recalibration failed: %s" % e)
+            return False
+        self.recalibration = {
+            "at": int(time.time()),
+            "frames": report["frames"],
+            "decisions_changed": report["decisions_changed"],
+        }
+        self._event(
+            "recalibrated on %d frames: %.1f%% of their decisions change; on trial in slot %s"
+            % (report["frames"], 100 * report["decisions_changed"], report["slot"])
+        )
+        return True
+
     def _thread(self, name: str, target, *args) -> None:
         t = threading.Thread(target=target, args=args, daemon=True, name=name)
         t.start()
@@ -634,6 +677,10 @@ class Daemon:
             out["frame"] = {"label": labels[best], "confidence": round(float(probs[best]), 4)}
         if self.capture is not None:
             out["capture"] = self.capture.summary()
+        if m and m.record.get("recalibrated_from"):
+            out["model"]["recalibrated"] = m.record.get("recalibration")
+        if self.recalibration is not None:
+            out["recalibration"] = self.recalibration
         if self.receiver_health is not None:
             out["receiver"] = dict(self.receiver_health)
             if self.receiver_beat is not None:
