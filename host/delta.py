@@ -167,3 +167,13 @@ def freeze_binary_weights(model) -> None:
     """Binary weights stay as they are; BatchNorm, the input conv and the output layer learn."""
     for _, w in binary_weights(model):
         w.requires_grad_(False)
+
+
+def freeze_norm_ratios(model) -> None:
+    """Every BatchNorm's gamma and beta stay the base model's (its running statistics still
+    learn): the packed NORM ratios beta/gamma are then the base's, and a delta need not carry
+    them (about 0.8 KB for the default model) for the device to keep recalibrating (tier 0)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            for p in (m.weight, m.bias):
+                p.requires_grad_(False)

@@ -192,9 +192,10 @@ def train(
     # own layout), the same arithmetic
     model = build(config, len(data.labels), start, device).to(memory_format=torch.channels_last)
     if config.delta_budget is not None:
-        from host.delta import check_budget
+        from host.delta import check_budget, freeze_norm_ratios
 
         check_budget(start[0], load_checkpoint(config.init)[1], config.delta_budget)
+        freeze_norm_ratios(model)
     metrics = run_epochs(model, data, config, device, rank, world, progress, log)
     if config.delta_budget is not None:
         metrics = _fit_budget(model, data, config, device, rank, world, progress, log, metrics)
