@@ -216,14 +216,14 @@ def _border_strip(rng, draw: ImageDraw.ImageDraw, size: int, depth: tuple) -> No
 
 
 def _camera(
-    rng, nrng, img: Image.Image, size: int, light_range: bool, code_px: float
+    rng, nrng, img: Image.Image, size: int, light_range: bool, code_px: float, info=None
 ) -> Image.Image:
     """Light, optics and sensor: gradient, shadows, glare, motion blur along the belt, defocus,
     noise, JPEG, and (when `light_range`) the camera's limited-range luma 16-235.
 
     `code_px`: the code's height in output pixels. Blur is bounded by it, so that a code stays
     legible: a small code is not smeared more than a quarter of its height (a code a person
-    cannot read teaches the net nothing but noise)."""
+    cannot read teaches the net nothing but noise). `info` gets the sensor noise sigma."""
     big = img.width
     draw = ImageDraw.Draw(img, "RGBA")
     if rng.random() < 0.35:  # a shadow cast across the view
@@ -260,7 +260,10 @@ def _camera(
     blur = min(rng.uniform(0, 1.2), code_px / 14)
     if blur > 0.3:  # defocus
         out = out.filter(ImageFilter.GaussianBlur(blur))
-    arr = np.asarray(out, dtype=np.float64) + nrng.normal(0, rng.uniform(1, 7), size=(size, size))
+    sigma = rng.uniform(1, 7)
+    if info is not None:
+        info["noise"] = sigma  # the sensor noise's standard deviation, in grey levels
+    arr = np.asarray(out, dtype=np.float64) + nrng.normal(0, sigma, size=(size, size))
     out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     if rng.random() < 0.4:  # JPEG artefacts
         buf = io.BytesIO()
@@ -309,24 +312,56 @@ def render_classic(seed: int, split: str, label: str, index: int, size: int = 10
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L")
 
 
+# A code must stand out of the camera's own noise to be read: its strokes' contrast in the
+# finished frame at least LEGIBLE_SIGMAS times the sensor noise and LEGIBLE_MIN grey levels
+# (the Rose criterion of detectability is 3-5 noise sigmas). A frame that fails is drawn again
+# from a seed of its own, up to LEGIBLE_TRIES times (docs/training-notes.md section 5, fifth
+# round: of the default model's test images, those below 10 grey levels were read 5% right).
+LEGIBLE_SIGMAS = 3.0
+LEGIBLE_MIN = 10.0
+LEGIBLE_TRIES = 4
+
+
 def render(
     seed: int, split: str, label: str, index: int, size: int = 100, styles=None
 ) -> Image.Image:
     """One grey camera frame of `label` (a code, or 'empty'), fully determined by its arguments.
 
     `styles`: the code styles to draw from (names of edge.imaging.code_styles.STYLES, "all" for
-    every one); None draws the first generator's frame (render_classic).
+    every one); None draws the first generator's frame (render_classic). A code too faint to
+    read against the frame's noise (LEGIBLE_SIGMAS) is drawn again.
     """
     if styles is None:
         return render_classic(seed, split, label, index, size)
     if styles == "all":
         styles = tuple(STYLES)
-    rng = seeded_rng(seed, split, label, index)
+    for attempt in range(LEGIBLE_TRIES):
+        tag = label if attempt == 0 else "%s#%d" % (label, attempt)
+        frame, contrast, noise = _render_styled(
+            seeded_rng(seed, split, tag, index), label, size, styles
+        )
+        if contrast is None or contrast >= max(LEGIBLE_MIN, LEGIBLE_SIGMAS * noise):
+            break
+    return frame
+
+
+def stroke_contrast(frame: np.ndarray, without: np.ndarray, code_px: float) -> float:
+    """How far the code's strokes stand out: the mean difference, in grey levels, between the
+    frame and the same frame drawn without the code, over its strongest 0.3 * code_px**2
+    pixels (about the area of a code's strokes)."""
+    d = np.abs(frame.astype(np.float64) - without.astype(np.float64)).ravel()
+    n = min(d.size, max(8, int(round(0.3 * code_px**2))))
+    return float(np.partition(d, d.size - n)[d.size - n :].mean())
+
+
+def _render_styled(rng: random.Random, label: str, size: int, styles: tuple):
+    """(frame, the code's stroke contrast or None for an empty frame, the sensor noise sigma)."""
     nrng = np.random.default_rng(rng.getrandbits(64))
     big = 2 * size  # drawn large, shrunk at the end
     belt, belt_colour = _belt(rng, nrng, big)
     img = Image.fromarray(belt.astype(np.uint8), "RGB")
     angle = rng.uniform(-15, 15)
+    plain = None
     if label != EMPTY_LABEL:
         style = STYLES[rng.choice(tuple(styles))]
         code_h = int(rng.uniform(0.10, 0.35) * big)
@@ -346,11 +381,12 @@ def render(
         if rng.random() < 0.35:
             _tape(rng, face, clear)
         _distractors(rng, face, code_h, clear)
+        plain = face.copy()
         style(rng, nrng, face, label, rect)
         # the code anywhere in the central area, wholly inside the frame
         reach = max(0.0, min(0.15 * big, (big - code_w) / 2 - 4, (big - code_h) / 2 - 4))
         at = (big / 2 + rng.uniform(-reach, reach), big / 2 + rng.uniform(-reach, reach))
-        _paste_face(img, face, angle, (px, py), at)
+        placed = (angle, (px, py), at)
     elif rng.random() < 0.55:  # a box with no code on it: entering, leaving, or in view
         fw, fh = int(rng.uniform(0.4, 1.4) * big), int(rng.uniform(0.4, 1.4) * big)
         face = _carton_face(rng, nrng, fw, fh)
@@ -359,7 +395,26 @@ def render(
         _distractors(rng, face, rng.uniform(0.1, 0.3) * big, None)
         shift = rng.uniform(0, 0.9) * big * rng.choice((-1, 1))
         at = (big / 2 + shift, big / 2 + rng.uniform(-0.15, 0.15) * big)
-        _paste_face(img, face, angle, (fw / 2, fh / 2), at)
-    img = _tilted(rng, img, big, belt_colour)
+        placed = (angle, (fw / 2, fh / 2), at)
+    else:
+        face = None
     code_px = code_h * size / big if label != EMPTY_LABEL else size
-    return _camera(rng, nrng, img, size, rng.random() < 0.4, code_px)
+    # the rest draws the same random numbers whatever the face: the frame without its code
+    # comes out with the very same light, blur and noise
+    state = (rng.getstate(), nrng.bit_generator.state)
+
+    def finish(f):
+        rng.setstate(state[0])
+        nrng.bit_generator.state = state[1]
+        out = img.copy()
+        if f is not None:
+            _paste_face(out, f, *placed)
+        out = _tilted(rng, out, big, belt_colour)
+        info = {}
+        return _camera(rng, nrng, out, size, rng.random() < 0.4, code_px, info), info["noise"]
+
+    frame, noise = finish(face)
+    if plain is None:
+        return frame, None, noise
+    without, _ = finish(plain)
+    return frame, stroke_contrast(np.asarray(frame), np.asarray(without), code_px), noise
