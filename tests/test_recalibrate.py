@@ -9,8 +9,10 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -172,8 +174,8 @@ def test_too_few_frames_or_no_norm_is_a_clear_error(lively_tiny):
 
 
 def fill_ring(ring: str, model, n_per_label: int, skew_to=None) -> None:
-    """Captures as the daemon writes them: model inputs of rendered boxes, decided by the
-    model (`skew_to`: every box decided as that label)."""
+    """Captures as the daemon writes them (edge.line.capture): model inputs of rendered
+    boxes, each decided as its own code (`skew_to`: every box decided as that label)."""
     from edge.engine.numpy_engine import NumpyEngine
 
     cap = CaptureRing(ring, max_mb=64.0, min_free_mb=0.0)
@@ -188,13 +190,25 @@ def fill_ring(ring: str, model, n_per_label: int, skew_to=None) -> None:
             label="x", confidence=1.0, lane="left", why=None, probs=probs, first=i, last=i
         )
         while not cap.offer(decision, (i, (image, s, None)), info):
-            pass  # the writer is behind: offer again
+            time.sleep(0.002)  # the writer is behind: offer again
     cap.close()
 
 
+@pytest.fixture(scope="module")
+def rings(tmp_path_factory, lively_tiny):
+    """Capture rings written once for the module (each capture is synced: seconds a ring):
+    `even`, 50 boxes of each code; `skewed`, those and then 100 more all decided F06."""
+    root = tmp_path_factory.mktemp("rings")
+    model = bnn.read_bnn(lively_tiny[1])
+    fill_ring(str(root / "even"), model, 50)
+    shutil.copytree(root / "even", root / "skewed")
+    fill_ring(str(root / "skewed"), model, 25, skew_to="F06")
+    return root
+
+
 @pytest.fixture()
-def device(tmp_path, lively_tiny):
-    """A store running the lively tiny model (confirmed) and a ring of 240 of its boxes."""
+def device(tmp_path, lively_tiny, rings):
+    """A store running the lively tiny model (confirmed) and a ring of 200 of its boxes."""
     from tests.shipkit import keys
 
     key, pub = keys(tmp_path / "k")
@@ -206,7 +220,7 @@ def device(tmp_path, lively_tiny):
     s.begin_trial()
     s.commit_trial("healthy")
     ring = str(tmp_path / "store" / "captures")
-    fill_ring(ring, bnn.read_bnn(lively_tiny[1]), 60)
+    shutil.copytree(rings / "even", ring)
     return station, ring
 
 
@@ -220,10 +234,10 @@ def test_recalibrate_installs_on_trial_and_undo_goes_back(device):
     station, ring = device
     store = SlotStore(station["store"])
     before, rec = store.active()
-    proc = edge_cli("recalibrate", "--store", station["store"], "--frames", "240", "--json")
+    proc = edge_cli("recalibrate", "--store", station["store"], "--frames", "200", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["frames"] == 240 and set(report["per_label"].values()) == {60, 0}
+    assert report["frames"] == 200 and set(report["per_label"].values()) == {50, 0}
     slot, now = store.active()
     assert slot != before and store.trial()["slot"] == slot
     assert now["recalibrated_from"] == rec["sha256"] and now["version"] == rec["version"]
@@ -256,15 +270,13 @@ def test_recalibrate_refuses_too_few_frames_and_a_dry_run_installs_nothing(devic
     assert proc.returncode == 2 and "at least 200" in proc.stderr
 
 
-def test_frames_are_balanced_by_the_decided_label(tmp_path, lively_tiny):
+def test_frames_are_balanced_by_the_decided_label(rings, lively_tiny):
     model = bnn.read_bnn(lively_tiny[1])
-    ring = str(tmp_path / "ring")
-    fill_ring(ring, model, 60)
-    fill_ring(ring, model, 60, skew_to="F06")  # 240 more boxes, all decided F06
-    images, counts = recalibration.balanced_frames(ring, model.labels, 32, 32, 400)
-    # 100 of each label the ring holds (no box was decided empty), the newest first
-    assert counts == {"F06": 100, "K11": 60, "S19": 60, "V22": 60, "empty": 0}
-    assert len(images) == 280
+    ring = str(rings / "skewed")  # 50 boxes of each code, then 100 more decided F06
+    images, counts = recalibration.balanced_frames(ring, model.labels, 32, 32, 320)
+    # 80 of each label the ring holds (no box was decided empty), the newest first
+    assert counts == {"F06": 80, "K11": 50, "S19": 50, "V22": 50, "empty": 0}
+    assert len(images) == 230
 
 
 def test_a_delta_for_the_model_a_recalibration_came_from_is_admitted(device, lively_tiny):
@@ -275,7 +287,7 @@ def test_a_delta_for_the_model_a_recalibration_came_from_is_admitted(device, liv
 
     station, _ = device
     store = SlotStore(station["store"])
-    recalibration.recalibrate_store(store, os.path.join(station["store"], "captures"), 240)
+    recalibration.recalibrate_store(store, os.path.join(station["store"], "captures"), 200)
     store.begin_trial()
     store.commit_trial("healthy")
     torch_model, base = lively_tiny
@@ -300,18 +312,20 @@ def test_the_daemon_recalibrates_on_schedule_and_trials_the_result(device):
     cfg = config(
         station["store"],
         capture={"dir": ring, "min_free_mb": 0.0},
-        recalibrate={"every_h": 24, "frames": 240},
+        recalibrate={"every_h": 24, "frames": 200},
     )
     daemon = Daemon(cfg, record_truth=True)
     before = SlotStore(station["store"]).active()[1]["sha256"]
     assert daemon.recalibrate_now()
+    assert daemon.recalibrate_now() is False  # the first is on trial: not stacked on it
+    assert "skipped: a model is on trial" in daemon.events[-1]["event"]
     run_sim(daemon)
     status = daemon.status()
-    assert status["recalibration"]["frames"] == 240
+    assert status["recalibration"]["frames"] == 200
     active = SlotStore(station["store"]).active()[1]
     assert active["recalibrated_from"] == before
-    assert status["model"]["recalibrated"]["frames"] == 240
-    assert daemon.recalibrate_now() is False or SlotStore(station["store"]).trial() is not None
+    assert status["model"]["recalibrated"]["frames"] == 200
+    assert SlotStore(station["store"]).trial() is None  # confirmed after its trial boxes
 
 
 def test_a_delta_carries_norm_when_it_changes(lively_tiny):
