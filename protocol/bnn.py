@@ -203,13 +203,11 @@ def norm_ratios(layer: Layer) -> list:
 def pack_norm(ratios: list) -> bytes:
     """The NORM bytes of per-channel ratios beta/gamma (None or not finite: not re-estimated),
     quantised to int8 with one scale for the layer."""
-    finite = [abs(r) for r in ratios if r is not None and r == r and abs(r) != float("inf")]
+    ratios = [r if r is not None and r == r and abs(r) != float("inf") else None for r in ratios]
+    finite = [abs(r) for r in ratios if r is not None]
     q = max(finite) / 127 if finite and max(finite) > 0 else 1.0
     q = struct.unpack("<f", struct.pack("<f", q))[0]  # the scale as stored
-    values = []
-    for r in ratios:
-        ok = r is not None and r == r and abs(r) != float("inf")
-        values.append(max(-127, min(127, int(round(r / q)))) if ok else NORM_KEEP)
+    values = [NORM_KEEP if r is None else max(-127, min(127, int(round(r / q)))) for r in ratios]
     return struct.pack("<f", q) + struct.pack("<%db" % len(values), *values)
 
 

@@ -268,6 +268,14 @@ def test_recalibrate_refuses_too_few_frames_and_a_dry_run_installs_nothing(devic
     assert proc.stderr.count("\n") == 1 and store.active()[0] == before
     proc = edge_cli("recalibrate", "--store", station["store"], "--frames", "20")
     assert proc.returncode == 2 and "at least 200" in proc.stderr
+    proc = edge_cli("recalibrate", "--store", station["store"], "--captures", str(tmp_path / "no"))
+    assert proc.returncode == 2 and "cannot read the capture folder" in proc.stderr
+    from tests.shipkit import keys
+
+    SlotStore.init(str(tmp_path / "bare"), [keys(tmp_path / "k2")[1]])
+    proc = edge_cli("recalibrate", "--store", str(tmp_path / "bare"))
+    assert proc.returncode == 2 and "no active model" in proc.stderr
+    assert proc.stderr.count("\n") == 1
 
 
 def test_frames_are_balanced_by_the_decided_label(rings, lively_tiny):

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.engine.recalibrate import MIN_FRAMES, recalibrate
 from edge.imaging.preprocess import load_image, preprocess
-from edge.install.store import Rejected, SlotStore
+from edge.install.store import Rejected, SlotStore, _other
 from edge.line.capture import NAME
 from protocol.bnn import read_bnn_file
 from protocol.errors import BinsortError, FormatError
@@ -130,7 +130,7 @@ def undo(store: SlotStore) -> str:
     origin = record.get("recalibrated_from") if record else None
     if origin is None:
         raise BinsortError("the active model is not a recalibration: there is nothing to undo")
-    other = "b" if slot == "a" else "a"
+    other = _other(slot)
     rec = store.state()["slots"].get(other)
     if not rec or origin not in (rec["sha256"], rec.get("recalibrated_from")):
         raise BinsortError(
