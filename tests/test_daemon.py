@@ -3,6 +3,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -738,6 +739,24 @@ def test_a_clean_stop_during_a_trial_does_not_fail_the_model(station):
     store = SlotStore(station["store"])
     assert store.recover() is None and store.active()[1]["version"] == 1
     assert store.trial()["slot"] == store.active()[0]
+
+
+def test_the_signal_handler_never_waits_on_the_stop_events_lock(station):
+    """SIGTERM lands in the main thread between two bytecodes, possibly while that thread is
+    inside stop_event.wait() holding the Event's lock: a handler that took the lock would hang
+    the daemon for good. The handler returns at once; the loop stops on the flag it set."""
+    daemon = Daemon(config(station["store"]))
+    lock = daemon.stop_event._cond  # what Event.wait holds between its checks
+    done = threading.Event()
+    with lock:
+        handler = threading.Thread(
+            target=lambda: (daemon.on_signal(signal.SIGTERM, None), done.set()), daemon=True
+        )
+        handler.start()
+        assert done.wait(5), "the signal handler waited on the stop event's lock"
+    started = time.monotonic()
+    daemon.run()  # no model: the no-model rest sees the flag on its next turn
+    assert time.monotonic() - started < 5 and daemon.stop_event.is_set()
 
 
 def test_rollback_takes_an_intact_slot_and_marks_a_damaged_one(station):

@@ -61,6 +61,7 @@ class Daemon:
             cfg["status"]["state_dir"] or os.path.join(self.store.root, "daemon")
         )
         self.stop_event = threading.Event()
+        self.signalled = None  # set by the signal handler, turned into stop_event by the loop
         self.decisions = collections.deque(maxlen=5000)
         self.events = collections.deque(maxlen=200)  # installs, swaps, rollbacks
         lanes_cfg = cfg["lanes"]
@@ -334,7 +335,7 @@ class Daemon:
         failure, back off (the actuator safe, the watchdog fed, the status saying so) and
         retry. None when the source has no more frames or the daemon is stopping."""
         backoff = 0.1
-        while not self.stop_event.is_set():
+        while not self._stopping():
             try:
                 if self.source is None:
                     self._open_source()
@@ -365,7 +366,7 @@ class Daemon:
         """Wait, feeding the watchdog: a source being retried is not a stalled daemon. A
         receiver lost meanwhile stops the daemon as it would in the frame loop."""
         end = time.monotonic() + seconds
-        while not self.stop_event.is_set():
+        while not self._stopping():
             self.watchdog.ping()
             if self._services_down():
                 self._service_lost()
@@ -440,7 +441,7 @@ class Daemon:
         last_save = last_summary = time.monotonic()
         frames = 0
         try:
-            while not self.stop_event.is_set() and (max_frames is None or frames < max_frames):
+            while not self._stopping() and (max_frames is None or frames < max_frames):
                 if self.model is None:  # nothing to sort with: the camera rests, outputs safe
                     if self._services_down():
                         self._service_lost()
@@ -620,8 +621,23 @@ class Daemon:
         except BinsortError as e:
             self._event("serial receiver stopped: %s" % e)
 
-    def stop(self, *_) -> None:
+    def stop(self) -> None:
+        """Stop the daemon from another thread (tests, the line demo)."""
         self.stop_event.set()
+
+    def on_signal(self, signum, _frame) -> None:
+        """SIGTERM/SIGINT. Only a plain attribute is set here: the handler runs in the main
+        thread between two bytecodes, possibly inside stop_event.wait() while that thread
+        holds the Event's lock, and Event.set() would then wait for the lock forever. The
+        loop's own checks (every frame, every half second while resting) stop it."""
+        self.signalled = signum
+
+    def _stopping(self) -> bool:
+        """Whether the daemon is stopping; a signal received meanwhile is acted on here,
+        outside the handler, so the receiver threads see stop_event too."""
+        if self.signalled is not None and not self.stop_event.is_set():
+            self.stop_event.set()
+        return self.stop_event.is_set()
 
     def shutdown(self) -> None:
         self.actuator.close()  # safe state first
@@ -735,6 +751,6 @@ def watch_and_capture(cfg: dict, log=None, max_frames=None) -> Daemon:
 
 def _until_signalled(daemon: Daemon, max_frames) -> None:
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, daemon.stop)
-        signal.signal(signal.SIGINT, daemon.stop)
+        signal.signal(signal.SIGTERM, daemon.on_signal)
+        signal.signal(signal.SIGINT, daemon.on_signal)
     daemon.run(max_frames)
