@@ -8,6 +8,7 @@ import time
 
 from host.config import BNN, FINE_TUNE, PRANC
 from protocol.errors import BinsortError, run_cli
+from protocol.sender import GIVE_UP_S
 
 # `binsort train --data synth`: 5,000 images a label for 36 epochs read better than 3,000 for 60
 # at the same time (13 1/3 minutes on 2 cores; docs/training-notes.md section 5, fourth round)
@@ -452,6 +453,9 @@ def _ship(args) -> int:
 
     from host.ship import ship
 
+    if not args.give_up > 0:  # also NaN
+        raise BinsortError("--give-up must be a positive number of seconds, not %s" % args.give_up)
+
     bar = tqdm(
         total=None,
         unit="B",
@@ -486,6 +490,7 @@ def _ship(args) -> int:
         "store_id": args.store_id,
         "expires_hours": args.expires_hours,
         "reconnects": args.reconnects,
+        "give_up": args.give_up,
         "ssh_key": args.ssh_key,
         "known_hosts": args.known_hosts,
         "remote_command": args.remote_command,
@@ -758,6 +763,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=20,
         help="reconnects in a row that make no progress before giving up (default 20)",
+    )
+    p.add_argument(
+        "--give-up",
+        type=float,
+        default=GIVE_UP_S,
+        metavar="SECONDS",
+        help="tcp://, serial://: stop when no intact frame has come back from the device for "
+        "this long, and say what the link does (default %g); what arrived stays resumable"
+        % GIVE_UP_S,
     )
     p.add_argument("--ssh-key", default=None, help="ssh:// private key (default: ~/.ssh keys)")
     p.add_argument(

@@ -25,9 +25,68 @@ from protocol.session import (
     to_json,
 )
 
+GIVE_UP_S = 60.0  # no intact frame from the device for this long: stop and say why
+
 
 class Stalled(BinsortError):
     """No progress after every retry."""
+
+
+class Hopeless(BinsortError):
+    """Nothing intact came back from the device for LinkWatch.give_up seconds."""
+
+
+class LinkWatch:
+    """What came back from the device over a link, across every reconnect of one shipment,
+    and when to stop trying. Retries and reconnects ride out a link that loses some frames;
+    one on which no frame gets through intact for `give_up` seconds (None: never) is not
+    going to deliver, and the user wants the symptom, not another minute of backoff: every
+    frame damaged, no answer at all, or no connection. What reached the device stays in its
+    `.partial` file, so the next try resumes there."""
+
+    def __init__(self, give_up: "float | None" = GIVE_UP_S, clock=time.monotonic):
+        self.give_up, self.clock = give_up, clock
+        self.since = clock()  # the last intact frame (or the start)
+        self.bytes_in = self.damaged = self.connects = 0
+        self.connect_error = None
+        self.busy = False  # the whole payload acknowledged: the device is verifying it
+
+    def heard(self, nbytes: int, intact: int, damaged: int) -> None:
+        self.bytes_in += nbytes
+        self.damaged += damaged
+        if intact:
+            self.since = self.clock()
+        self.check()
+
+    def connected(self) -> None:
+        self.connects += 1
+        self.connect_error = None
+
+    def connect_failed(self, error: Exception) -> None:
+        self.connect_error = str(error)
+        self.check()
+
+    def check(self) -> None:
+        if self.busy:
+            self.since = self.clock()
+        if self.give_up is not None and self.clock() - self.since >= self.give_up:
+            raise Hopeless(self.symptom())
+
+    def symptom(self) -> str:
+        took = "for %d s" % round(self.give_up)
+        if self.connect_error is not None:
+            return "no connection to the device %s: %s" % (took, self.connect_error)
+        if self.damaged or self.bytes_in:
+            return (
+                "every frame from the device arrived damaged %s (%d damaged, none intact, "
+                "over %d connections): the link corrupts data; check the cable, the baud rate "
+                "and the line settings" % (took, self.damaged, self.connects)
+            )
+        return (
+            "no answer from the device %s (over %d connections): is its receiver running, and "
+            "does the link carry data to it? A link that damages every frame on its way to the "
+            "device looks the same from here" % (took, self.connects)
+        )
 
 
 class Sender:
@@ -44,6 +103,7 @@ class Sender:
         window: int = WINDOW,
         retries: int = 8,
         clock=time.monotonic,
+        watch: "LinkWatch | None" = None,
     ):
         self.link = link
         self.rate = rate  # bytes per second, None when unknown (then assume a fast link)
@@ -51,6 +111,7 @@ class Sender:
         self.status = status or (lambda info: None)
         self.max_payload, self.window, self.retries = max_payload, window, retries
         self.clock = clock
+        self.watch = watch or LinkWatch(None, clock)
         self.session = struct.unpack("<I", os.urandom(4))[0] or 1
         self.decoder = fr.FrameDecoder()
         self.frame_size = max_payload
@@ -73,7 +134,10 @@ class Sender:
 
     def _frames(self, timeout: float) -> list:
         out = []
-        for f in self.decoder.push(self.link.read(timeout)):
+        data, dropped = self.link.read(timeout), self.decoder.dropped
+        got = self.decoder.push(data)
+        self.watch.heard(len(data), len(got), self.decoder.dropped - dropped)
+        for f in got:
             if f.session != self.session:
                 continue
             if f.kind == fr.ERROR:
@@ -88,8 +152,8 @@ class Sender:
         for _ in range(self.retries + 1):
             send()
             deadline = self.clock() + rto
-            while self.clock() < deadline:
-                for f in self._frames(max(0.0, deadline - self.clock())):
+            while self.clock() < deadline:  # a second at most a read: the watch looks each time
+                for f in self._frames(min(1.0, max(0.0, deadline - self.clock()))):
                     if f.kind in kinds:
                         return f
             rto *= 2
@@ -150,6 +214,7 @@ class Sender:
                         self._measure(f.offset, fs, sent_at, resent)
                         base = self.acked = f.offset
                         tries, last_progress = 0, self.clock()
+                        self.watch.busy = base >= size
                         self.progress(base, size)
                     for (n,) in struct.iter_unpack("<I", f.payload):
                         if base <= n < nxt:

@@ -287,6 +287,7 @@ def test_ship_cli_errors_are_one_line_with_status_2(tmp_path, tiny_model):
         (["--to", "serial:///dev/ttyNOPE0"], "no such device"),
         (["--to", "ftp://x"], "unsupported link"),
         (["--to", "tcp://127.0.0.1:9", "--version", "0"], "--version"),
+        (["--to", "tcp://127.0.0.1:9", "--give-up", "0"], "--give-up must be a positive"),
     ]
     for extra, message in cases:
         out = subprocess.run(
@@ -305,6 +306,69 @@ def test_ship_cli_errors_are_one_line_with_status_2(tmp_path, tiny_model):
         cwd=ROOT,
     )
     assert out.returncode == 2 and "m.bnn" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "faults, symptom",
+    [
+        (["--faults-back"], "every frame from the device arrived damaged for 3 s"),
+        # frames towards the device damaged: it has nothing it could answer
+        ([], "no answer from the device for 3 s"),
+        (["--faults-both"], "no answer from the device for 3 s"),
+    ],
+)
+def test_ship_through_a_link_that_damages_every_frame_stops_with_the_symptom(
+    device, faults, symptom
+):
+    """Retries and reconnects would go on for minutes (20 reconnects of 9 doubling tries);
+    with no intact frame back for --give-up seconds, ship stops with one line that says what
+    the link does, status 2, the device's slots as they were."""
+    import time
+
+    proxy = Proxy("tcp", "--to", "127.0.0.1:%d" % device["rx"].port, "--corrupt", "1", *faults)
+    before = snapshot(device["store"])
+    started = time.monotonic()
+    try:
+        out = subprocess.run(
+            HOST
+            + ["ship", device["model"], "--to", "tcp://" + proxy.endpoints["listen"]]
+            + ["--key", device["key"], "--version", "9", "--give-up", "3", "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+    finally:
+        counts = proxy.stop()
+    took = time.monotonic() - started
+    assert out.returncode == 2, out.stderr
+    assert symptom in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert took < 15, took  # 3 s of silence and the start-up, not minutes of retries
+    assert counts["corrupted"] > 0 and snapshot(device["store"]) == before
+
+
+def test_the_link_watch_names_the_symptom_and_waits_while_the_device_verifies():
+    from protocol.sender import Hopeless, LinkWatch
+
+    now = [0.0]
+    watch = LinkWatch(10.0, clock=lambda: now[0])
+    watch.connected()
+    now[0] = 9.9
+    watch.heard(0, 0, 0)  # still within the time
+    now[0] = 10.0
+    with pytest.raises(Hopeless, match="no answer from the device for 10 s"):
+        watch.heard(0, 0, 0)
+    watch.heard(40, 1, 0)  # an intact frame: the clock starts again
+    now[0] = 20.0
+    with pytest.raises(Hopeless, match="2 damaged, none intact"):
+        watch.heard(60, 0, 2)
+    watch.busy = True  # the payload is all acknowledged: the device checks it, silently
+    now[0] = 100.0
+    watch.check()
+    watch.busy = False
+    now[0] = 111.0
+    with pytest.raises(Hopeless, match="no connection to the device for 10 s: refused"):
+        watch.connect_failed(BinsortError("refused"))
 
 
 def test_busy_serial_port_is_named(tmp_path):

@@ -75,37 +75,76 @@ def ship_stream(open_link, manifest: bytes, payload: bytes, options: dict) -> di
     resumes where the receiver's `.partial` file ends. options['reconnects'] bounds the
     reconnects in a row that make no progress (backoff 0.1 s doubling to 5 s); a session that
     moved the transfer on resets the count, so a long transfer over a link that keeps dropping
-    still completes. Returns the receiver's RESULT."""
-    from protocol.sender import Sender, Stalled
+    still completes. options['give_up'] (seconds, default protocol.sender.GIVE_UP_S; None:
+    never) ends it sooner when no intact frame comes back for that long, naming the symptom
+    (protocol.sender.LinkWatch). Returns the receiver's RESULT."""
+    from protocol.sender import GIVE_UP_S, Hopeless, LinkWatch, Sender, Stalled
     from protocol.session import LinkClosed
 
     reconnects = int(options.get("reconnects", 20))
+    watch = LinkWatch(options.get("give_up", GIVE_UP_S))
     fruitless = 0  # reconnects in a row without progress
     connected_once = False
+    acked = 0  # the most the device has had of the payload
     while True:
         try:
             link = open_link()
-        except BinsortError:
+        except BinsortError as e:
             if not connected_once or fruitless >= reconnects:
                 raise
             fruitless += 1
-            time.sleep(min(0.1 * 2 ** (fruitless - 1), 5.0))
+            _until_retry(watch, min(0.1 * 2 ** (fruitless - 1), 5.0), e, acked, len(payload))
             continue
         connected_once = True
+        watch.connected()
         sender = Sender(
-            link, rate=link.rate, progress=options.get("progress"), status=options.get("status")
+            link,
+            rate=link.rate,
+            progress=options.get("progress"),
+            status=options.get("status"),
+            watch=watch,
         )
         try:
             return sender.ship(manifest, payload)
+        except Hopeless as e:
+            acked = max(acked, sender.acked or 0)
+            raise Hopeless(_resumable(str(e), acked, len(payload))) from None
         except (LinkClosed, Stalled) as e:
+            acked = max(acked, sender.acked or 0)
             moved = sender.acked is not None and sender.acked > sender.start_offset
             fruitless = 0 if moved else fruitless + 1
             if fruitless > reconnects:
                 raise BinsortError(
-                    "gave up after %d reconnects without progress: %s" % (reconnects, e)
+                    _resumable(
+                        "gave up after %d reconnects without progress: %s" % (reconnects, e),
+                        acked,
+                        len(payload),
+                    )
                 ) from None
             if options.get("on_reconnect"):
                 options["on_reconnect"](fruitless, str(e))
-            time.sleep(0.1 if moved else min(0.1 * 2 ** (fruitless - 1), 5.0))
+            _until_retry(watch, 0.1 if moved else min(0.1 * 2 ** (fruitless - 1), 5.0))
         finally:
             link.close()
+
+
+def _until_retry(watch, seconds: float, connect_error=None, acked=0, size=0) -> None:
+    """Wait before the next connection; the watch may end the shipment first."""
+    time.sleep(seconds)
+    if connect_error is None:
+        return
+    try:
+        watch.connect_failed(connect_error)
+    except BinsortError as e:
+        raise type(e)(_resumable(str(e), acked, size)) from None
+
+
+def _resumable(message: str, acked: int, size: int) -> str:
+    """A give-up message, with what the next try starts from."""
+    if acked <= 0:
+        return message
+    return "%s; %d of %d bytes are on the device, and the next try resumes there" % (
+        message,
+        acked,
+        size,
+    )
