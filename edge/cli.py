@@ -7,6 +7,7 @@ import os
 import sys
 
 from protocol.errors import BinsortError, run_cli
+from protocol.version import version_line
 
 
 def _classify(args) -> int:
@@ -252,6 +253,7 @@ def _pgm(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort-edge", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line("binsort-edge"))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("classify", help="classify images with a .bnn model, one JSON line each")
     p.add_argument("--model", required=True, help="a .bnn model or a .pranc stream")

@@ -9,10 +9,72 @@ import time
 from host.config import BNN, FINE_TUNE, PRANC
 from protocol.errors import BinsortError, run_cli
 from protocol.sender import GIVE_UP_S
+from protocol.version import version_line
 
 # `binsort train --data synth`: 5,000 images a label for 36 epochs read better than 3,000 for 60
 # at the same time (13 1/3 minutes on 2 cores; docs/training-notes.md section 5, fourth round)
 SYNTH_COUNT = 5000
+
+
+PACK_SUFFIXES = (".bnn", ".pranc", ".bsc", ".bsd")
+# a box code: a folder name and a label on the line; "empty" is the class of frames with no code
+CODE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def check_out_folder(path: str) -> None:
+    """An output folder that can be made and written to, checked before any work starts (a
+    training run must not find out at its end that it cannot save)."""
+    import tempfile
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BinsortError("--out %s is a file, not a folder" % path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise BinsortError("cannot write to --out %s: %s" % (path, e.strerror or e)) from None
+
+
+def check_out_file(path: str, suffixes: tuple) -> None:
+    """An output file name with one of `suffixes`, in a folder that exists and can be written."""
+    if os.path.isdir(path):
+        raise BinsortError(
+            "--out %s is a folder: name the file to write, e.g. %s"
+            % (path, os.path.join(path, "model" + suffixes[0]))
+        )
+    if not path.endswith(suffixes):
+        raise BinsortError(
+            "--out %s: the file name must end in %s (it says what is written)"
+            % (path, ", ".join(suffixes))
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise BinsortError("cannot write %s: there is no folder %s" % (path, folder))
+    if not os.access(folder, os.W_OK):
+        raise BinsortError("cannot write %s: the folder %s is not writable" % (path, folder))
+
+
+def check_codes(text: str) -> list:
+    """--codes: distinct box codes, each a plain name of letters, digits, - and _."""
+    from edge.imaging.box_images import EMPTY_LABEL
+
+    codes = [c.strip() for c in text.split(",") if c.strip()]
+    if not codes:
+        raise BinsortError("--codes needs at least one code")
+    for code in codes:
+        if len(code) > 8 or not all(ch in CODE_CHARS for ch in code):
+            raise BinsortError(
+                "--codes: %r is not a box code (up to 8 letters, digits, - or _)" % code
+            )
+        if code.lower() == EMPTY_LABEL:
+            raise BinsortError(
+                "--codes: %r is the label of frames with no code; it is always made" % code
+            )
+    twice = sorted({c for c in codes if codes.count(c) > 1})
+    if twice:
+        raise BinsortError("--codes names %s more than once" % ", ".join(twice))
+    return codes
 
 
 def _synth(args) -> int:
@@ -21,13 +83,13 @@ def _synth(args) -> int:
     from host.synth import parse_styles, synthesise
 
     styles = parse_styles(args.styles)
-    codes = [c.strip() for c in args.codes.split(",") if c.strip()]
-    if not codes:
-        raise BinsortError("--codes needs at least one code")
+    codes = check_codes(args.codes)
     if args.count < 2 or args.size < 16:
         raise BinsortError("--count must be at least 2 and --size at least 16")
+    check_out_folder(args.out)
     total = args.count * (len(codes) + 1)
-    with tqdm(total=total, desc="synthesising", unit="img", disable=args.quiet) as bar:
+    bars = not args.quiet and sys.stderr.isatty()  # a log gets the result, not every step
+    with tqdm(total=total, desc="synthesising", unit="img", disable=not bars) as bar:
         info = synthesise(
             args.out, args.count, args.size, codes, args.seed, progress=bar.update, styles=styles
         )
@@ -72,12 +134,20 @@ def _styles(args) -> int:
     return 0
 
 
-def _train_sources(args) -> list:
+def _data_parts(args) -> list:
     """--data: a folder, or BASE+DIR[,DIR...] (base first, then real folders); 'synth' as a
-    part is a synthetic set made in OUT/data (kept there for the next run)."""
+    part is a synthetic set made in OUT/data (kept there for the next run). Checked, not made."""
     parts = [p.strip() for p in args.data.replace("+", ",").split(",")]
     if not all(parts):
         raise BinsortError("--data %r: an empty folder name" % args.data)
+    for part in parts:
+        if part != "synth" and not os.path.isdir(part):
+            raise BinsortError("no such data folder: %s" % part)
+    return parts
+
+
+def _train_sources(args, parts: list) -> list:
+    """The data folders of --data, a synthetic set made first where one is asked for."""
     folders = []
     for part in parts:
         if part == "synth":
@@ -87,10 +157,31 @@ def _train_sources(args) -> list:
             if not os.path.exists(os.path.join(part, "labels.json")):
                 print("synthesising a data set into %s" % part)
                 synthesise(part, args.synth_count, seed=args.seed, styles=parse_styles(args.styles))
-        elif not os.path.isdir(part):
-            raise BinsortError("no such data folder: %s" % part)
         folders.append(part)
     return folders
+
+
+def check_device(device: str) -> None:
+    """--device: auto, cpu, cuda or cuda:N, and a CUDA device only where there is one."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise BinsortError("--device %s: use auto, cpu, cuda or cuda:N" % device)
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BinsortError(
+                "--device %s: this machine's PyTorch (%s) has no CUDA device; use --device cpu "
+                "or auto" % (device, torch.__version__)
+            )
+        if dev.index is not None and dev.index >= count:
+            raise BinsortError("--device %s: there are %d CUDA devices" % (device, count))
 
 
 def _renames(pairs) -> "dict | None":
@@ -110,9 +201,10 @@ def _train(args) -> int:
     from host.config import resolve
     from host.train import load_checkpoint, train
 
-    folders = _train_sources(args)
-    if args.real_weight is not None and len(folders) < 2:
+    parts = _data_parts(args)
+    if args.real_weight is not None and len(parts) < 2:
         raise BinsortError("--real-weight needs real folders after the base: --data synth+DIR")
+    check_device(args.device)
     init = args.init
     if init and os.path.isdir(init):
         init = os.path.join(init, "checkpoint.pt")
@@ -121,7 +213,7 @@ def _train(args) -> int:
         param=args.param,
         init=init,
         init_ckpt=load_checkpoint(init)[0] if init else None,
-        mixed=len(folders) > 1,
+        mixed=len(parts) > 1,
         pranc=_pranc_options(args),
         epochs=args.epochs,
         lr=args.lr,
@@ -134,6 +226,8 @@ def _train(args) -> int:
         delta_budget=args.delta_budget,
         rename_labels=_renames(args.rename_label),
     )
+    check_out_folder(args.out)  # the last check, as it makes the folder
+    folders = _train_sources(args, parts)  # the checks first: synthesis takes minutes
     metrics = train(
         folders[0] if len(folders) == 1 else folders,
         args.out,
@@ -183,6 +277,9 @@ def _pack(args) -> int:
     from host.pack import float_state_bytes, pack_model
     from host.train import load_checkpoint
 
+    check_out_file(args.out, PACK_SUFFIXES)
+    if args.version < 1:
+        raise BinsortError("--version must be at least 1 (a device takes only newer versions)")
     path = args.checkpoint
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
@@ -418,6 +515,12 @@ def _write_atomically(path: str, data: bytes) -> None:
 def _eval(args) -> int:
     from host.evaluate import evaluate, format_report
 
+    train, test = os.path.join(args.data, "train"), os.path.join(args.data, "test")
+    if os.path.isdir(train) and os.path.isdir(test):
+        raise BinsortError(
+            "%s holds a data set's train/ and test/ splits: evaluate on the images no model was "
+            "trained on with --data %s" % (args.data, test)
+        )
     result = evaluate(args.model, args.data, args.prefix_bytes)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
@@ -462,7 +565,7 @@ def _ship(args) -> int:
         unit_scale=True,
         unit_divisor=1024,
         desc="shipping",
-        disable=args.quiet,
+        disable=args.quiet or not sys.stderr.isatty(),
     )
     started = time.monotonic()
 
@@ -519,6 +622,7 @@ def _ship(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line("binsort"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(

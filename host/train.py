@@ -9,6 +9,7 @@ curves.png.
 import json
 import math
 import os
+import sys
 import time
 import uuid
 
@@ -117,23 +118,40 @@ def freeze_bn(model) -> None:
 
 
 def plot_curves(metrics: dict, path: str) -> None:
+    """Loss, accuracy (on a fixed 0-1 axis, with the chance level) and saturation per epoch,
+    under a title with the run's facts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [e["epoch"] for e in metrics["epochs"]]
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.6))
-    a.plot(epochs, [e["loss"] for e in metrics["epochs"]])
+    runs = metrics["epochs"]
+    epochs = [e["epoch"] for e in runs]
+    classes = len(metrics.get("labels") or []) or None
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 4.0))
+    a.plot(epochs, [e["loss"] for e in runs])
     a.set(title="training loss", xlabel="epoch")
-    b.plot(epochs, [e["train_accuracy"] for e in metrics["epochs"]], label="train")
-    b.plot(epochs, [e["test_accuracy"] for e in metrics["epochs"]], label="test")
-    b.set(title="accuracy", xlabel="epoch")
-    b.legend()
-    for name in metrics["epochs"][0]["saturation"]:
-        c.plot(epochs, [e["saturation"][name] for e in metrics["epochs"]], label=name)
+    b.plot(epochs, [e["train_accuracy"] for e in runs], label="train")
+    b.plot(epochs, [e["test_accuracy"] for e in runs], label="test")
+    if classes:
+        b.axhline(1 / classes, color="grey", linestyle=":", label="chance (1/%d)" % classes)
+    b.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
+    b.grid(alpha=0.3)
+    b.legend(loc="lower right")
+    for name in runs[0]["saturation"]:
+        c.plot(epochs, [e["saturation"][name] for e in runs], label=name)
     c.set(title="saturated fraction per sign layer", xlabel="epoch", ylim=(0, 1))
     c.legend(fontsize=6)
+    facts = [metrics.get("arch", "?"), "%d epoch%s" % (len(runs), "s" * (len(runs) != 1))]
+    if classes:
+        facts.append("%d labels (%s)" % (classes, ", ".join(metrics["labels"])))
+    if "test_accuracy" in metrics:
+        facts.append("final test accuracy %.4f" % metrics["test_accuracy"])
+    if "train_seconds" in metrics:
+        facts.append("%.0f s training" % metrics["train_seconds"])
+    if metrics.get("world_size", 1) > 1:
+        facts.append("%d processes" % metrics["world_size"])
+    fig.suptitle("binsort train: " + ", ".join(facts), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -453,7 +471,8 @@ def save_run(out_dir: str, model, data: TrainingData, config: TrainConfig, folde
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
+    """A progress bar on a terminal; none into a log or a pipe (the epoch lines say it all)."""
+    if not enabled or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
@@ -481,6 +500,21 @@ def build_model(ckpt: dict):
 
 def load_checkpoint(path: str) -> "tuple[dict, BinaryNet]":
     """Read a checkpoint written by train(); clean errors for anything else."""
+    from protocol.foreign import what_it_is
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except FileNotFoundError:
+        raise BinsortError("no such checkpoint: %s" % path) from None
+    except OSError as e:
+        raise BinsortError("cannot read checkpoint %s: %s" % (path, e.strerror or e)) from None
+    what = what_it_is(head)
+    if what is not None and "PyTorch" not in what:
+        raise BinsortError(
+            "%s is not a training checkpoint but %s; give the RUN folder (or RUN/checkpoint.pt) "
+            "that binsort train wrote" % (path, what)
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -16,6 +16,7 @@ import json
 import struct
 
 from protocol.errors import FormatError
+from protocol.foreign import wrong_magic
 from protocol.prng import mix32, stream_key
 
 MAGIC = b"BSNN"
@@ -432,7 +433,7 @@ def read_bnn(data: bytes) -> BnnModel:
     hn = struct.calcsize(_HEADER)
     _check(len(data) >= hn, "file is %d bytes, too short for a header" % len(data))
     magic, major, minor, count = struct.unpack_from(_HEADER, data)
-    _check(magic == MAGIC, "wrong magic %r (is this a .bnn file?)" % (magic,))
+    _check(magic == MAGIC, wrong_magic(data[:64]))
     if major != VERSION_MAJOR:
         raise FormatError(
             "unsupported .bnn format version %d.%d (this binsort reads %d.x); "

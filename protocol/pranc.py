@@ -20,6 +20,7 @@ import struct
 
 from protocol import bnn
 from protocol.errors import FormatError
+from protocol.foreign import wrong_magic
 from protocol.prng import HASH_ID, HASH_VERSION
 
 MAGIC = b"BSPR"
@@ -183,7 +184,7 @@ class StreamReader:
             if len(self.buf) < hn:
                 return None
             magic, major, minor = struct.unpack_from(HEADER, self.buf)
-            _check(magic == MAGIC, "wrong magic %r (is this a .pranc stream?)" % (magic,))
+            _check(magic == MAGIC, wrong_magic(self.buf[:64]))
             if major != VERSION_MAJOR:
                 raise FormatError(
                     "unsupported .pranc format version %d.%d (this binsort reads %d.x); "

@@ -7,6 +7,7 @@ import binascii
 import struct
 
 from protocol.errors import FormatError
+from protocol.foreign import wrong_magic
 
 HEADER = "<4sHH"  # magic, major, minor
 RECORD = "<4sI"  # tag, payload length; payload; u32 CRC32 of tag + length + payload
@@ -49,7 +50,7 @@ def read_records(data: bytes, magic: bytes, major: int, what: str, max_record: i
     check(len(data) >= hn, "%d bytes, too short for a header" % len(data))
     got, file_major, minor = struct.unpack_from(HEADER, data)
     ext = what.split()[0]
-    check(got == magic, "wrong magic %r (is this a %s file?)" % (got, ext))
+    check(got == magic, wrong_magic(data[:64]))
     if file_major != major:
         raise FormatError(
             "unsupported %s format version %d.%d (this binsort reads %d.x); upgrade binsort"

@@ -59,10 +59,17 @@ def test_seeded_inputs_are_the_same_bytes_everywhere():
     assert bnn.seeded_input(1, 1, 32, 32) != bnn.seeded_input(1, 0, 32, 32)
 
 
-def test_wrong_magic_is_named(tiny_model):
+def test_wrong_magic_is_named_and_a_known_foreign_file_is_told_what_it_is(tiny_model):
     _, data = tiny_model
-    with pytest.raises(FormatError, match="wrong magic"):
+    with pytest.raises(FormatError, match="wrong magic b'XY"):
+        bnn.read_bnn(b"XY\x03\x04" + data[4:])
+    # a training checkpoint handed to the edge: it says so, and how to make a model of it
+    with pytest.raises(FormatError, match="a PyTorch checkpoint .*binsort pack RUN"):
         bnn.read_bnn(b"PK\x03\x04" + data[4:])
+    with pytest.raises(FormatError, match="it is a .bsd delta"):
+        bnn.read_bnn(b"BSDL" + data[4:])
+    with pytest.raises(FormatError, match="it is a text file"):
+        bnn.read_bnn(b"labels: F06, K11\n" * 20)
 
 
 def test_future_major_version_asks_for_an_upgrade(tiny_model):

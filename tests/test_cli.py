@@ -93,7 +93,11 @@ def test_checkpoint_of_another_architecture_is_a_one_line_error(trained_run, tmp
 def test_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"garbage")
     code, _, err = run("pack", str(tmp_path / "x.pt"), "--out", str(tmp_path / "m.bnn"))
+    assert_clean_error(code, err, "x.pt is not a training checkpoint but a text file")
+    (tmp_path / "x.pt").write_bytes(bytes(range(7, 200)))  # nothing known: torch tries it
+    code, _, err = run("pack", str(tmp_path / "x.pt"), "--out", str(tmp_path / "m.bnn"))
     assert_clean_error(code, err, "cannot read checkpoint")
+    assert not (tmp_path / "m.bnn").exists()
 
 
 def test_unknown_architecture_is_a_one_line_error(tmp_path):
@@ -111,3 +115,72 @@ def test_pack_into_a_missing_folder_is_a_one_line_error_and_writes_nothing(train
     code, _, err = run("pack", str(trained_run / "run"), "--out", str(target))
     assert_clean_error(code, err, "cannot write", "m.bnn")
     assert not (tmp_path / "no").exists()
+
+
+def test_every_bad_host_argument_is_one_line_before_any_work_and_writes_nothing(
+    trained_run, packed, tmp_path
+):
+    """Each of these once ended in a traceback, a wrong file, or an error only after minutes of
+    training (issue 21): now one line, status 2, checked before any work, nothing written."""
+    run_dir = str(trained_run / "run")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("line settings\n")
+    out = tmp_path / "out"
+    cases = [
+        (["train", "--data", "synth", "--out", str(a_file)], "is a file, not a folder"),
+        (["train", "--data", "synth", "--out", str(a_file / "run")], "cannot write to --out"),
+        (["train", "--data", "synth", "--epochs", "0", "--out", str(out)], "--epochs"),
+        (["train", "--data", "synth", "--batch-size", "0", "--out", str(out)], "--batch-size"),
+        (["train", "--data", "synth", "--device", "gpu", "--out", str(out)], "auto, cpu, cuda"),
+        (["pack", str(a_file), "--out", str(out) + ".bnn"], "not a training checkpoint"),
+        (["pack", str(packed), "--out", str(out) + ".bnn"], "but a .bnn model"),
+        (["pack", run_dir, "--out", str(out) + ".onnx"], "must end in .bnn"),
+        (["pack", run_dir, "--out", str(tmp_path)], "is a folder"),
+        (["pack", run_dir, "--out", str(out) + ".bnn", "--version", "-5"], "--version"),
+        (["eval", "--model", str(packed), "--data", str(trained_run / "data")], "/test"),
+        (["data", "synth", "--codes", "A1,A1", "--out", str(out)], "more than once"),
+        (["data", "synth", "--codes", "empty,B2", "--out", str(out)], "no code"),
+        (["data", "synth", "--codes", "a/b", "--out", str(out)], "not a box code"),
+        (["data", "synth", "--count", "2", "--out", str(a_file)], "is a file"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(
+            (["train", "--data", "synth", "--device", "cuda", "--out", str(out)], "no CUDA")
+        )
+    for args, words in cases:
+        code, _, err = run(*args)
+        assert_clean_error(code, err, words)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"], args
+    assert a_file.read_text() == "line settings\n"
+
+
+def test_both_command_lines_tell_their_version_and_formats():
+    for module, prog in (("host.cli", "binsort"), ("edge.cli", "binsort-edge")):
+        code, out, _ = run("--version", module=module)
+        assert code == 0 and out.startswith(prog + " ") and ".bnn format 1.2" in out
+
+
+def test_no_progress_bar_into_a_pipe(tmp_path):
+    code, out, err = run("data", "synth", "--count", "2", "--out", str(tmp_path / "d"))
+    assert code == 0 and "wrote 10 images" in out
+    assert "synthesising" not in err and "\r" not in err
+
+
+def test_the_curves_have_a_title_a_fixed_accuracy_axis_and_the_chance_line(trained_run):
+    import matplotlib.pyplot as plt
+
+    from host.train import plot_curves
+
+    metrics = json.loads((trained_run / "run" / "metrics.json").read_text())
+    made = []
+    real_savefig = plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: made.append(fig)
+    try:
+        plot_curves(metrics, "unused.png")
+    finally:
+        plt.Figure.savefig = real_savefig
+    fig = made[0]
+    assert "tiny, 1 epoch, 5 labels" in fig._suptitle.get_text()
+    accuracy = fig.axes[1]
+    assert accuracy.get_ylim() == (0.0, 1.0)
+    assert [tuple(line.get_ydata()) for line in accuracy.lines][-1] == (0.2, 0.2)
