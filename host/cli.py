@@ -201,6 +201,10 @@ def _train(args) -> int:
     from host.config import resolve
     from host.train import load_checkpoint, train
 
+    if args.resume is not None:
+        return _resume(args)
+    if args.data is None or args.out is None:
+        raise BinsortError("train needs --data and --out (or --resume RUN)")
     parts = _data_parts(args)
     if args.real_weight is not None and len(parts) < 2:
         raise BinsortError("--real-weight needs real folders after the base: --data synth+DIR")
@@ -235,6 +239,37 @@ def _train(args) -> int:
         device=args.device,
         progress=not args.quiet,
     )
+    _trained(args.out, metrics)
+    return 0
+
+
+def _resume(args) -> int:
+    """train --resume RUN: the run's own data, settings and output folder."""
+    from host.config import TrainConfig
+    from host.train import read_resume, train
+
+    if args.data is not None or args.init is not None or args.epochs is not None:
+        raise BinsortError("--resume RUN goes on with RUN's own --data, --init and --epochs")
+    state = read_resume(args.resume)
+    check_device(args.device)
+    check_out_folder(args.resume)
+    missing = [f for f in state["sources"] if not os.path.isdir(f)]
+    if missing:
+        raise BinsortError("--resume %s: its data folder %s is gone" % (args.resume, missing[0]))
+    config = TrainConfig(**state["config"])
+    metrics = train(
+        state["sources"][0] if len(state["sources"]) == 1 else state["sources"],
+        args.resume,
+        config,
+        device=args.device,
+        progress=not args.quiet,
+        resume=state,
+    )
+    _trained(args.resume, metrics)
+    return 0
+
+
+def _trained(out: str, metrics: dict) -> None:
     if "test_accuracy" in metrics:
         print(
             "test accuracy %.4f after %d epochs (%.0f s); wrote %s"
@@ -242,12 +277,11 @@ def _train(args) -> int:
                 metrics["test_accuracy"],
                 len(metrics["epochs"]),  # a delta run adds its second phase's
                 metrics["train_seconds"],
-                os.path.join(args.out, "checkpoint.pt"),
+                os.path.join(out, "checkpoint.pt"),
             )
         )
         for name, acc in metrics.get("test_by_source", {}).items():
             print("  %.4f on %s" % (acc, name))
-    return 0
 
 
 def _pranc_options(args) -> dict:
@@ -668,9 +702,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a binary net, or fine-tune one (--init)")
     p.add_argument(
         "--data",
-        required=True,
+        default=None,
         help="a data folder, 'synth' for a fresh synthetic set, or BASE+DIR[,DIR...]: a base "
         "set (synth or a folder) mixed with folders of real images (one sub-folder per label)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN",
+        help="go on with a run that was stopped, from its last whole epoch (RUN/resume.pt, "
+        "written after every epoch), with its own data and settings",
     )
     p.add_argument(
         "--init",
@@ -716,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None, help="default: the architecture's own")
     p.add_argument(
-        "--out", required=True, help="run folder for checkpoint.pt, metrics.json, curves.png"
+        "--out", default=None, help="run folder for checkpoint.pt, metrics.json, curves.png"
     )
     p.add_argument("--batch-size", type=int, default=None, help="default %d" % BNN["batch_size"])
     p.add_argument(

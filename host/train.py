@@ -6,6 +6,7 @@ checkpoint.pt, metrics.json (per-epoch loss, accuracy, saturation of every sign 
 curves.png.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -174,6 +175,7 @@ def train(
     device: str = "auto",
     progress: bool = True,
     log=print,
+    resume: "dict | None" = None,
     **options,
 ) -> dict:
     """Train on a data folder (or several); write the run folder; return metrics.
@@ -185,6 +187,11 @@ def train(
     param, pranc, ...) are resolved into one here. A run with `init` fine-tunes that checkpoint:
     its architecture and labels are kept, and with `frozen_bn` its BatchNorm statistics too
     (gamma and beta still learn).
+
+    After every epoch the whole training state goes to OUT/resume.pt (model, optimiser,
+    schedule, random generator, metrics so far), replaced atomically; `resume` (read_resume's
+    dict) goes on from it, to the same result as a run that was never stopped. The finished
+    run removes it.
     """
     folders = [data_dir] if isinstance(data_dir, str) else list(data_dir)
     start = None
@@ -204,8 +211,14 @@ def train(
     if start and config.rename_labels:
         labels = renamed(labels, config.rename_labels)
     data = TrainingData(folders, config, labels)
+    if resume is not None and resume["labels"] != data.labels:
+        raise BinsortError(
+            "the data of %s changed since it started (labels %s, now %s): start it afresh"
+            % (out_dir, ", ".join(resume["labels"]), ", ".join(data.labels))
+        )
     if rank == 0:
         data.describe(log)
+        os.makedirs(out_dir, exist_ok=True)
     # channels-last: a third less time a step on a CPU (convolutions and pooling in oneDNN's
     # own layout), the same arithmetic
     model = build(config, len(data.labels), start, device).to(memory_format=torch.channels_last)
@@ -214,11 +227,25 @@ def train(
 
         check_budget(start[0], load_checkpoint(config.init)[1], config.delta_budget)
         freeze_norm_ratios(model)
-    metrics = run_epochs(model, data, config, device, rank, world, progress, log)
+    saving = {"path": os.path.join(out_dir, RESUME_FILE), "sources": folders}
+    metrics = run_epochs(
+        model,
+        data,
+        config,
+        device,
+        rank,
+        world,
+        progress,
+        log,
+        saving if rank == 0 else None,
+        resume,
+    )
     if config.delta_budget is not None:
         metrics = _fit_budget(model, data, config, device, rank, world, progress, log, metrics)
     if rank == 0:
         save_run(out_dir, model, data, config, folders, metrics)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(saving["path"])  # the run is whole: nothing to resume
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -328,9 +355,22 @@ def build(config: TrainConfig, classes: int, start=None, device: str = "cpu"):
     return BinaryNet(config.arch, classes, config.estimator, config.window).to(device)
 
 
-def run_epochs(model, data: TrainingData, config: TrainConfig, device, rank, world, progress, log):
+def run_epochs(
+    model,
+    data: TrainingData,
+    config: TrainConfig,
+    device,
+    rank,
+    world,
+    progress,
+    log,
+    saving=None,
+    resume=None,
+):
     """The training loop: Adam with a one-cycle cosine schedule, gradual binarisation over the
-    first `binarize_ramp` of the steps; per-epoch metrics (rank 0 evaluates)."""
+    first `binarize_ramp` of the steps; per-epoch metrics (rank 0 evaluates). `saving`
+    ({"path", "sources"}): where each epoch's training state goes; `resume`: such a state to
+    go on from."""
     pranc = config.pranc if config.param == "pranc" else None
     bnet = model.net if pranc else model
     net = model
@@ -353,7 +393,18 @@ def run_epochs(model, data: TrainingData, config: TrainConfig, device, rank, wor
     step, ramp_steps = 0, config.binarize_ramp * config.epochs * steps_per_epoch
     signs = [m for _, m in bnet.sign_layers()]
     final_phase = config.epochs - round(pranc["final_frac"] * config.epochs) if pranc else None
-    for epoch in range(1, config.epochs + 1):
+    first = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["schedule"])
+        gen.set_state(resume["generator"])
+        step, metrics, first = resume["step"], resume["metrics"], resume["epoch"] + 1
+        started = time.time() - resume["seconds"]
+        if pranc:
+            model.quantize = resume["quantize"]
+        log("resuming at epoch %d of %d" % (first, config.epochs))
+    for epoch in range(first, config.epochs + 1):
         model.train()
         if config.init and config.frozen_bn:
             freeze_bn(model)  # a few real images must not move what the base set measured
@@ -417,6 +468,10 @@ def run_epochs(model, data: TrainingData, config: TrainConfig, device, rank, wor
             if len(data.sets) > 1:
                 row["test_by_source"] = {s["name"]: accuracy(model, *s["test"]) for s in data.sets}
             metrics["epochs"].append(row)
+            if saving is not None:
+                _save_resume(
+                    saving, model, opt, sched, gen, config, data, epoch, step, metrics, started
+                )
             log(
                 "epoch %d: loss %.4f train %.4f test %.4f max saturation %.2f (%s)"
                 % (
@@ -436,6 +491,51 @@ def run_epochs(model, data: TrainingData, config: TrainConfig, device, rank, wor
             metrics["test_by_source"] = metrics["epochs"][-1]["test_by_source"]
         metrics["train_seconds"] = round(time.time() - started, 1)
     return metrics
+
+
+RESUME_FILE = "resume.pt"
+
+
+def _save_resume(saving, model, opt, sched, gen, config, data, epoch, step, metrics, started):
+    """The training state after `epoch`, replacing the last one atomically."""
+    state = {
+        "format": "binsort-resume-1",
+        "config": config.as_dict(),
+        "sources": [os.path.abspath(f) for f in saving["sources"]],
+        "labels": data.labels,
+        "epoch": epoch,
+        "step": step,
+        "seconds": time.time() - started,
+        "metrics": metrics,
+        "quantize": getattr(model, "quantize", None),
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "schedule": sched.state_dict(),
+        "generator": gen.get_state(),
+    }
+    tmp = saving["path"] + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, saving["path"])
+
+
+def read_resume(run: str) -> dict:
+    """The training state a stopped run left in RUN/resume.pt; one-line errors otherwise."""
+    path = os.path.join(run, RESUME_FILE)
+    if not os.path.isdir(run):
+        raise BinsortError("--resume %s: no such run folder" % run)
+    if not os.path.exists(path):
+        if os.path.exists(os.path.join(run, "checkpoint.pt")):
+            raise BinsortError("--resume %s: that run finished; there is nothing to resume" % run)
+        raise BinsortError(
+            "--resume %s: no %s there (not a run binsort train started)" % (run, RESUME_FILE)
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged files
+        raise BinsortError("cannot read %s: %s" % (path, str(e).splitlines()[0])) from None
+    if not isinstance(state, dict) or state.get("format") != "binsort-resume-1":
+        raise BinsortError("%s is not a binsort training state" % path)
+    return state
 
 
 def save_run(out_dir: str, model, data: TrainingData, config: TrainConfig, folders, metrics):

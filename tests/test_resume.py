@@ -1,0 +1,86 @@
+"""binsort train saves its whole state after every epoch, and --resume goes on from it to the
+same model as a run that was never stopped."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from host.train import RESUME_FILE, read_resume, train
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after_epoch(n):
+    def log(line):
+        if line.startswith("epoch %d:" % n):
+            raise Stop()
+
+    return log
+
+
+def test_a_stopped_run_resumes_to_the_same_model_as_one_never_stopped(trained_run, tmp_path):
+    data = str(trained_run / "data")
+    options = {"arch": "tiny", "epochs": 3, "progress": False}
+    whole = train(data, str(tmp_path / "whole"), log=lambda s: None, **options)
+    assert not (tmp_path / "whole" / RESUME_FILE).exists()  # a finished run leaves none
+
+    with pytest.raises(Stop):
+        train(data, str(tmp_path / "cut"), log=stop_after_epoch(2), **options)
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+    state = read_resume(str(tmp_path / "cut"))
+    assert state["epoch"] == 2 and len(state["metrics"]["epochs"]) == 2
+
+    from host.config import TrainConfig
+
+    lines = []
+    again = train(
+        data,
+        str(tmp_path / "cut"),
+        TrainConfig(**state["config"]),
+        progress=False,
+        log=lines.append,
+        resume=state,
+    )
+    assert "resuming at epoch 3 of 3" in lines
+    assert [e["test_accuracy"] for e in again["epochs"]] == [
+        e["test_accuracy"] for e in whole["epochs"]
+    ]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "cut" / RESUME_FILE).exists()
+
+
+def run(*args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "host.cli", "train", *args], capture_output=True, text=True
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_resume_through_the_cli_and_its_one_line_errors(trained_run, tmp_path):
+    data = str(trained_run / "data")
+    with pytest.raises(Stop):
+        train(
+            data,
+            str(tmp_path / "r"),
+            arch="tiny",
+            epochs=2,
+            progress=False,
+            log=stop_after_epoch(1),
+        )
+    code, out, err = run("--resume", str(tmp_path / "r"), "--epochs", "5")
+    assert code == 2 and "own --data, --init and --epochs" in err and err.count("\n") == 1
+    code, out, err = run("--resume", str(tmp_path / "r"), "--quiet")
+    assert code == 0, err
+    assert "test accuracy" in out and "after 2 epochs" in out
+    code, out, err = run("--resume", str(tmp_path / "r"))
+    assert code == 2 and "that run finished" in err and err.count("\n") == 1
+    code, out, err = run("--resume", str(tmp_path / "none"))
+    assert code == 2 and "no such run folder" in err
+    code, out, err = run("--out", str(tmp_path / "x"))
+    assert code == 2 and "needs --data and --out" in err
