@@ -97,6 +97,12 @@ def _synth(args) -> int:
         "wrote %d images of %s to %s (styles: %s)"
         % (total, ", ".join(info["labels"]), args.out, ", ".join(styles or ["classic"]))
     )
+    args.report = {
+        "out": args.out,
+        "images": total,
+        "labels": info["labels"],
+        "styles": list(styles or ["classic"]),
+    }
     return 0
 
 
@@ -123,6 +129,7 @@ def _pull(args) -> int:
             ", %d removed from the device" % c["removed"] if args.remove else "",
         )
     )
+    args.report = dict(c, out=args.out)
     return 0
 
 
@@ -239,7 +246,7 @@ def _train(args) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    _trained(args.out, metrics)
+    _trained(args, args.out, metrics)
     return 0
 
 
@@ -265,11 +272,21 @@ def _resume(args) -> int:
         progress=not args.quiet,
         resume=state,
     )
-    _trained(args.resume, metrics)
+    _trained(args, args.resume, metrics)
     return 0
 
 
-def _trained(out: str, metrics: dict) -> None:
+def _trained(args, out: str, metrics: dict) -> None:
+    args.report = {
+        "run": out,
+        "checkpoint": os.path.join(out, "checkpoint.pt"),
+        "epochs": len(metrics.get("epochs", [])),
+        **{
+            k: metrics[k]
+            for k in ("test_accuracy", "train_seconds", "test_by_source")
+            if k in metrics
+        },
+    }
     if "test_accuracy" in metrics:
         print(
             "test accuracy %.4f after %d epochs (%.0f s); wrote %s"
@@ -308,6 +325,19 @@ def _pranc_options(args) -> dict:
 
 
 def _pack(args) -> int:
+    from protocol.kinds import file_kind
+
+    code = _pack_any(args)
+    args.report = {
+        "out": args.out,
+        "kind": file_kind(args.out),
+        "bytes": os.path.getsize(args.out),
+        "version": args.version,
+    }
+    return code
+
+
+def _pack_any(args) -> int:
     from host.pack import float_state_bytes, pack_model
     from host.train import load_checkpoint
 
@@ -577,10 +607,9 @@ def _keys_new(args) -> int:
     from protocol.signing import key_id, new_key_pair, read_public
 
     key_path, pub_path = new_key_pair(args.out, args.comment)
-    print(
-        "wrote %s (private, mode 0600) and %s (key id %s)"
-        % (key_path, pub_path, key_id(read_public(pub_path)))
-    )
+    kid = key_id(read_public(pub_path))
+    print("wrote %s (private, mode 0600) and %s (key id %s)" % (key_path, pub_path, kid))
+    args.report = {"key": key_path, "public": pub_path, "key_id": kid}
     print("provision a device with: binsort-edge store --store DIR --init --trust %s" % pub_path)
     return 0
 
@@ -651,6 +680,7 @@ def _ship(args) -> int:
             time.monotonic() - started,
         )
     )
+    args.report = dict(result, to=args.to, seconds=round(time.monotonic() - started, 2))
     return 0
 
 
@@ -676,7 +706,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_synth)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object on stdout (other lines go to stderr)",
+    )
+    p.set_defaults(run=_synth, report=None)
     p = data.add_parser(
         "pull",
         help="fetch a device's captures into a folder sorted by predicted label",
@@ -695,7 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--remove", action="store_true", help="delete each capture on the device once it is here"
     )
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=_pull)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object on stdout (other lines go to stderr)",
+    )
+    p.set_defaults(run=_pull, report=None)
     p = data.add_parser("styles", help="list the code styles `data synth --styles` takes")
     p.set_defaults(run=_styles)
 
@@ -820,7 +860,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_train)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object on stdout (other lines go to stderr)",
+    )
+    p.set_defaults(run=_train, report=None)
 
     p = sub.add_parser(
         "pack", help="pack a trained run into a .bnn file, a .pranc stream or a .bsc cascade"
@@ -849,7 +894,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the run's own data)",
     )
     p.add_argument("--version", type=int, default=1, help="monotonic model version (default 1)")
-    p.set_defaults(run=_pack)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object on stdout (other lines go to stderr)",
+    )
+    p.set_defaults(run=_pack, report=None)
 
     p = sub.add_parser(
         "eval", help="accuracy and confusion of a .bnn, .pranc or .bsc through the edge engine"
@@ -872,7 +922,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("new", help="make an Ed25519 key pair: DIR/signing.key and DIR/signing.pub")
     p.add_argument("--out", required=True, help="folder for the key pair")
     p.add_argument("--comment", default="", help="a note stored in the public key line")
-    p.set_defaults(run=_keys_new)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object on stdout (other lines go to stderr)",
+    )
+    p.set_defaults(run=_keys_new, report=None)
 
     p = sub.add_parser("ship", help="sign a model and send it to a device; exits 0 once installed")
     p.add_argument("model", help="a .bnn file or a .pranc stream")
@@ -926,7 +981,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--remote-command", default="binsort-edge", help="ssh:// the device's binsort-edge"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_ship)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object on stdout (other lines go to stderr)",
+    )
+    p.set_defaults(run=_ship, report=None)
 
     p = sub.add_parser("demo", help="synthesise, train, pack and evaluate on the edge engine")
     p.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")
@@ -940,9 +1000,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args) -> int:
+    """A command; with --json where the command has a report, its lines go to stderr and the
+    report is the one thing on stdout."""
+    if not (getattr(args, "json", False) and "report" in vars(args)):
+        return args.run(args)
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        code = args.run(args)
+    print(json.dumps(args.report))
+    return code
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("binsort", lambda a: a.run(a), args)
+    return run_cli("binsort", _run, args)
 
 
 if __name__ == "__main__":

@@ -184,3 +184,22 @@ def test_the_curves_have_a_title_a_fixed_accuracy_axis_and_the_chance_line(train
     accuracy = fig.axes[1]
     assert accuracy.get_ylim() == (0.0, 1.0)
     assert [tuple(line.get_ydata()) for line in accuracy.lines][-1] == (0.2, 0.2)
+
+
+def test_json_reports_are_the_only_thing_on_stdout(trained_run, tmp_path):
+    code, out, err = run("data", "synth", "--count", "2", "--out", str(tmp_path / "d"), "--json")
+    assert code == 0 and json.loads(out)["images"] == 10 and "wrote 10 images" in err
+    code, out, err = run("keys", "new", "--out", str(tmp_path / "k"), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["key_id"] and report["public"].endswith("signing.pub")
+    code, out, err = run(
+        "train", "--data", str(trained_run / "data"), "--arch", "tiny", "--epochs", "1",
+        "--out", str(tmp_path / "run"), "--quiet", "--json",
+    )  # fmt: skip
+    report = json.loads(out)
+    assert code == 0 and report["epochs"] == 1 and 0 <= report["test_accuracy"] <= 1
+    assert "epoch 1:" in err
+    code, out, err = run("pack", str(tmp_path / "run"), "--out", str(tmp_path / "m.bnn"), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["kind"] == "bnn"
+    assert report["bytes"] == (tmp_path / "m.bnn").stat().st_size and "smaller" in err
