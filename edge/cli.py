@@ -7,7 +7,7 @@ import os
 import sys
 
 from protocol.errors import BinsortError, run_cli
-from protocol.version import version_line
+from protocol.version import show_defaults, version_line
 
 
 def _classify(args) -> int:
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--undo", action="store_true", help="go back to the model it was made from")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_recalibrate)
+    show_defaults(parser)
     return parser
 
 

@@ -9,7 +9,7 @@ import time
 from host.config import BNN, FINE_TUNE, PRANC
 from protocol.errors import BinsortError, run_cli
 from protocol.sender import GIVE_UP_S
-from protocol.version import version_line
+from protocol.version import show_defaults, version_line
 
 # `binsort train --data synth`: 5,000 images a label for 36 epochs read better than 3,000 for 60
 # at the same time (13 1/3 minutes on 2 cores; docs/training-notes.md section 5, fourth round)
@@ -997,6 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boxes", type=int, default=300, help="boxes on the simulated line (300)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_demo)
+    show_defaults(parser)
     return parser
 
 

@@ -203,3 +203,13 @@ def test_json_reports_are_the_only_thing_on_stdout(trained_run, tmp_path):
     report = json.loads(out)
     assert code == 0 and report["kind"] == "bnn"
     assert report["bytes"] == (tmp_path / "m.bnn").stat().st_size and "smaller" in err
+
+
+def test_help_shows_every_default():
+    code, out, _ = run("data", "synth", "--help")
+    assert code == 0 and "(default: 0)" in out.split("--seed SEED", 2)[2]
+    code, out, _ = run("ship", "--help")
+    assert code == 0 and "(default 60)" in " ".join(out.split())
+    code, out, _ = run("recalibrate", "--help", module="edge.cli")
+    # a help text that gives its default is left as it is
+    assert code == 0 and "(1000)" in out and "(default: 1000)" not in out
