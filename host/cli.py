@@ -576,6 +576,14 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise BinsortError("cannot write %s: %s" % (path, e)) from None
 
 
+def _inspect(args) -> int:
+    from host.inspect_model import format_report, inspect_model
+
+    report = inspect_model(args.model)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
 def _eval(args) -> int:
     from host.evaluate import evaluate, format_report
 
@@ -900,6 +908,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the result as one JSON object on stdout (other lines go to stderr)",
     )
     p.set_defaults(run=_pack, report=None)
+
+    p = sub.add_parser(
+        "inspect",
+        help="what a .bnn, .bsc, .bsd or .pranc holds: labels, input, version, layers, sizes, "
+        "the host's accuracy, the self-test",
+    )
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_inspect)
 
     p = sub.add_parser(
         "eval", help="accuracy and confusion of a .bnn, .pranc or .bsc through the edge engine"

@@ -20,6 +20,11 @@ def run_cli(prog: str, command, args) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `binsort ... | head`: the reader has gone, and that is fine
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
 
 
 def bounded(error, limit: int = 300) -> str:

@@ -213,3 +213,35 @@ def test_help_shows_every_default():
     code, out, _ = run("recalibrate", "--help", module="edge.cli")
     # a help text that gives its default is left as it is
     assert code == 0 and "(1000)" in out and "(default: 1000)" not in out
+
+
+def test_inspect_tells_what_a_model_holds(packed):
+    from protocol import bnn
+
+    model = bnn.read_bnn_file(str(packed))
+    code, out, err = run("inspect", str(packed))
+    assert code == 0, err
+    assert "bnn, %d bytes" % packed.stat().st_size in out
+    assert "labels F06, K11, S19, V22, empty" in out and "self-test: " in out
+    assert out.count(" weight bytes") == len(model.layers) and "sections: META" in out
+    code, out, _ = run("inspect", str(packed), "--json")
+    report = json.loads(out)
+    assert report["labels"] == model.labels and report["version"] == 1
+    assert len(report["layers"]) == len(model.layers)
+    # the sections and the 12-byte file header are the whole file
+    assert sum(report["sections"].values()) + 12 == packed.stat().st_size
+    code, _, err = run("inspect", str(packed.parent / "run" / "checkpoint.pt"))
+    assert_clean_error(code, err, "PyTorch checkpoint", "binsort pack")
+
+
+def test_a_reader_that_goes_away_is_no_traceback():
+    """`binsort inspect M | head`: the pipe closes under the writer."""
+    code = (
+        "import sys\n"
+        "from protocol.errors import run_cli\n"
+        "def command(args):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "sys.exit(run_cli('binsort', command, None))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 141 and proc.stderr == ""
