@@ -40,6 +40,16 @@ def _classify(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from edge.bench import bench, format_bench
+
+    if args.runs < 1 or args.batch < 1:
+        raise BinsortError("--runs and --batch must be at least 1")
+    report = bench(args.model, args.runs, args.batch, args.portable)
+    print(json.dumps(report) if args.json else format_bench(report))
+    return 0
+
+
 def _store(args) -> int:
     from edge.install.store import DEFAULT_MAX_BYTES, SlotStore
 
@@ -255,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort-edge", description=__doc__)
     parser.add_argument("--version", action="version", version=version_line("binsort-edge"))
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "bench",
+        help="time a model on this device per engine and kernel path, with its peak memory",
+    )
+    p.add_argument("--model", required=True, help="a .bnn, .pranc or .bsc")
+    p.add_argument("--runs", type=int, default=50, help="timed single-image runs per engine")
+    p.add_argument("--batch", type=int, default=32, help="images in a batch for the throughput")
+    p.add_argument("--portable", action="store_true", help="also the pure-Python engine (slow)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_bench)
     p = sub.add_parser("classify", help="classify images with a .bnn model, one JSON line each")
     p.add_argument("--model", required=True, help="a .bnn model or a .pranc stream")
     p.add_argument("paths", nargs="+", help="image files or folders of images")

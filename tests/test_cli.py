@@ -245,3 +245,29 @@ def test_a_reader_that_goes_away_is_no_traceback():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_edge_bench_times_every_engine_on_identical_scores(packed, monkeypatch):
+    code, out, err = run(
+        "bench", "--model", str(packed), "--runs", "3", "--batch", "4", "--portable", "--json",
+        module="edge.cli",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    names = [row["engine"] for row in report["engines"]]
+    assert "numpy" in names and names[-1] == "portable" and report["identical_scores"]
+    assert all(row["ms_per_image"] > 0 and row["peak_rss_mib"] > 0 for row in report["engines"])
+    code, _, err = run("bench", "--model", str(packed), "--runs", "0", module="edge.cli")
+    assert_clean_error(code, err, "--runs")
+    # a path that computes other scores is named, not timed
+    from edge.bench import bench
+    from edge.engine.numpy_engine import NumpyEngine
+    from protocol.errors import BinsortError
+
+    real = NumpyEngine.scores
+    monkeypatch.setattr(NumpyEngine, "scores", lambda self, x: real(self, x) + 1)
+    from edge.engine import native
+
+    if native.available():
+        with pytest.raises(BinsortError, match="engine numpy gives other scores"):
+            bench(str(packed), runs=2, batch=2)
