@@ -50,6 +50,18 @@ def _bench(args) -> int:
     return 0
 
 
+def _setup(args) -> int:
+    from edge.setup import Setup
+
+    steps = Setup(args.root, args.trust or (), start=not args.no_start).run()
+    if args.json:
+        print(json.dumps({"root": args.root, "steps": steps}))
+    else:
+        for s in steps:
+            print("%-8s %-8s %s" % (s["step"], s["result"], s["what"]))
+    return 0
+
+
 def _store(args) -> int:
     from edge.install.store import DEFAULT_MAX_BYTES, SlotStore
 
@@ -265,6 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort-edge", description=__doc__)
     parser.add_argument("--version", action="version", version=version_line("binsort-edge"))
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "setup",
+        help="make this machine a sorting station: user, config, store, systemd unit, service; "
+        "running it again changes nothing",
+    )
+    p.add_argument(
+        "--trust",
+        action="append",
+        help="a public key the store trusts (binsort keys new's signing.pub); needed the first "
+        "time, repeat to add keys",
+    )
+    p.add_argument(
+        "--root",
+        default="/",
+        help="set the station up under this folder (a chroot or an image being built): no "
+        "users or services are touched",
+    )
+    p.add_argument("--no-start", action="store_true", help="enable the service, do not start it")
+    p.add_argument("--json", action="store_true", help="print the steps as one JSON object")
+    p.set_defaults(run=_setup)
     p = sub.add_parser(
         "bench",
         help="time a model on this device per engine and kernel path, with its peak memory",
