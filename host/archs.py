@@ -34,7 +34,9 @@ ARCHS = {
         "dense": [128, 128],
         "epochs": 36,
         "demo_count": 3000,
-        "demo_epochs": 28,
+        # 24, not 28: the demo took 8 min 37 s at 28 on 2 cores once synthesis checked every
+        # code's legibility (binsort-synth-3), past its 8 minutes (training notes, section 5)
+        "demo_epochs": 24,
     },
     # a cascade's first stage (issue 19): small enough for one 8 KiB send on a weak link
     # (about 8.7 KB packed), at the default's 96x96 input; docs/training-notes.md section 6

@@ -23,14 +23,19 @@ CODE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 def check_out_folder(path: str) -> None:
     """An output folder that can be made and written to, checked before any work starts (a
-    training run must not find out at its end that it cannot save)."""
+    training run must not find out at its end that it cannot save). Nothing is made here: a
+    check after this one may still stop the command, and it leaves no empty folder behind."""
     import tempfile
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise BinsortError("--out %s is a file, not a folder" % path)
+    there = path
+    while not os.path.exists(there):  # the folder it would be made in
+        there = os.path.dirname(os.path.abspath(there))
+    if not os.path.isdir(there):
+        raise BinsortError("cannot write to --out %s: %s is a file" % (path, there))
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=there):
             pass
     except OSError as e:
         raise BinsortError("cannot write to --out %s: %s" % (path, e.strerror or e)) from None
@@ -237,7 +242,7 @@ def _train(args) -> int:
         delta_budget=args.delta_budget,
         rename_labels=_renames(args.rename_label),
     )
-    check_out_folder(args.out)  # the last check, as it makes the folder
+    check_out_folder(args.out)
     folders = _train_sources(args, parts)  # the checks first: synthesis takes minutes
     metrics = train(
         folders[0] if len(folders) == 1 else folders,

@@ -112,21 +112,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
+def need_sshd() -> None:
     if not os.path.exists(SSHD):
         pytest.fail(
             "OpenSSH sshd is not installed: run tools/setup-system (the README's test command does)"
         )
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key", "stranger_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
-        )
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+
+
+def start_sshd(d, authorized: str):
+    """A real sshd on a free 127.0.0.1 port, configured and keyed in folder `d`, letting in
+    the public key text `authorized`: (process, port, known_hosts line)."""
+    need_sshd()
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True
+    )
+    (d / "authorized_keys").write_text(authorized)
     os.chmod(d / "authorized_keys", 0o600)
     port = free_port()
-    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
     (d / "sshd_config").write_text(
         "\n".join(
             [
@@ -152,8 +154,6 @@ def sshd(tmp_path_factory):
         [SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE
     )
     host_pub = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text("[127.0.0.1]:%d %s %s\n" % (port, host_pub[0], host_pub[1]))
-    (d / "empty_known_hosts").write_text("")
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -163,6 +163,21 @@ def sshd(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("sshd did not start: %s" % proc.stderr.read().decode())
+    return proc, port, "[127.0.0.1]:%d %s %s\n" % (port, host_pub[0], host_pub[1])
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    need_sshd()
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("client_key", "stranger_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+        )
+    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+    proc, port, known = start_sshd(d, (d / "client_key.pub").read_text())
+    (d / "known_hosts").write_text(known)
+    (d / "empty_known_hosts").write_text("")
     yield {"port": port, "dir": d, "user": user}
     proc.terminate()
     proc.wait(timeout=10)

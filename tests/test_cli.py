@@ -15,6 +15,20 @@ def run(*args, module="host.cli"):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def run_here(*args):
+    """`binsort ARGS` in this process (the command line's own main, stdout and stderr caught):
+    a second a command less than a fresh interpreter importing torch."""
+    import contextlib
+    import io
+
+    from host.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
 def assert_clean_error(code, err, *words):
     assert code == 2
     lines = err.strip().splitlines()
@@ -148,7 +162,7 @@ def test_every_bad_host_argument_is_one_line_before_any_work_and_writes_nothing(
             (["train", "--data", "synth", "--device", "cuda", "--out", str(out)], "no CUDA")
         )
     for args, words in cases:
-        code, _, err = run(*args)
+        code, _, err = run_here(*args)
         assert_clean_error(code, err, words)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"], args
     assert a_file.read_text() == "line settings\n"
