@@ -697,6 +697,16 @@ def _ship(args) -> int:
     return 0
 
 
+def _reports(p, run) -> None:
+    """A command whose result --json prints as one object (see _run)."""
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object on stdout (other lines go to stderr)",
+    )
+    p.set_defaults(run=run, report=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="binsort", description=__doc__)
     parser.add_argument("--version", action="version", version=version_line("binsort"))
@@ -719,12 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the result as one JSON object on stdout (other lines go to stderr)",
-    )
-    p.set_defaults(run=_synth, report=None)
+    _reports(p, _synth)
     p = data.add_parser(
         "pull",
         help="fetch a device's captures into a folder sorted by predicted label",
@@ -743,12 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--remove", action="store_true", help="delete each capture on the device once it is here"
     )
     p.add_argument("--quiet", action="store_true")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the result as one JSON object on stdout (other lines go to stderr)",
-    )
-    p.set_defaults(run=_pull, report=None)
+    _reports(p, _pull)
     p = data.add_parser("styles", help="list the code styles `data synth --styles` takes")
     p.set_defaults(run=_styles)
 
@@ -873,12 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the result as one JSON object on stdout (other lines go to stderr)",
-    )
-    p.set_defaults(run=_train, report=None)
+    _reports(p, _train)
 
     p = sub.add_parser(
         "pack", help="pack a trained run into a .bnn file, a .pranc stream or a .bsc cascade"
@@ -907,12 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the run's own data)",
     )
     p.add_argument("--version", type=int, default=1, help="monotonic model version (default 1)")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the result as one JSON object on stdout (other lines go to stderr)",
-    )
-    p.set_defaults(run=_pack, report=None)
+    _reports(p, _pack)
 
     p = sub.add_parser(
         "inspect",
@@ -944,12 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("new", help="make an Ed25519 key pair: DIR/signing.key and DIR/signing.pub")
     p.add_argument("--out", required=True, help="folder for the key pair")
     p.add_argument("--comment", default="", help="a note stored in the public key line")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the result as one JSON object on stdout (other lines go to stderr)",
-    )
-    p.set_defaults(run=_keys_new, report=None)
+    _reports(p, _keys_new)
 
     p = sub.add_parser("ship", help="sign a model and send it to a device; exits 0 once installed")
     p.add_argument("model", help="a .bnn file or a .pranc stream")
@@ -1003,12 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--remote-command", default="binsort-edge", help="ssh:// the device's binsort-edge"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the result as one JSON object on stdout (other lines go to stderr)",
-    )
-    p.set_defaults(run=_ship, report=None)
+    _reports(p, _ship)
 
     p = sub.add_parser("demo", help="synthesise, train, pack and evaluate on the edge engine")
     p.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")
