@@ -52,6 +52,7 @@ class Setup:
         self.system = os.path.abspath(root) == "/"
         self.is_root = os.geteuid() == 0
         self.steps = []
+        self.unit_changed = False  # set by unit(), read by service()
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -82,17 +83,14 @@ class Setup:
     def user(self) -> None:
         if not self.system:
             return self._step("user", "skipped", "--root: the system's users are not touched")
-        groups = [g for g in GROUPS if _group_exists(g)]
-        try:
-            have = pwd.getpwnam(USER)
-        except KeyError:
-            have = None
+        groups = [g for g in GROUPS if _exists(grp.getgrnam, g)]
+        have = _exists(pwd.getpwnam, USER)
         member = [g for g in groups if have and USER in grp.getgrnam(g).gr_mem]
         if have and member == groups:
             return self._step("user", "ok", "%s, in %s" % (USER, ", ".join(groups) or "no groups"))
         if not self.is_root:
             return self._step("user", "skipped", "not root: run setup with sudo")
-        if have is None:
+        if not have:
             _run(["useradd", "--system", "--no-create-home", "--home-dir", "/" + STORE,
                   "--shell", "/usr/sbin/nologin", USER])  # fmt: skip
         if groups:
@@ -121,7 +119,7 @@ class Setup:
         if exists and not new:
             return self._step("store", "ok", "%s trusts its keys" % path)
         SlotStore.init(path, self.trust)
-        if self.system and self.is_root and _user_exists(USER):
+        if self.system and self.is_root and _exists(pwd.getpwnam, USER):
             _chown_tree(path, USER)
         what = "made, trusting" if not exists else "now also trusts"
         self._step("store", "changed", "%s %s %s" % (path, what, ", ".join(new)))
@@ -146,7 +144,7 @@ class Setup:
         if not self.is_root:
             return self._step("service", "skipped", "not root: run setup with sudo")
         changed = []
-        if getattr(self, "unit_changed", False):
+        if self.unit_changed:
             _run(["systemctl", "daemon-reload"])
             changed.append("reloaded")
         enabled = subprocess.run(["systemctl", "is-enabled", "--quiet", "binsort-edge"]).returncode
@@ -166,17 +164,10 @@ class Setup:
         self._step("service", "ok", "binsort-edge enabled" + (" and running" if self.start else ""))
 
 
-def _group_exists(name: str) -> bool:
+def _exists(lookup, name: str) -> bool:
+    """Whether grp.getgrnam or pwd.getpwnam knows `name`."""
     try:
-        grp.getgrnam(name)
-        return True
-    except KeyError:
-        return False
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
+        lookup(name)
         return True
     except KeyError:
         return False

@@ -5,7 +5,7 @@ import hashlib
 import struct
 
 from protocol import bnn, cascade, delta
-from protocol.errors import BinsortError
+from protocol.errors import BinsortError, FormatError
 from protocol.foreign import wrong_magic
 from protocol.kinds import model_kind
 
@@ -85,7 +85,11 @@ def inspect_model(path: str) -> dict:
     kind = model_kind(data[:4])
     report = {"file": path, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     if kind == "bnn":
-        report.update(_bnn_report(bnn.read_model_file(path, bnn.read_bnn), data))
+        try:
+            model = bnn.read_bnn(data)  # the bytes already read, not the file again
+        except FormatError as e:
+            raise FormatError("%s: %s" % (path, e)) from None
+        report.update(_bnn_report(model, data))
     elif kind == "cascade":
         c = cascade.read_cascade(data)
         report["kind"] = "cascade"
