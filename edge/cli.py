@@ -158,11 +158,20 @@ def _install(args) -> int:
     except OSError as e:
         raise BinsortError("cannot read manifest %s: %s" % (args.manifest, e.strerror)) from None
     manifest = store.verify(manifest_bytes)
+    held = store.held(manifest) is not None
     if args.check_only:
-        print(json.dumps({"ok": True, "admitted": manifest.model_id, "version": manifest.version}))
+        answer = {"ok": True, "admitted": manifest.model_id, "version": manifest.version}
+        print(json.dumps(dict(answer, held=held)))
         return 0
+    from_slot = args.payload is None and held
+    if from_slot:  # a slot holds these bytes: install from a copy of them
+        path, f, _ = store.partial(manifest)
+        f.close()
+        args.payload, args.move = path, True
     if args.payload is None:
-        raise BinsortError("install needs --payload FILE (or --check-only)")
+        raise BinsortError(
+            "install needs --payload FILE (or --check-only): no slot holds this model's bytes"
+        )
     try:
         slot = store.install(manifest, args.payload, move=args.move)
     except Rejected:
@@ -170,6 +179,8 @@ def _install(args) -> int:
             with contextlib.suppress(OSError):
                 os.remove(args.payload)
         raise
+    if from_slot:
+        store.drop_partial(manifest)
     result = {"ok": True, "slot": slot, "model_id": manifest.model_id, "version": manifest.version}
     result["kind"] = manifest.kind
     print(json.dumps(result))
@@ -349,7 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install", help="verify and install a manifest + payload (the ssh:// path)")
     p.add_argument("--store", required=True)
     p.add_argument("--manifest", required=True)
-    p.add_argument("--payload", default=None)
+    p.add_argument(
+        "--payload",
+        default=None,
+        help="the model's bytes (not needed when a slot already holds them: --check-only says)",
+    )
     p.add_argument("--check-only", action="store_true", help="only check the manifest")
     p.add_argument("--move", action="store_true", help="move the payload into the slot")
     p.set_defaults(run=_install)

@@ -52,6 +52,19 @@ def snapshot(store: str) -> dict:
     return {"active": state["active"], "slots": state["slots"], "files": files}
 
 
+class NoBytes:
+    """A payload the sender must not read: only its length is known (a fleet rollback)."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        raise AssertionError("the sender read payload bytes the device already holds")
+
+
 class Receiver:
     """`binsort-edge receive --listen tcp://127.0.0.1:0` in a child process."""
 

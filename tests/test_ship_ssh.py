@@ -13,7 +13,7 @@ from protocol.errors import BinsortError
 from protocol.session import RemoteError
 from protocol.transports import ssh
 from tests.conftest import free_port
-from tests.shipkit import HOST, ROOT, keys, signed_manifest, snapshot
+from tests.shipkit import HOST, ROOT, NoBytes, keys, signed_manifest, snapshot
 
 REMOTE = "%s -m edge.cli" % sys.executable
 
@@ -93,6 +93,18 @@ def test_ssh_upload_resumes_after_what_reached_the_device(device):
     result = ssh.ship(device["url"], manifest, payload, opts)
     assert result["version"] == 6
     assert seen[0] == 5000 and seen[-1] == len(payload)
+
+
+def test_ssh_rollback_to_the_other_slot_uploads_nothing(device, bcnn_model):
+    tiny, other = device["payload"], bcnn_model[1]
+    ssh.ship(device["url"], signed_manifest(tiny, device["key"], 1), tiny, device["opts"])
+    ssh.ship(device["url"], signed_manifest(other, device["key"], 2), other, device["opts"])
+    back = signed_manifest(tiny, device["key"], 1, rollback=True)
+    result = ssh.ship(device["url"], back, NoBytes(len(tiny)), device["opts"])
+    assert result["slot"] == "a" and result["version"] == 1
+    state = SlotStore(device["store"]).summary()
+    assert state["active"] == "a" and state["slots"]["a"]["rollback"] is True
+    assert os.listdir(os.path.join(device["store"], "partial")) == []
 
 
 def test_ssh_resumed_upload_with_bad_bytes_is_refused_and_thrown_away(device):

@@ -14,7 +14,17 @@ from protocol.manifest import parse_manifest
 from protocol.session import RemoteError
 from protocol.transports import serialport, tcp
 from tests.conftest import LABELS, checkpoint_for, random_inputs
-from tests.shipkit import EDGE, HOST, ROOT, Proxy, Receiver, keys, signed_manifest, snapshot
+from tests.shipkit import (
+    EDGE,
+    HOST,
+    ROOT,
+    NoBytes,
+    Proxy,
+    Receiver,
+    keys,
+    signed_manifest,
+    snapshot,
+)
 
 
 @pytest.fixture()
@@ -115,6 +125,31 @@ def test_signed_rollback_is_accepted_logged_and_cannot_be_replayed(device):
         assert "rollback to prev v1" in f.read()
     tcp.ship(url, signed_manifest(device["payload"], device["key"], 3), device["payload"], {})
     _refused(device, back, device["payload"], "replayed manifest")
+
+
+def test_a_rollback_to_the_model_in_the_other_slot_sends_no_payload_bytes(device, bcnn_model):
+    url = device["rx"].url
+    other = bcnn_model[1]
+    tcp.ship(url, signed_manifest(other, device["key"], 2), other, {})
+    assert snapshot(device["store"])["active"] == "b"
+    tiny = device["payload"]
+    back = signed_manifest(tiny, device["key"], 1, rollback=True, model_id="prev")
+    acked = []
+    options = {"progress": lambda done, size: acked.append(done)}
+    result = tcp.ship(url, back, NoBytes(len(tiny)), options)
+    assert result["ok"] and result["slot"] == "a" and acked[0] == len(tiny)
+    snap = snapshot(device["store"])
+    assert snap["active"] == "a" and snap["slots"]["a"]["rollback"] is True
+    assert snap["files"]["a/model.bnn"] == snap["slots"]["a"]["sha256"]
+    assert snap["slots"]["b"]["version"] == 2  # the model rolled back from stays
+    assert os.listdir(os.path.join(device["store"], "partial")) == []
+
+
+def test_a_model_no_slot_holds_still_needs_its_bytes(device, bcnn_model):
+    other = bcnn_model[1]
+    manifest = signed_manifest(other, device["key"], 2)
+    with pytest.raises(AssertionError, match="already holds"):
+        tcp.ship(device["rx"].url, manifest, NoBytes(len(other)), {})
 
 
 def test_replayed_manifest_is_refused(device):

@@ -529,13 +529,39 @@ class SlotStore:
                 time.sleep(0.05)
         try:
             good = self._verified_length(manifest, progress, f)
+            held = self.held(manifest) if good < manifest.size else None
+            if held is not None:  # a model one of the slots holds: no byte needs to travel
+                f.seek(0)
+                with open(held, "rb") as src:
+                    for block in iter(lambda: src.read(1 << 16), b""):
+                        f.write(block)
+                good = manifest.size
             f.truncate(good)
+            f.flush()
             os.fsync(f.fileno())
             f.seek(good)
+            if held is not None:
+                self.record_progress(manifest, good)
         except BaseException:
             f.close()
             raise
         return path, f, good
+
+    def held(self, manifest: Manifest) -> "str | None":
+        """The file of a slot that holds this manifest's whole payload, intact (its SHA-256 is
+        the manifest's), or None. A rollback to the model in the other slot, or the same model
+        shipped again, then costs no payload bytes on the link (docs/format.md "Model store").
+        A delta's slot holds the model it made, never the delta, so a delta is never held."""
+        state = self.state()
+        for slot in SLOTS:
+            rec = state["slots"].get(slot)
+            if not rec or rec.get("sha256") != manifest.sha256 or not rec.get("complete"):
+                continue
+            path = self._path("slots", slot, "model" + SUFFIX[rec["kind"]])
+            with contextlib.suppress(OSError):
+                if os.path.getsize(path) == manifest.size and file_sha256(path) == manifest.sha256:
+                    return path
+        return None
 
     def _verified_length(self, manifest: Manifest, progress: str, f) -> int:
         done = 0

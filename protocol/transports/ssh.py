@@ -6,7 +6,9 @@ by `binsort-edge install --check-only`, so a refused model costs no payload uplo
 goes by SFTP to STORE_DIR/partial/SHA.ssh.partial, resuming after what is already there (stat +
 seek); then `binsort-edge install --move` checks every hash and installs it through the same
 SlotStore checks as the TCP and serial receiver. A payload that fails its hashes is deleted on
-the device, so the next ship starts it again.
+the device, so the next ship starts it again. When a slot on the device already holds the
+payload (a rollback to the other slot, or the same model again), the check says so and nothing
+is uploaded.
 """
 
 import os
@@ -144,12 +146,12 @@ def ship(url: str, manifest: bytes, payload: bytes, options: dict) -> dict:
 
 
 def _ship_once(client, url: str, manifest: bytes, payload: bytes, options: dict) -> dict:
-    import hashlib
+    from protocol.manifest import parse_manifest
 
     _, _, _, store = parse(url)
     progress = options.get("progress") or (lambda acked, size: None)
     sftp = client.open_sftp()
-    sha = hashlib.sha256(payload).hexdigest()
+    sha = parse_manifest(manifest).sha256  # the payload's: a rollback may not carry it
     base = store + "/partial/" + sha
     mpath, ppath = base + ".ssh.manifest", base + ".ssh.partial"
     try:
@@ -160,7 +162,12 @@ def _ship_once(client, url: str, manifest: bytes, payload: bytes, options: dict)
             "cannot write to %s on the device (%s): is it a store made with "
             "`binsort-edge store --init`?" % (store, e)
         ) from None
-    _remote(client, options, ["install", "--store", store, "--manifest", mpath, "--check-only"])
+    check = ["install", "--store", store, "--manifest", mpath, "--check-only"]
+    if _remote(client, options, check).get("held"):  # a slot has these bytes: none to upload
+        progress(len(payload), len(payload))
+        result = _remote(client, options, ["install", "--store", store, "--manifest", mpath])
+        sftp.remove(mpath)
+        return result
     try:
         offset = sftp.stat(ppath).st_size
     except OSError:
