@@ -235,6 +235,15 @@ def test_status_endpoint_serves_json_and_a_page_and_counters_survive_a_restart(s
     station_name = socket.gethostname()  # no [status] station: the host's name
     assert "<h1 id=station>%s</h1>" % station_name in page and "viewport" in page
     assert ">12<" in page
+    held = SlotStore(station["store"]).state()["slots"]["a"]
+    assert status["store"]["active"] == "a" and status["store"]["slots"]["b"] is None
+    assert status["store"]["slots"]["a"]["sha256"] == held["sha256"]
+    daemon2.log("a line only the log has")
+    log = json.loads(
+        urllib.request.urlopen("http://127.0.0.1:%d/log.json?lines=3" % port, timeout=5).read()
+    )
+    assert log["daemon"][-1]["line"] == "a line only the log has" and len(log["daemon"]) <= 3
+    assert len(log["store"]) == 3 and "install line-3 v1" in " ".join(log["store"])
     daemon2.shutdown()
 
 

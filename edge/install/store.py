@@ -664,6 +664,38 @@ class SlotStore:
             if self.on_refusal is not None:
                 self.on_refusal(line)
 
+    def tail_log(self, lines: int) -> list:
+        """The last `lines` lines of the log (from log.1 too when the log was just rotated)."""
+        out = []
+        for path in (self._path("log"), self._path("log.1")):
+            want = lines - len(out)
+            if want <= 0:
+                break
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                start = max(0, os.fstat(f.fileno()).st_size - (LOG_LINE + 32) * want)
+                f.seek(start)
+                text = f.read().decode("utf-8", "replace").splitlines()
+                out = text[1 if start else 0 :][-want:] + out
+        return out
+
+    def slots_summary(self) -> dict:
+        """What a fleet tool needs to know of this store (`binsort fleet`): its id, the active
+        slot and what each slot holds, by SHA-256, so a signed rollback can name the other one."""
+        state = self.state()
+        keep = ("model_id", "version", "kind", "sha256", "size", "complete", "rollback", "failed")
+        slots = {
+            name: {k: rec.get(k) for k in keep} if rec else None
+            for name, rec in state["slots"].items()
+        }
+        trial = state.get("trial")
+        return {
+            "store_id": state.get("store_id"),
+            "active": state["active"],
+            "trial": trial["slot"] if trial else None,
+            "version_floor": state.get("floor", 0),
+            "slots": slots,
+        }
+
     def _append(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         text = " ".join(str(line).split())

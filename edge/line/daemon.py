@@ -33,6 +33,7 @@ from edge.line.sources import open_source, parse_url
 from edge.line.status import Counters, StatusServer
 from protocol.errors import BinsortError, FormatError, bounded
 
+LOG_KEEP = 500  # daemon log lines kept for GET /log.json
 IO_ERROR_LOG_S = 60.0  # one log line a minute per kind of non-essential error
 FRAME_PNG_S = 0.5  # the page's live view is encoded at most this often
 RECEIVER_STALL_S = 30.0  # a receiver loop that has not gone round for this long is wedged
@@ -54,7 +55,8 @@ class Daemon:
         from edge.line.gpio import mock_pin, photo_eye, use_factory
 
         self.cfg = cfg
-        self.log = log or (lambda line: None)
+        self.recent_log = collections.deque(maxlen=LOG_KEEP)  # what GET /log.json gives
+        self.log = self._keeping(log or (lambda line: None))
         self.store = SlotStore(cfg["model"]["store"])
         self.store.on_refusal = lambda line: self._event("refused: " + line)
         self.counters = Counters(
@@ -300,6 +302,27 @@ class Daemon:
 
     # -- the frame loop -----------------------------------------------------------------------
 
+    def _keeping(self, log):
+        """`log`, also keeping each line (with its time) for the status endpoint's /log.json:
+        `binsort fleet logs` reads a device's log without a shell on it."""
+
+        def keep(line):
+            self.recent_log.append({"t": round(time.time(), 3), "line": str(line)})
+            log(line)
+
+        return keep
+
+    def log_tail(self, lines: int) -> dict:
+        """The daemon's last `lines` log lines and the store's (installs, refusals, rollbacks)."""
+        store = []
+        with contextlib.suppress(OSError, BinsortError):
+            store = self.store.tail_log(lines)
+        return {
+            "station": self.station,
+            "daemon": list(self.recent_log)[-lines:] if lines else [],
+            "store": store,
+        }
+
     def _event(self, line: str) -> None:
         self.events.append({"t": round(time.time(), 3), "event": line})
         with contextlib.suppress(Exception):  # a log that cannot be written is no reason to stop
@@ -507,7 +530,9 @@ class Daemon:
 
     def start_services(self) -> None:
         """The status endpoint and the receivers (the same store, in threads)."""
-        self.servers.append(StatusServer(self.cfg["status"]["listen"], self.status, self.frame_png))
+        self.servers.append(
+            StatusServer(self.cfg["status"]["listen"], self.status, self.frame_png, self.log_tail)
+        )
         rx = self.cfg["receiver"]
         if rx and rx["listen"]:
             from protocol.transports import tcp
@@ -706,6 +731,10 @@ class Daemon:
         }
         if self.fault:
             out["fault"] = self.fault
+        try:
+            out["store"] = self.store.slots_summary()
+        except (OSError, BinsortError) as e:
+            out["store"] = {"error": str(e)}
         return out
 
     def frame_png(self):

@@ -1,6 +1,8 @@
 """The daemon's counters (persisted across restarts) and its HTTP status endpoint.
 
-GET /status.json gives the status as JSON (the machine interface); GET / gives the operator's
+GET /status.json gives the status as JSON (the machine interface), with what the model store
+holds (`store`: its id, the active slot and each slot's model by SHA-256); GET /log.json?lines=N
+gives the daemon's and the store's last log lines (`binsort fleet logs`); GET / gives the operator's
 page, refreshing itself, readable on a phone: station, state, model and version (a date when
 it is a unix time), boxes a minute, every lane's count, the reject rate (red past
 `reject_alarm`), boxes decided too late to divert, recent decisions and events, and the latest
@@ -311,10 +313,20 @@ class _CappedServer(ThreadingHTTPServer):
 
 
 STATUS_CACHE_S = 0.25  # one status computed for all the requests within this long
+LOG_LINES = 100  # lines GET /log.json gives unless ?lines=N (at most LOG_LINES_MAX)
+LOG_LINES_MAX = 500
+
+
+def _lines_asked(path: str) -> int:
+    """?lines=N of a /log.json request, within 0..LOG_LINES_MAX; LOG_LINES otherwise."""
+    from urllib.parse import parse_qs, urlsplit
+
+    asked = parse_qs(urlsplit(path).query).get("lines", [""])[0]
+    return min(int(asked), LOG_LINES_MAX) if asked.isdigit() else LOG_LINES
 
 
 class StatusServer:
-    def __init__(self, listen: str, get_status, get_frame=None):
+    def __init__(self, listen: str, get_status, get_frame=None, get_log=None):
         host, _, port = listen.rpartition(":")
         cache = {"at": -1e9, "status": None}
         lock = threading.Lock()
@@ -339,6 +351,9 @@ class StatusServer:
                     body, ctype = render_html(current()).encode(), "text/html; charset=utf-8"
                 elif path == "/frame.png" and get_frame is not None and get_frame() is not None:
                     body, ctype = get_frame(), "image/png"
+                elif path == "/log.json" and get_log is not None:
+                    body = json.dumps(get_log(_lines_asked(self.path))).encode()
+                    ctype = "application/json"
                 else:
                     self.send_error(404)
                     return
