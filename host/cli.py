@@ -634,6 +634,11 @@ def _ship(args) -> int:
 
     if not args.give_up > 0:  # also NaN
         raise BinsortError("--give-up must be a positive number of seconds, not %s" % args.give_up)
+    if args.fleet is None and (args.canary or args.max_failures is not None):
+        raise BinsortError("--canary and --max-failures are for --fleet INVENTORY")
+    history = _history_path(args)
+    if args.fleet is not None:
+        return _ship_fleet(args, _ship_options(args))
 
     bar = tqdm(
         total=None,
@@ -662,25 +667,23 @@ def _ship(args) -> int:
     def reconnect(count, why):
         bar.write("link lost (%s); reconnecting (%d)" % (why, count))
 
-    options = {
-        "version": args.version,
-        "model_id": args.model_id,
-        "rollback": args.rollback,
-        "store_id": args.store_id,
-        "expires_hours": args.expires_hours,
-        "reconnects": args.reconnects,
-        "give_up": args.give_up,
-        "ssh_key": args.ssh_key,
-        "known_hosts": args.known_hosts,
-        "remote_command": args.remote_command,
-        "progress": progress,
-        "status": status,
-        "on_reconnect": reconnect,
-    }
+    options = _ship_options(args)
+    options.update(progress=progress, status=status, on_reconnect=reconnect)
     try:
         result = ship(args.model, args.to, args.key, options)
     finally:
         bar.close()
+    from host.fleet import deployment_id, record
+
+    now = time.time()
+    entry = {"id": deployment_id(now), "at": int(now), "action": "ship", "to": args.to}
+    entry.update(model=os.path.abspath(args.model), signed=result.pop("signed", None))
+    entry.update(model_id=result["model_id"], version=result["version"])
+    entry["devices"] = {args.to: {"ok": True, "slot": result.get("slot")}}
+    entry["action"] = "rollback" if args.rollback else "ship"
+    warning = record(history, entry)
+    if warning:
+        print("warning: " + warning, file=sys.stderr)
     what = "rolled back to" if args.rollback else "installed"
     print(
         "%s %s version %d in slot %s on %s (%.1f s)"
@@ -695,6 +698,203 @@ def _ship(args) -> int:
     )
     args.report = dict(result, to=args.to, seconds=round(time.monotonic() - started, 2))
     return 0
+
+
+def _inventory_option(p) -> None:
+    p.add_argument(
+        "-i",
+        "--inventory",
+        "--fleet",
+        dest="fleet",
+        default=None,
+        metavar="INVENTORY",
+        help="an Ansible inventory (default: $BINSORT_INVENTORY)",
+    )
+
+
+def _fleet_options(p, group: "str | None" = "all") -> None:
+    """What every command that works on several devices takes."""
+    p.add_argument(
+        "--group",
+        default=group,
+        help="the inventory group (default %s)" % (group or "none: name a device or a group"),
+    )
+    p.add_argument("--parallel", type=int, default=4, help="devices served at once (default 4)")
+    _history_option(p)
+
+
+def _history_option(p) -> None:
+    p.add_argument(
+        "--history",
+        default=None,
+        help="the deployment history file (default $XDG_STATE_HOME/binsort/deployments.jsonl)",
+    )
+
+
+def _fleet_devices(args, group=None, name=None) -> list:
+    """The devices a command works on, every one's URLs checked before any work."""
+    from host.inventory import default_inventory, read_inventory
+    from protocol.transports import transport
+
+    path = args.fleet or default_inventory()
+    if path is None:
+        raise BinsortError("which devices? give -i INVENTORY (or set BINSORT_INVENTORY)")
+    inventory = read_inventory(path)
+    devices = [inventory.device(name)] if name else inventory.devices(group or "all")
+    for d in devices:
+        try:
+            transport(d.url).parse(d.url)
+        except BinsortError as e:
+            raise BinsortError("%s: binsort_url %s" % (d.name, e)) from None
+        if not d.status.startswith("http://"):
+            raise BinsortError("%s: binsort_status %s is not http://HOST:PORT" % (d.name, d.status))
+    if getattr(args, "parallel", 1) < 1:
+        raise BinsortError("--parallel must be at least 1")
+    return devices
+
+
+def _history_path(args) -> str:
+    from host.fleet import default_history
+
+    path = args.history or default_history()
+    if os.path.isdir(path):
+        raise BinsortError("--history %s is a folder: name the history file" % path)
+    return path
+
+
+def _ship_fleet(args, options: dict) -> int:
+    from host import fleet
+
+    if args.canary < 0 or not args.watch >= 0:
+        raise BinsortError("--canary and --watch must not be negative")
+    if args.max_failures is not None and args.max_failures < 1:
+        raise BinsortError("--max-failures must be at least 1")
+    if args.max_reject_rate is not None and not 0 <= args.max_reject_rate <= 1:
+        raise BinsortError("--max-reject-rate is a fraction between 0 and 1")
+    devices = _fleet_devices(args, args.group)
+    if args.canary >= len(devices):
+        raise BinsortError(
+            "--canary %d leaves no device after the canary (the fleet has %d)"
+            % (args.canary, len(devices))
+        )
+    plan = {
+        "canary": args.canary,
+        "watch": args.watch,
+        "parallel": args.parallel,
+        "max_failures": args.max_failures,
+        "max_reject": args.max_reject_rate,
+        "quiet": args.quiet,
+        "history": _history_path(args),
+    }
+    entry = fleet.rollout(devices, args.model, args.key, options, plan, sys.stderr)
+    args.report = entry
+    line = fleet.summary(entry)
+    if entry["failed"]:
+        for name in entry["failed"]:
+            r = entry["devices"][name]
+            if not r.get("skipped"):
+                print("%s: %s" % (name, r["error"]), file=sys.stderr)
+        raise BinsortError(line)
+    print(line)
+    return 0
+
+
+def _fleet_status(args) -> int:
+    from host import fleet
+
+    rows = fleet.fleet_status(_fleet_devices(args, args.group), args.parallel)
+    args.report = {"devices": rows}
+    print(fleet.format_status(rows))
+    return 0
+
+
+def _fleet_logs(args) -> int:
+    from host import fleet
+
+    if args.lines < 0:
+        raise BinsortError("--lines must not be negative")
+    (device,) = _fleet_devices(args, name=args.device)
+    log = fleet.device_logs(device, args.lines)
+    args.report = log
+    print(fleet.format_logs(log))
+    return 0
+
+
+def _fleet_rollback(args) -> int:
+    from host import fleet
+
+    if (args.device is None) == (args.group is None):
+        raise BinsortError("name one device or one --group to roll back (--group all: every one)")
+    if not args.give_up > 0:
+        raise BinsortError("--give-up must be a positive number of seconds")
+    devices = _fleet_devices(args, args.group, args.device)
+    from protocol.signing import load_private
+
+    load_private(args.key)  # a wrong key file fails before any device is asked
+    options = {
+        "expires_hours": args.expires_hours,
+        "reconnects": args.reconnects,
+        "give_up": args.give_up,
+        "ssh_key": args.ssh_key,
+        "known_hosts": args.known_hosts,
+        "remote_command": args.remote_command,
+    }
+    plan = {"parallel": args.parallel, "quiet": args.quiet, "history": _history_path(args)}
+    entry = fleet.rollback(devices, args.key, options, plan, sys.stderr)
+    args.report = entry
+    done = [n for n, r in entry["devices"].items() if r["ok"]]
+    line = "rolled back %d of %d devices" % (len(done), len(devices))
+    if entry["failed"]:
+        for name in entry["failed"]:
+            print("%s: %s" % (name, entry["devices"][name]["error"]), file=sys.stderr)
+        raise BinsortError(line + "; failed: " + ", ".join(entry["failed"]))
+    print(line)
+    return 0
+
+
+def _fleet_history(args) -> int:
+    from host import fleet
+
+    if args.last < 1:
+        raise BinsortError("--last must be at least 1")
+    entries = fleet.read_history(_history_path(args))[-args.last :]
+    args.report = {"deployments": entries}
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(e.get("at", 0)))
+        results = e.get("devices") or {}
+        ok = sum(1 for r in results.values() if isinstance(r, dict) and r.get("ok"))
+        what = e.get("action", "?")
+        model = "%s v%s" % (e.get("model_id"), e.get("version")) if e.get("model_id") else ""
+        print(
+            "%s  %s  %-8s %s  %d/%d ok%s"
+            % (
+                e.get("id", "?"),
+                when,
+                what,
+                model,
+                ok,
+                len(results),
+                "; stopped: %s" % e["stopped"] if e.get("stopped") else "",
+            )
+        )
+    if not entries:
+        print("no deployments yet")
+    return 0
+
+
+def _ship_options(args) -> dict:
+    return {
+        "version": args.version,
+        "model_id": args.model_id,
+        "rollback": args.rollback,
+        "store_id": args.store_id,
+        "expires_hours": args.expires_hours,
+        "reconnects": args.reconnects,
+        "give_up": args.give_up,
+        "ssh_key": args.ssh_key,
+        "known_hosts": args.known_hosts,
+        "remote_command": args.remote_command,
+    }
 
 
 def _reports(p, run) -> None:
@@ -938,10 +1138,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ship", help="sign a model and send it to a device; exits 0 once installed")
     p.add_argument("model", help="a .bnn file or a .pranc stream")
-    p.add_argument(
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
         "--to",
-        required=True,
         help="tcp://HOST:PORT, serial:///dev/ttyX?baud=N or ssh://USER@HOST[:PORT]/STORE_DIR",
+    )
+    where.add_argument(
+        "--fleet",
+        metavar="INVENTORY",
+        help="ship to every device of an Ansible inventory (INI or YAML; binsort_url and "
+        "binsort_status host variables, default tcp://HOST:7600 and http://HOST:8080)",
     )
     p.add_argument("--key", required=True, help="the signing.key made by `binsort keys new`")
     p.add_argument(
@@ -988,7 +1194,75 @@ def build_parser() -> argparse.ArgumentParser:
         "--remote-command", default="binsort-edge", help="ssh:// the device's binsort-edge"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _fleet_options(p)
+    p.add_argument(
+        "--canary",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--fleet: ship to the first N devices, watch them, then to the rest (default 0)",
+    )
+    p.add_argument(
+        "--watch",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="--canary: how long to read the canaries' status before going on (default 60)",
+    )
+    p.add_argument(
+        "--max-reject-rate",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="--canary: a canary that rejects more of the boxes in the watch fails "
+        "(default: each device's own reject_alarm)",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--fleet: start no more devices once N have failed (default: try every device)",
+    )
     _reports(p, _ship)
+
+    fleet = sub.add_parser("fleet", help="the devices of an inventory").add_subparsers(
+        dest="fleet_command", required=True
+    )
+    p = fleet.add_parser("status", help="every device's status endpoint in one table")
+    _inventory_option(p)
+    _fleet_options(p)
+    _reports(p, _fleet_status)
+    p = fleet.add_parser("logs", help="a device's recent daemon and store log")
+    p.add_argument("device", help="the device's name in the inventory")
+    _inventory_option(p)
+    p.add_argument("--lines", type=int, default=100, help="lines of each log (default 100)")
+    _reports(p, _fleet_logs)
+    p = fleet.add_parser(
+        "rollback",
+        help="swap devices back to the model in their other slot (signed; no old file needed)",
+    )
+    p.add_argument("device", nargs="?", default=None, help="a device (or --group)")
+    _inventory_option(p)
+    p.add_argument("--key", required=True, help="the signing.key the devices trust")
+    p.add_argument(
+        "--expires-hours",
+        type=float,
+        default=None,
+        help="the rollback is refused this many hours after signing (default 24)",
+    )
+    p.add_argument("--reconnects", type=int, default=20, help="reconnects without progress (20)")
+    p.add_argument("--give-up", type=float, default=GIVE_UP_S, metavar="SECONDS")
+    p.add_argument("--ssh-key", default=None, help="ssh:// private key (default: ~/.ssh keys)")
+    p.add_argument("--known-hosts", default=None, help="ssh:// host keys")
+    p.add_argument("--remote-command", default="binsort-edge", help="ssh:// binsort-edge")
+    p.add_argument("--quiet", action="store_true", help="no lines per device")
+    _fleet_options(p, group=None)
+    _reports(p, _fleet_rollback)
+    p = fleet.add_parser("history", help="the deployments this host made, newest last")
+    _history_option(p)
+    p.add_argument("--last", type=int, default=20, help="how many (default 20)")
+    _reports(p, _fleet_history)
 
     p = sub.add_parser("demo", help="synthesise, train, pack and evaluate on the edge engine")
     p.add_argument("--out", default="demo-out", help="working folder (default ./demo-out)")
@@ -1010,10 +1284,12 @@ def _run(args) -> int:
         return args.run(args)
     import contextlib
 
-    with contextlib.redirect_stdout(sys.stderr):
-        code = args.run(args)
-    print(json.dumps(args.report))
-    return code
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.run(args)
+    finally:  # a command that fails after its work (a fleet with a failed device) reports too
+        if args.report is not None:
+            print(json.dumps(args.report))
 
 
 def main(argv=None) -> int:

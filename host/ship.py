@@ -149,7 +149,8 @@ def build_manifest(
 
 
 def ship(path: str, url: str, key_path: str, options: dict) -> dict:
-    """Ship a model file; returns the device's verdict. Raises BinsortError on refusal."""
+    """Ship a model file; returns the device's verdict, with the manifest's signed part under
+    "signed". Raises BinsortError on refusal."""
     from protocol.transports import transport
 
     module = transport(url)
@@ -167,4 +168,5 @@ def ship(path: str, url: str, key_path: str, options: dict) -> dict:
     )
     result = module.ship(url, manifest, payload, options)
     result.setdefault("version", signed["version"])
+    result["signed"] = signed  # what the deployment history keeps (host.fleet)
     return result

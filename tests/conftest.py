@@ -195,3 +195,10 @@ def station(tmp_path, tiny_model):
     path = tmp_path / "m.bnn"
     path.write_bytes(payload)
     return {"key": key, "store": store, "payload": payload, "path": str(path), "tmp": tmp_path}
+
+
+@pytest.fixture(autouse=True)
+def _own_state_home(tmp_path_factory, monkeypatch):
+    """`binsort ship` appends to a deployment history under $XDG_STATE_HOME: the tests' own,
+    never the home folder of whoever runs them (child processes inherit it)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.getbasetemp() / "state"))

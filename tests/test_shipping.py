@@ -28,8 +28,9 @@ from tests.shipkit import (
 
 
 @pytest.fixture()
-def device(tmp_path, tiny_model):
-    """A store trusting key one, with tiny v1 installed; key two is not trusted."""
+def device(tmp_path, tiny_model, bcnn_model):
+    """A store trusting key one, with another model as v1 installed; key two is not trusted.
+    The payload the tests ship is one no slot holds, so its bytes must travel."""
     key, pub = keys(tmp_path / "one")
     other_key, _ = keys(tmp_path / "two")
     store = str(tmp_path / "store")
@@ -38,7 +39,8 @@ def device(tmp_path, tiny_model):
     model = tmp_path / "tiny.bnn"
     model.write_bytes(payload)
     rx = Receiver(store)
-    tcp.ship(rx.url, signed_manifest(payload, key, 1), payload, {"reconnects": 0})
+    first = bcnn_model[1]
+    tcp.ship(rx.url, signed_manifest(first, key, 1), first, {"reconnects": 0})
     dev = {
         "store": store,
         "key": key,
@@ -129,15 +131,14 @@ def test_signed_rollback_is_accepted_logged_and_cannot_be_replayed(device):
 
 def test_a_rollback_to_the_model_in_the_other_slot_sends_no_payload_bytes(device, bcnn_model):
     url = device["rx"].url
-    other = bcnn_model[1]
-    tcp.ship(url, signed_manifest(other, device["key"], 2), other, {})
+    tcp.ship(url, signed_manifest(device["payload"], device["key"], 2), device["payload"], {})
     assert snapshot(device["store"])["active"] == "b"
-    tiny = device["payload"]
-    back = signed_manifest(tiny, device["key"], 1, rollback=True, model_id="prev")
+    first = bcnn_model[1]  # v1, in slot a
+    back = signed_manifest(first, device["key"], 1, rollback=True, model_id="prev")
     acked = []
     options = {"progress": lambda done, size: acked.append(done)}
-    result = tcp.ship(url, back, NoBytes(len(tiny)), options)
-    assert result["ok"] and result["slot"] == "a" and acked[0] == len(tiny)
+    result = tcp.ship(url, back, NoBytes(len(first)), options)
+    assert result["ok"] and result["slot"] == "a" and acked[0] == len(first)
     snap = snapshot(device["store"])
     assert snap["active"] == "a" and snap["slots"]["a"]["rollback"] is True
     assert snap["files"]["a/model.bnn"] == snap["slots"]["a"]["sha256"]
@@ -145,11 +146,11 @@ def test_a_rollback_to_the_model_in_the_other_slot_sends_no_payload_bytes(device
     assert os.listdir(os.path.join(device["store"], "partial")) == []
 
 
-def test_a_model_no_slot_holds_still_needs_its_bytes(device, bcnn_model):
-    other = bcnn_model[1]
-    manifest = signed_manifest(other, device["key"], 2)
+def test_a_model_no_slot_holds_still_needs_its_bytes(device):
+    payload = device["payload"]
+    manifest = signed_manifest(payload, device["key"], 2)
     with pytest.raises(AssertionError, match="already holds"):
-        tcp.ship(device["rx"].url, manifest, NoBytes(len(other)), {})
+        tcp.ship(device["rx"].url, manifest, NoBytes(len(payload)), {})
 
 
 def test_replayed_manifest_is_refused(device):
