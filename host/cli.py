@@ -831,14 +831,8 @@ def _fleet_rollback(args) -> int:
     from protocol.signing import load_private
 
     load_private(args.key)  # a wrong key file fails before any device is asked
-    options = {
-        "expires_hours": args.expires_hours,
-        "reconnects": args.reconnects,
-        "give_up": args.give_up,
-        "ssh_key": args.ssh_key,
-        "known_hosts": args.known_hosts,
-        "remote_command": args.remote_command,
-    }
+    options = _link_options(args)
+    options["expires_hours"] = args.expires_hours
     plan = {"parallel": args.parallel, "quiet": args.quiet, "history": _history_path(args)}
     entry = fleet.rollback(devices, args.key, options, plan, sys.stderr)
     args.report = entry
@@ -882,19 +876,26 @@ def _fleet_history(args) -> int:
     return 0
 
 
-def _ship_options(args) -> dict:
+def _link_options(args) -> dict:
+    """How to reach devices: what ship and fleet rollback take alike."""
     return {
-        "version": args.version,
-        "model_id": args.model_id,
-        "rollback": args.rollback,
-        "store_id": args.store_id,
-        "expires_hours": args.expires_hours,
         "reconnects": args.reconnects,
         "give_up": args.give_up,
         "ssh_key": args.ssh_key,
         "known_hosts": args.known_hosts,
         "remote_command": args.remote_command,
     }
+
+
+def _ship_options(args) -> dict:
+    return dict(
+        _link_options(args),
+        version=args.version,
+        model_id=args.model_id,
+        rollback=args.rollback,
+        store_id=args.store_id,
+        expires_hours=args.expires_hours,
+    )
 
 
 def _reports(p, run) -> None:

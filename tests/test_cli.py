@@ -246,6 +246,18 @@ def test_inspect_tells_what_a_model_holds(packed):
     assert sum(report["sections"].values()) + 12 == packed.stat().st_size
     code, _, err = run("inspect", str(packed.parent / "run" / "checkpoint.pt"))
     assert_clean_error(code, err, "PyTorch checkpoint", "binsort pack")
+    data = bytearray(packed.read_bytes())
+    for name, damaged in (("cut.bnn", data[: len(data) // 2]), ("flip.bnn", _flipped(data))):
+        path = packed.parent / name
+        path.write_bytes(bytes(damaged))
+        code, _, err = run("inspect", str(path))
+        assert_clean_error(code, err, name)
+
+
+def _flipped(data: bytearray) -> bytearray:
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0x10  # inside the weights: the section's CRC no longer matches
+    return out
 
 
 def test_a_reader_that_goes_away_is_no_traceback():

@@ -112,23 +112,9 @@ def binsort(fleet, *args, timeout=240):
 
 def test_a_staged_rollout_ships_to_the_good_devices_and_names_the_one_that_refused(fleet):
     out = binsort(
-        fleet,
-        "ship",
-        fleet["a"],
-        "--fleet",
-        fleet["inventory"],
-        "--key",
-        fleet["key"],
-        "--version",
-        "1",
-        "--canary",
-        "2",
-        "--watch",
-        "2",
-        "--parallel",
-        "4",
-        "--json",
-    )
+        fleet, "ship", fleet["a"], "--fleet", fleet["inventory"], "--key", fleet["key"],
+        "--version", "1", "--canary", "2", "--watch", "2", "--parallel", "4", "--json",
+    )  # fmt: skip
     assert out.returncode == 2, out.stderr
     report = json.loads(out.stdout)
     results = report["devices"]
