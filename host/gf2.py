@@ -1,0 +1,76 @@
+"""A seeded GF(2) code for binary weights (issue 20; a study, not yet a shipping format).
+
+The n weight bits of a binary layer come from k = ceil(rate * n) trained coefficient bits:
+weight i is the XOR of `taps` distinct coefficient bits, chosen by the portable hash (the one
+every engine has, protocol.prng, here through host.pranc_torch), so a device could rebuild the
+weights from the seed and the k bits. In the +-1 form training uses, an XOR is a product:
+w_i = prod_j sign(z_{t_ij}), and the latent z are trained through the sign's estimator.
+`tools/gf2-study` trains a BinaryNet so; docs/training-notes.md section 7 has what it reached.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+from host.layers import ESTIMATORS
+from host.pranc_torch import hash32
+
+
+def code_taps(seed: int, layer: int, n: int, k: int, taps: int) -> torch.Tensor:
+    """(n, taps) int64: for each weight, `taps` distinct coefficient indices in [0, k), drawn
+    without replacement from the hash: the j-th is hash mod (k - j), moved past the earlier
+    ones (so it is uniform over the indices not yet taken)."""
+    if not 1 <= taps <= k:
+        raise ValueError("taps must be between 1 and the number of coefficients")
+    h = hash32(seed, layer, torch.arange(n), torch.arange(taps))
+    out = torch.empty((n, taps), dtype=torch.int64)
+    for j in range(taps):
+        t = h[:, j] % (k - j)
+        for e in torch.sort(out[:, :j], dim=1).values.unbind(1):
+            t = t + (t >= e).to(torch.int64)
+        out[:, j] = t
+    return out
+
+
+def decode_bits(bits: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """The weight bits (0/1, int64) that coefficient bits `bits` (k,) make: XOR along taps."""
+    picked = bits.to(torch.int64)[taps]
+    out = picked[:, 0].clone()
+    for j in range(1, picked.shape[1]):
+        out ^= picked[:, j]
+    return out
+
+
+class Gf2Weight:
+    """A binary layer's weight_fn: latent coefficients (k,) -> +-1 weights of `shape`."""
+
+    def __init__(self, taps: torch.Tensor, shape: tuple, estimator: str, window: float):
+        self.taps, self.shape = taps, shape
+        self.sign, self.window = ESTIMATORS[estimator], window
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        s = self.sign(z, self.window)
+        taps = self.taps.to(z.device)
+        return s[taps].prod(1).view(self.shape)
+
+
+def apply_code(net, rate: float, taps: int = 2, seed: int = 0, estimator="ste", window_std=None):
+    """Replace every binary layer's weight by k = ceil(rate * n) latent coefficients and its
+    weight_fn by the GF(2) decoder. The latents start random with the spread of the weights'
+    init; `window_std` (a number of those spreads) sets the estimator's window, which is
+    otherwise 1 (wider than any latent: the gradient always passes). Returns [(n, k)]."""
+    sizes = []
+    for index, layer in enumerate(list(net.convs) + list(net.dense)):
+        w = layer.weight
+        n = w.numel()
+        k = max(taps, math.ceil(rate * n))
+        spread = float(w.detach().std())
+        del layer._parameters["weight"]
+        layer.weight = nn.Parameter(torch.randn(k) * spread)
+        window = window_std * spread if window_std else 1.0
+        layer.weight_fn = Gf2Weight(
+            code_taps(seed, index, n, k, taps), tuple(w.shape), estimator, window
+        )
+        sizes.append((n, k))
+    return sizes

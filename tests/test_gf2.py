@@ -1,0 +1,61 @@
+"""The GF(2) weight code of issue 20's study (host.gf2): seeded taps, XOR decoding, training
+through it (tools/gf2-study)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from host.gf2 import Gf2Weight, apply_code, code_taps, decode_bits
+from host.models import BinaryNet
+from tests.shipkit import ROOT
+
+
+def test_taps_are_distinct_in_range_and_fixed_by_the_seed():
+    taps = code_taps(7, 2, 5000, 40, 3)
+    assert taps.shape == (5000, 3) and int(taps.min()) >= 0 and int(taps.max()) < 40
+    rows = taps.tolist()
+    assert all(len(set(r)) == 3 for r in rows)  # x XOR x = 0 would pin a weight
+    assert torch.equal(taps, code_taps(7, 2, 5000, 40, 3))
+    assert not torch.equal(taps, code_taps(8, 2, 5000, 40, 3))
+    # every index is drawn about as often (the draw without replacement is not biased)
+    counts = np.bincount(taps.flatten().numpy(), minlength=40)
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
+
+
+def test_the_signs_training_sees_are_the_xor_of_the_coefficient_bits():
+    taps = code_taps(0, 0, 300, 150, 2)
+    z = torch.randn(150, requires_grad=True)
+    w = Gf2Weight(taps, (3, 100), "ste", 1.0)(z)
+    bits = decode_bits((z < 0).to(torch.int64), taps)  # sign -1 is bit 1
+    assert torch.equal(w.detach().flatten(), (1 - 2 * bits).to(w.dtype))
+    by_hand = [int(z[a] < 0) ^ int(z[b] < 0) for a, b in taps.tolist()]
+    assert bits.tolist() == by_hand
+    w.sum().backward()
+    assert z.grad.abs().sum() > 0  # the coefficients learn through the product
+
+
+def test_a_net_with_the_code_has_fewer_trained_bits_and_still_runs():
+    net = BinaryNet("tiny", 5)
+    plain = sum(m.weight.numel() for m in list(net.convs) + list(net.dense))
+    sizes = apply_code(net, 0.5, 2)
+    assert sum(n for n, _ in sizes) == plain
+    assert sum(k for _, k in sizes) == sum(-(-n // 2) for n, _ in sizes)
+    out = net(torch.zeros(2, 1, 32, 32))
+    assert out.shape == (2, 5)
+
+
+def test_the_study_tool_trains_through_the_code_and_reports_the_bits(trained_run, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "tools/gf2-study", "--rate", "0.25", "--", "--data",
+         str(trained_run / "data"), "--arch", "tiny", "--epochs", "1", "--out",
+         str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["coefficient_bits"] * 4 >= report["binary_weights"]
+    assert report["coefficient_bits"] < 0.26 * report["binary_weights"]
+    assert 0 <= report["test_accuracy"] <= 1
