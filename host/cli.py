@@ -676,11 +676,16 @@ def _ship(args) -> int:
     from host.fleet import deployment_id, record
 
     now = time.time()
-    entry = {"id": deployment_id(now), "at": int(now), "action": "ship", "to": args.to}
-    entry.update(model=os.path.abspath(args.model), signed=result.pop("signed", None))
-    entry.update(model_id=result["model_id"], version=result["version"])
-    entry["devices"] = {args.to: {"ok": True, "slot": result.get("slot")}}
-    entry["action"] = "rollback" if args.rollback else "ship"
+    entry = {
+        "id": deployment_id(now),
+        "at": int(now),
+        "action": "rollback" if args.rollback else "ship",
+        "model": os.path.abspath(args.model),
+        "model_id": result["model_id"],
+        "version": result["version"],
+        "signed": result.pop("signed", None),
+        "devices": {args.to: {"ok": True, "slot": result.get("slot")}},
+    }
     warning = record(history, entry)
     if warning:
         print("warning: " + warning, file=sys.stderr)

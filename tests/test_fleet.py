@@ -442,3 +442,31 @@ def test_on_a_terminal_each_device_keeps_one_line_redrawn_in_place():
     plain.say(devices[1], "FAILED: refused")
     plain.finish()
     assert log.getvalue() == "pi-22  FAILED: refused\n"  # a log gets events, never redraws
+
+
+def test_a_single_ship_is_in_the_history_too(tmp_path, tiny_model):
+    from tests.shipkit import Receiver
+
+    key, pub = keys(tmp_path / "k")
+    store = str(tmp_path / "store")
+    SlotStore.init(store, [pub])
+    model = tmp_path / "m.bnn"
+    model.write_bytes(tiny_model[1])
+    history = str(tmp_path / "h.jsonl")
+    rx = Receiver(store)
+    try:
+        out = subprocess.run(
+            HOST + ["ship", str(model), "--to", rx.url, "--key", key, "--version", "9",
+                    "--quiet", "--history", history],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )  # fmt: skip
+    finally:
+        rx.stop()
+    assert out.returncode == 0, out.stderr
+    (entry,) = read_history(history)
+    assert entry["action"] == "ship" and entry["version"] == 9
+    assert entry["devices"] == {rx.url: {"ok": True, "slot": "a"}}
+    assert entry["signed"]["sha256"] == SlotStore(store).summary()["slots"]["a"]["sha256"]
+    with open(history, "a") as f:
+        f.write('{"torn": ')  # a write a crash cut short is skipped, never fatal
+    assert len(read_history(history)) == 1
