@@ -112,11 +112,65 @@ def get_json(url: str, timeout: float = STATUS_TIMEOUT_S):
         raise BinsortError("%s did not answer with JSON" % url) from None
 
 
+class OddStatus(BinsortError):
+    """A status endpoint answered, with something that is not a binsort-edge status."""
+
+
 def read_status(device) -> dict:
+    """A device's /status.json, its fields this module reads checked for their types (a
+    device answers what it likes: an odd answer is one line about that device, not a crash)."""
     status = get_json(device.status + "/status.json")
-    if not isinstance(status, dict):
-        raise BinsortError("%s/status.json is not a binsort status" % device.status)
+    why = _odd_status(status)
+    if why:
+        raise OddStatus("%s/status.json is not a binsort status (%s)" % (device.status, why))
     return status
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _odd_status(status) -> "str | None":
+    if not isinstance(status, dict):
+        return "not an object"
+    model = status.get("model")
+    if model is not None and not (
+        isinstance(model, dict)
+        and isinstance(model.get("model_id"), str)
+        and _number(model.get("version"))
+    ):
+        return "model"
+    for key in ("boxes", "rejects"):
+        if not _number(status.get(key, 0)):
+            return key
+    if not all(_number(status.get(k) or 0) for k in ("reject_rate", "reject_alarm")):
+        return "reject_rate"
+    for key in ("state", "fault", "station"):
+        if status.get(key) is not None and not isinstance(status[key], str):
+            return key
+    events = status.get("events") or []
+    if not (isinstance(events, list) and all(isinstance(e, dict) for e in events)):
+        return "events"
+    errors = status.get("io_errors") or {}
+    if not (
+        isinstance(errors, dict)
+        and all(isinstance(e, dict) and _number(e.get("count", 0)) for e in errors.values())
+    ):
+        return "io_errors"
+    store = status.get("store")
+    if store is not None:
+        slots = store.get("slots") if isinstance(store, dict) else None
+        if not isinstance(store, dict) or not isinstance(slots or {}, dict):
+            return "store"
+        for rec in (slots or {}).values():
+            if rec is not None and not (
+                isinstance(rec, dict) and isinstance(rec.get("sha256"), str)
+            ):
+                return "store slots"
+    source = status.get("source")
+    if source is not None and not isinstance(source, dict):
+        return "source"
+    return None
 
 
 def status_row(device, status=None, error=None) -> dict:
@@ -124,6 +178,7 @@ def status_row(device, status=None, error=None) -> dict:
     row = {"device": device.name, "status_url": device.status, "reachable": error is None}
     if error is not None:
         row["error"] = str(error)
+        row["state"] = "odd answer" if isinstance(error, OddStatus) else "unreachable"
         return row
     model = status.get("model") or {}
     store = status.get("store") or {}
@@ -160,7 +215,7 @@ def format_status(rows: list) -> str:
     table = [head]
     for r in rows:
         if not r["reachable"]:
-            table.append((r["device"], "unreachable", r["error"], "", "", "", "", ""))
+            table.append((r["device"], r["state"], r["error"], "", "", "", "", ""))
             continue
         rate = r["reject_rate"]
         table.append(

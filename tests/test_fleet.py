@@ -21,15 +21,32 @@ LANES = '{ F06 = "left", K11 = "left", S19 = "right", V22 = "right" }'
 GOOD, LOSSY, DISTRUSTFUL = "pi-%d", "pi-lossy", "pi-distrustful"
 
 
-def _config(path, store, ship_port, status_port, station):
+def _ports(proc) -> dict:
+    """{"status": port, "receiving": port} from a starting daemon's first lines (its output
+    is then drained in a thread, so a full pipe never stops it)."""
+    import threading
+
+    ports, seen = {}, []
+    for line in proc.stdout:
+        seen.append(line)
+        for what in ("status", "receiving"):
+            if line.startswith(what) and " on port " in line:
+                ports[what] = int(line.split(" on port ")[1].split()[0])
+        if len(ports) == 2:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return ports
+    raise AssertionError("the daemon ended: %s" % "".join(seen)[-2000:])
+
+
+def _config(path, store, station):
     path.write_text(
         "[model]\nstore = %s\ntrial_boxes = 2\ntrial_seconds = 0.5\n"
         '[source]\nurl = "sim:?size=64&speed=6&fps=10"\n'
         '[lanes]\nreject = "reject"\nmap = %s\n'
         '[actuator]\nkind = "log"\n'
-        '[receiver]\nlisten = "tcp://127.0.0.1:%d"\n'
-        '[status]\nlisten = "127.0.0.1:%d"\nstation = "%s"\nsave_every_s = 1\n'
-        % (json.dumps(store), LANES, ship_port, status_port, station)
+        '[receiver]\nlisten = "tcp://127.0.0.1:0"\n'
+        '[status]\nlisten = "127.0.0.1:0"\nstation = "%s"\nsave_every_s = 1\n'
+        % (json.dumps(store), LANES, station)
     )
 
 
@@ -46,30 +63,30 @@ def fleet(tmp_path_factory, tiny_model, bcnn_model):
         for name in names:
             store = str(tmp / name / "store")
             SlotStore.init(store, [other_pub if name == DISTRUSTFUL else pub])
-            ship_port, status_port = free_port(), free_port()
             cfg = tmp / name / "edge.toml"
-            _config(cfg, store, ship_port, status_port, name)
+            _config(cfg, store, name)  # ports 0: each daemon says which it got
             procs.append(
                 subprocess.Popen(
-                    EDGE + ["run", "--config", str(cfg), "--quiet"],
+                    EDGE + ["run", "--config", str(cfg)],
                     cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
                 )
             )
+        for name, proc in zip(names, procs, strict=True):
+            ports = _ports(proc)
             if name == LOSSY:
-                proxy = Proxy("tcp", "--to", "127.0.0.1:%d" % ship_port, "--drop", "0.05")
+                proxy = Proxy("tcp", "--to", "127.0.0.1:%d" % ports["receiving"], "--drop", "0.05")
                 ship = "tcp://" + proxy.endpoints["listen"]
             else:
-                ship = "tcp://127.0.0.1:%d" % ship_port
-            status = "http://127.0.0.1:%d" % status_port
-            hosts.append((name, ship, status, store))
+                ship = "tcp://127.0.0.1:%d" % ports["receiving"]
+            status = "http://127.0.0.1:%d" % ports["status"]
+            hosts.append((name, ship, status, str(tmp / name / "store")))
         inventory = tmp / "inventory.ini"
         lines = ["[line]"]
         lines += ["%s binsort_url=%s binsort_status=%s" % h[:3] for h in hosts]
         inventory.write_text("\n".join(lines) + "\n")
-        for _, _, status, _ in hosts:
-            assert wait_for(lambda s=status: _answers(s), timeout=60), status
         tiny, bcnn = tmp / "line-a.bnn", tmp / "line-b.bnn"
         tiny.write_bytes(tiny_model[1])
         bcnn.write_bytes(bcnn_model[1])
@@ -89,14 +106,6 @@ def fleet(tmp_path_factory, tiny_model, bcnn_model):
             p.wait(timeout=20)
         if proxy is not None:
             proxy.stop()
-
-
-def _answers(status_url) -> bool:
-    try:
-        urllib.request.urlopen(status_url + "/status.json", timeout=2).read()
-        return True
-    except OSError:
-        return False
 
 
 def binsort(fleet, *args, timeout=240):
@@ -342,23 +351,15 @@ def test_a_canary_is_judged_on_what_it_did_during_the_watch():
     assert "fault" in judge(dict(ok, fault="camera gone"), base, signed, None)
 
 
-def test_a_canary_that_never_starts_the_model_stops_the_rollout(tmp_path, tiny_model):
-    """A device whose receiver installs the model but whose daemon keeps the old one (wedged):
-    after the watch the rollout stops, and the second device is never shipped to."""
+def static_status(document):
+    """An HTTP server on 127.0.0.1 answering every GET with `document` as JSON (a device
+    whose daemon is wedged, or one that answers what it likes); .shutdown() when done."""
     import http.server
     import threading
 
-    from tests.shipkit import Receiver
-
-    key, pub = keys(tmp_path / "k")
-    stores = [str(tmp_path / n) for n in ("s1", "s2")]
-    for s in stores:
-        SlotStore.init(s, [pub])
-    old = {"model": {"model_id": "old", "version": 3}, "boxes": 5, "rejects": 0, "state": "ok"}
-
-    class Stuck(http.server.BaseHTTPRequestHandler):
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps(old).encode()
+            body = json.dumps(document).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -367,8 +368,22 @@ def test_a_canary_that_never_starts_the_model_stops_the_rollout(tmp_path, tiny_m
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stuck)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_canary_that_never_starts_the_model_stops_the_rollout(tmp_path, tiny_model):
+    """A device whose receiver installs the model but whose daemon keeps the old one (wedged):
+    after the watch the rollout stops, and the second device is never shipped to."""
+    from tests.shipkit import Receiver
+
+    key, pub = keys(tmp_path / "k")
+    stores = [str(tmp_path / n) for n in ("s1", "s2")]
+    for s in stores:
+        SlotStore.init(s, [pub])
+    old = {"model": {"model_id": "old", "version": 3}, "boxes": 5, "rejects": 0, "state": "ok"}
+    server = static_status(old)
     rxs = [Receiver(s) for s in stores]
     try:
         inv = tmp_path / "inv.yml"
@@ -404,14 +419,23 @@ def test_a_canary_that_never_starts_the_model_stops_the_rollout(tmp_path, tiny_m
     assert SlotStore(stores[1]).summary()["active"] is None  # the rest did not
 
 
-def test_fleet_status_shows_a_device_that_does_not_answer(tmp_path):
-    inv = tmp_path / "inv.ini"
-    inv.write_text("gone binsort_status=http://127.0.0.1:%d\n" % free_port())
-    out = subprocess.run(
-        HOST + ["fleet", "status", "-i", str(inv)], capture_output=True, text=True, cwd=ROOT
-    )
-    assert out.returncode == 0, out.stderr
-    assert "gone    unreachable" in out.stdout and "0 of 1 devices answered" in out.stdout
+def test_fleet_status_shows_a_device_that_does_not_answer_or_answers_nonsense(tmp_path):
+    odd = static_status({"model": ["not", "a", "model"], "boxes": "many"})
+    try:
+        inv = tmp_path / "inv.ini"
+        inv.write_text(
+            "gone binsort_status=http://127.0.0.1:%d\nodd binsort_status=http://127.0.0.1:%d\n"
+            % (free_port(), odd.server_address[1])
+        )
+        out = subprocess.run(
+            HOST + ["fleet", "status", "-i", str(inv)], capture_output=True, text=True, cwd=ROOT
+        )
+    finally:
+        odd.shutdown()
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert "\ngone    unreachable " in out.stdout and "0 of 2 devices answered" in out.stdout
+    assert "\nodd     odd answer   " in out.stdout
+    assert "is not a binsort status (model)" in out.stdout
 
 
 def test_on_a_terminal_each_device_keeps_one_line_redrawn_in_place():

@@ -530,9 +530,11 @@ class Daemon:
 
     def start_services(self) -> None:
         """The status endpoint and the receivers (the same store, in threads)."""
-        self.servers.append(
-            StatusServer(self.cfg["status"]["listen"], self.status, self.frame_png, self.log_tail)
+        page = StatusServer(
+            self.cfg["status"]["listen"], self.status, self.frame_png, self.log_tail
         )
+        self.servers.append(page)
+        self.log("status page on port %d (%s)" % (page.port, self.cfg["status"]["listen"]))
         rx = self.cfg["receiver"]
         if rx and rx["listen"]:
             from protocol.transports import tcp
@@ -540,6 +542,7 @@ class Daemon:
             listener = tcp.listen(rx["listen"])
             self.servers.append(listener)
             self.receiver_port = listener.port
+            self.log("receiving models on port %d (%s)" % (listener.port, rx["listen"]))
             self._thread("the TCP receiver", self._serve_tcp, listener)
         if rx and rx["serial"]:
             from protocol.transports import serialport
