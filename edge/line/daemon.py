@@ -306,8 +306,11 @@ class Daemon:
         """`log`, also keeping each line (with its time) for the status endpoint's /log.json:
         `binsort fleet logs` reads a device's log without a shell on it."""
 
+        lock = self.log_lock = threading.Lock()
+
         def keep(line):
-            self.recent_log.append({"t": round(time.time(), 3), "line": str(line)})
+            with lock:  # the status thread copies the deque: never while it changes
+                self.recent_log.append({"t": round(time.time(), 3), "line": str(line)})
             log(line)
 
         return keep
@@ -317,14 +320,13 @@ class Daemon:
         store = []
         with contextlib.suppress(OSError, BinsortError):
             store = self.store.tail_log(lines)
-        return {
-            "station": self.station,
-            "daemon": list(self.recent_log)[-lines:] if lines else [],
-            "store": store,
-        }
+        with self.log_lock:
+            recent = list(self.recent_log)
+        return {"station": self.station, "daemon": recent[-lines:] if lines else [], "store": store}
 
     def _event(self, line: str) -> None:
-        self.events.append({"t": round(time.time(), 3), "event": line})
+        with self.log_lock:  # status() copies it from another thread
+            self.events.append({"t": round(time.time(), 3), "event": line})
         with contextlib.suppress(Exception):  # a log that cannot be written is no reason to stop
             self.log(line)
 
@@ -712,7 +714,8 @@ class Daemon:
         out["reject_alarm"] = self.cfg["status"]["reject_alarm"]
         out["alarm"] = bool(out["boxes"] and out["reject_rate"] > out["reject_alarm"])
         out["actuator"] = self.actuator.summary()
-        out["events"] = list(self.events)[-20:]
+        with self.log_lock:
+            out["events"] = list(self.events)[-20:]
         out["last_decisions"] = decisions[-10:]
         if self.last_input is not None:
             _, scores, labels = self.last_input
