@@ -43,15 +43,25 @@ def decode_bits(bits: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
 
 
 class Gf2Weight:
-    """A binary layer's weight_fn: latent coefficients (k,) -> +-1 weights of `shape`."""
+    """A binary layer's weight_fn: latent coefficients (k,) -> +-1 weights of `shape`.
+
+    `estimator` "ste" or "approx" binarises each coefficient with that estimator and multiplies
+    the signs; "tanh" (FleXOR's smooth XOR) computes the exact signs forward and takes the
+    gradient of the product of tanh(z / window) instead, so each factor's gradient is weighted
+    by how sure the other taps are."""
 
     def __init__(self, taps: torch.Tensor, shape: tuple, estimator: str, window: float):
         self.taps, self.shape = taps, shape
-        self.sign, self.window = ESTIMATORS[estimator], window
+        self.estimator, self.window = estimator, window
+        self.sign = ESTIMATORS.get(estimator)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        s = self.sign(z, self.window)
         taps = self.taps.to(z.device)
+        if self.estimator == "tanh":
+            hard = (z >= 0).to(z.dtype).mul(2).sub(1)[taps].prod(1)
+            soft = torch.tanh(z / self.window)[taps].prod(1)
+            return (hard + (soft - soft.detach())).view(self.shape)
+        s = self.sign(z, self.window)
         return s[taps].prod(1).view(self.shape)
 
 

@@ -59,3 +59,14 @@ def test_the_study_tool_trains_through_the_code_and_reports_the_bits(trained_run
     assert report["coefficient_bits"] * 4 >= report["binary_weights"]
     assert report["coefficient_bits"] < 0.26 * report["binary_weights"]
     assert 0 <= report["test_accuracy"] <= 1
+
+
+def test_the_smooth_xor_computes_exact_signs_and_a_gradient_weighted_by_the_other_taps():
+    taps = torch.tensor([[0, 1]])
+    z = torch.tensor([0.5, -2.0], requires_grad=True)
+    w = Gf2Weight(taps, (1,), "tanh", 1.0)(z)
+    assert w.item() == -1.0  # sign(0.5) * sign(-2)
+    w.sum().backward()
+    t = torch.tanh(torch.tensor([0.5, -2.0]))
+    expected = torch.stack([(1 - t[0] ** 2) * t[1], (1 - t[1] ** 2) * t[0]])
+    assert torch.allclose(z.grad, expected)
