@@ -17,20 +17,26 @@ from host.layers import ESTIMATORS
 from host.pranc_torch import hash32
 
 
-def code_taps(seed: int, layer: int, n: int, k: int, taps: int) -> torch.Tensor:
+def code_taps(seed: int, layer: int, n: int, k: int, taps: int, blocks: int = 1) -> torch.Tensor:
     """(n, taps) int64: for each weight, `taps` distinct coefficient indices in [0, k), drawn
     without replacement from the hash: the j-th is hash mod (k - j), moved past the earlier
-    ones (so it is uniform over the indices not yet taken)."""
-    if not 1 <= taps <= k:
-        raise ValueError("taps must be between 1 and the number of coefficients")
+    ones (so it is uniform over the indices not yet taken). With `blocks` B, the weights and
+    the coefficients are cut into B equal runs (n and k multiples of B) and each weight's taps
+    stay in its own run: an output channel's weights (B = output channels) or one 3x3
+    kernel's (B = n / 9) are coded by coefficients of their own."""
+    kb, nb = k // blocks, n // blocks
+    if kb * blocks != k or nb * blocks != n:
+        raise ValueError("n and k must be multiples of the blocks")
+    if not 1 <= taps <= kb:
+        raise ValueError("taps must be between 1 and the number of coefficients of a block")
     h = hash32(seed, layer, torch.arange(n), torch.arange(taps))
     out = torch.empty((n, taps), dtype=torch.int64)
     for j in range(taps):
-        t = h[:, j] % (k - j)
+        t = h[:, j] % (kb - j)
         for e in torch.sort(out[:, :j], dim=1).values.unbind(1):
             t = t + (t >= e).to(torch.int64)
         out[:, j] = t
-    return out
+    return out + (torch.arange(n) // nb * kb)[:, None]
 
 
 def decode_bits(bits: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
@@ -65,22 +71,32 @@ class Gf2Weight:
         return s[taps].prod(1).view(self.shape)
 
 
-def apply_code(net, rate: float, taps: int = 2, seed: int = 0, estimator="ste", window_std=None):
+def apply_code(
+    net, rate: float, taps: int = 2, seed: int = 0, estimator="ste", window_std=None, local=None
+):
     """Replace every binary layer's weight by k = ceil(rate * n) latent coefficients and its
     weight_fn by the GF(2) decoder. The latents start random with the spread of the weights'
     init; `window_std` (a number of those spreads) sets the estimator's window, which is
-    otherwise 1 (wider than any latent: the gradient always passes). Returns [(n, k)]."""
+    otherwise 1 (wider than any latent: the gradient always passes). `local` "channel" or
+    "kernel" keeps each weight's taps within its output channel or its 3x3 kernel (dense
+    layers: its output unit), each with ceil(rate * its weights) coefficients. Returns
+    [(n, k)]."""
     sizes = []
     for index, layer in enumerate(list(net.convs) + list(net.dense)):
         w = layer.weight
         n = w.numel()
-        k = max(taps, math.ceil(rate * n))
+        blocks = 1
+        if local == "channel" or (local == "kernel" and w.dim() == 2):
+            blocks = w.shape[0]
+        elif local == "kernel":
+            blocks = w.shape[0] * w.shape[1]
+        k = blocks * max(taps, math.ceil(rate * n / blocks))
         spread = float(w.detach().std())
         del layer._parameters["weight"]
         layer.weight = nn.Parameter(torch.randn(k) * spread)
         window = window_std * spread if window_std else 1.0
         layer.weight_fn = Gf2Weight(
-            code_taps(seed, index, n, k, taps), tuple(w.shape), estimator, window
+            code_taps(seed, index, n, k, taps, blocks), tuple(w.shape), estimator, window
         )
         sizes.append((n, k))
     return sizes

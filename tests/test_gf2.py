@@ -70,3 +70,14 @@ def test_the_smooth_xor_computes_exact_signs_and_a_gradient_weighted_by_the_othe
     t = torch.tanh(torch.tensor([0.5, -2.0]))
     expected = torch.stack([(1 - t[0] ** 2) * t[1], (1 - t[1] ** 2) * t[0]])
     assert torch.allclose(z.grad, expected)
+
+
+def test_local_codes_keep_each_weights_taps_in_its_own_block():
+    taps = code_taps(1, 0, 36, 20, 2, blocks=4)  # 4 kernels of 9 weights, 5 coefficients each
+    for i, row in enumerate(taps.tolist()):
+        assert all(i // 9 * 5 <= t < i // 9 * 5 + 5 for t in row) and row[0] != row[1]
+    net = BinaryNet("tiny", 5)
+    convs = [m.weight.shape for m in net.convs]
+    sizes = apply_code(net, 0.5, 2, local="kernel")
+    assert sizes[0][1] == convs[0][0] * convs[0][1] * 5  # ceil(0.5 * 9) a kernel
+    assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
