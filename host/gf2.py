@@ -71,16 +71,47 @@ class Gf2Weight:
         return s[taps].prod(1).view(self.shape)
 
 
+def fit_code(target: torch.Tensor, taps: torch.Tensor, k: int, rounds: int = 60) -> torch.Tensor:
+    """Coefficient signs (k,) whose decoded weights agree with the signs of `target` (n,) on
+    as much of its magnitude as a greedy search finds: each round computes, for every
+    coefficient, what flipping it would gain (its weights' |target|-weighted vote, the other
+    taps held) and flips a random fifth of those that would gain (flipping all at once would
+    undo each other's work). One tap: the weighted majority of the weights sharing each
+    coefficient, found in the first rounds."""
+    target = target.detach().flatten().to(torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.ones(k, dtype=torch.float64)
+    for _ in range(rounds):
+        signs = z[taps]  # (n, taps)
+        whole = signs.prod(1)
+        vote = torch.zeros(k, dtype=torch.float64)
+        for j in range(taps.shape[1]):
+            vote.index_add_(0, taps[:, j], target * whole * signs[:, j])  # the others' product
+        better = -z * vote > 0  # flipping z_t changes the agreement by -2 * z_t * vote_t
+        if not better.any():
+            break  # a local optimum
+        z = torch.where(better & (torch.rand(k, generator=gen, dtype=torch.float64) < 0.2), -z, z)
+    return z
+
+
 def apply_code(
-    net, rate: float, taps: int = 2, seed: int = 0, estimator="ste", window_std=None, local=None
+    net,
+    rate: float,
+    taps: int = 2,
+    seed: int = 0,
+    estimator="ste",
+    window_std=None,
+    local=None,
+    fit=False,
 ):
     """Replace every binary layer's weight by k = ceil(rate * n) latent coefficients and its
     weight_fn by the GF(2) decoder. The latents start random with the spread of the weights'
     init; `window_std` (a number of those spreads) sets the estimator's window, which is
     otherwise 1 (wider than any latent: the gradient always passes). `local` "channel" or
     "kernel" keeps each weight's taps within its output channel or its 3x3 kernel (dense
-    layers: its output unit), each with ceil(rate * its weights) coefficients. Returns
-    [(n, k)]."""
+    layers: its output unit), each with ceil(rate * its weights) coefficients. `fit` starts
+    the coefficients from the net's own weights (fit_code; a trained net given to --init)
+    instead of from random. Returns [(n, k)]."""
     sizes = []
     for index, layer in enumerate(list(net.convs) + list(net.dense)):
         w = layer.weight
@@ -92,11 +123,13 @@ def apply_code(
             blocks = w.shape[0] * w.shape[1]
         k = blocks * max(taps, math.ceil(rate * n / blocks))
         spread = float(w.detach().std())
+        chosen = code_taps(seed, index, n, k, taps, blocks)
+        start = torch.randn(k)
+        if fit:  # the fitted signs, with random magnitudes (some are easy to flip)
+            start = fit_code(w.cpu(), chosen, k) * start.abs()
         del layer._parameters["weight"]
-        layer.weight = nn.Parameter(torch.randn(k) * spread)
+        layer.weight = nn.Parameter((start * spread).to(w.device, w.dtype))
         window = window_std * spread if window_std else 1.0
-        layer.weight_fn = Gf2Weight(
-            code_taps(seed, index, n, k, taps, blocks), tuple(w.shape), estimator, window
-        )
+        layer.weight_fn = Gf2Weight(chosen, tuple(w.shape), estimator, window)
         sizes.append((n, k))
     return sizes

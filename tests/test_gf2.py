@@ -81,3 +81,17 @@ def test_local_codes_keep_each_weights_taps_in_its_own_block():
     sizes = apply_code(net, 0.5, 2, local="kernel")
     assert sizes[0][1] == convs[0][0] * convs[0][1] * 5  # ceil(0.5 * 9) a kernel
     assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
+
+
+def test_fitting_a_one_tap_code_takes_the_weighted_majority_of_each_coefficients_weights():
+    from host.gf2 import fit_code
+
+    target = torch.tensor([3.0, -1.0, -1.0, 0.5, -2.0, 1.0])
+    taps = torch.tensor([[0], [0], [0], [1], [1], [1]])
+    assert fit_code(target, taps, 2).tolist() == [1.0, -1.0]  # 3-1-1 > 0; 0.5-2+1 < 0
+    # two taps: the search agrees with more of a random target than the all-ones start
+    t = torch.randn(2000)
+    taps2 = code_taps(0, 0, 2000, 1000, 2)
+    z = fit_code(t, taps2, 1000)
+    w = 1 - 2 * decode_bits((z < 0).to(torch.int64), taps2)
+    assert float((w * t).sum()) > 0.3 * float(t.abs().sum())
