@@ -12,6 +12,7 @@ from edge.engine.bits import pack_signs
 from edge.imaging.preprocess import PREPROCESS_KIND, preprocess
 from host.models import BinaryNet, arch_spec
 from protocol import bnn
+from protocol.errors import BinsortError, FormatError
 from protocol.fold import INT32_MAX, INT32_MIN, fold_thresholds
 
 GOLDEN_COUNT = 4  # seeded self-test inputs (GSEE): 8 bytes a class each in the file
@@ -208,7 +209,13 @@ def model_meta(ckpt: dict, size: int, version: int) -> dict:
 
 def write_with_golden(meta: dict, layers: list) -> bytes:
     """The `.bnn` bytes, with seeded self-test inputs whose scores the host reference
-    computes."""
+    computes. The layers are checked against the format first (binary inputs a multiple of
+    8, geometry, the chain), so a model the format cannot hold is one clear error."""
+    for index, layer in enumerate(layers):
+        try:
+            bnn.check_geometry(layer, index)
+        except FormatError as e:
+            raise BinsortError("this model cannot be packed as a .bnn: %s" % e) from None
     seed, golden = seeded_golden(bnn.BnnModel(meta, layers, [], b""))
     return bnn.write_bnn(meta, layers, golden, golden_seed=seed)
 

@@ -197,3 +197,20 @@ def test_header_fields_out_of_their_range_are_format_errors(tiny_model, field, v
     setattr(layer, field, value)
     with pytest.raises(FormatError, match="out of range"):
         bnn.check_geometry(layer, 1)
+
+
+def test_a_net_the_format_cannot_hold_is_refused_in_one_line_before_packing(monkeypatch):
+    """Binary layers read a multiple of 8 inputs (whole bytes): a net with 12 channels is
+    refused by the packer with the format's reason, not by a reshape deep in the reference."""
+    import host.archs as ha
+    from host.models import BinaryNet
+    from host.pack import pack_model
+    from protocol.errors import BinsortError
+    from tests.conftest import LABELS, randomise_batchnorm
+
+    odd = {"input": 32, "stem": {"cout": 12, "k": 3, "stride": 2, "pool": 2}}
+    monkeypatch.setitem(ha.ARCHS, "odd", dict(odd, convs=[(16, 2)], dense=[16]))
+    net = randomise_batchnorm(BinaryNet("odd", len(LABELS)))
+    ckpt = {"arch": "odd", "labels": LABELS, "model_id": "odd", "created": 0}
+    with pytest.raises(BinsortError, match="12 binary inputs, not a multiple of 8"):
+        pack_model(ckpt, net)
