@@ -673,22 +673,17 @@ def _ship(args) -> int:
         result = ship(args.model, args.to, args.key, options)
     finally:
         bar.close()
-    from host.fleet import deployment_id, record
+    from host.fleet import new_entry, record
 
-    now = time.time()
-    entry = {
-        "id": deployment_id(now),
-        "at": int(now),
-        "action": "rollback" if args.rollback else "ship",
-        "model": os.path.abspath(args.model),
-        "model_id": result["model_id"],
-        "version": result["version"],
-        "signed": result.pop("signed", None),
-        "devices": {args.to: {"ok": True, "slot": result.get("slot")}},
-    }
-    warning = record(history, entry)
-    if warning:
-        print("warning: " + warning, file=sys.stderr)
+    entry = new_entry(
+        "rollback" if args.rollback else "ship",
+        model=os.path.abspath(args.model),
+        model_id=result["model_id"],
+        version=result["version"],
+        signed=result.pop("signed", None),
+        devices={args.to: {"ok": True, "slot": result.get("slot")}},
+    )
+    record(history, entry, sys.stderr)
     what = "rolled back to" if args.rollback else "installed"
     print(
         "%s %s version %d in slot %s on %s (%.1f s)"

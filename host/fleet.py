@@ -41,13 +41,16 @@ def default_history() -> str:
     return os.path.join(state, "binsort", "deployments.jsonl")
 
 
-def deployment_id(now: float) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + os.urandom(3).hex()
+def new_entry(action: str, **fields) -> dict:
+    """A deployment record: a unique id, the time, the action and `fields`."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + os.urandom(3).hex()
+    return dict({"id": stamp, "at": int(now), "action": action}, **fields)
 
 
-def record(path: str, entry: dict) -> "str | None":
-    """Append one deployment to the history (one line, flushed and fsynced). Returns a
-    warning instead of raising: the deployment itself already happened."""
+def record(path: str, entry: dict, out) -> None:
+    """Append one deployment to the history (one line, flushed and fsynced). A history that
+    cannot be written is a warning on `out`, never an error: the deployment already happened."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         line = json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n"
@@ -55,9 +58,11 @@ def record(path: str, entry: dict) -> "str | None":
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
-        return None
     except OSError as e:
-        return "the deployment was not added to the history %s: %s" % (path, e.strerror or e)
+        print(
+            "warning: the deployment was not added to the history %s: %s" % (path, e.strerror or e),
+            file=out,
+        )
 
 
 def read_history(path: str) -> list:
@@ -517,21 +522,18 @@ def rollout(devices, model_path, key_path, options: dict, plan: dict, out) -> di
         None,
         options.get("expires_hours"),
     )
-    now = time.time()
-    entry = {
-        "id": deployment_id(now),
-        "at": int(now),
-        "action": "rollback" if options.get("rollback") else "ship",
-        "model": os.path.abspath(model_path),
-        "model_id": signed["model_id"],
-        "version": signed["version"],
-        "sha256": signed["sha256"],
-        "size": signed["size"],
-        "signed": signed,
-        "canary": plan["canary"],
-        "devices": {},
-        "stopped": None,
-    }
+    entry = new_entry(
+        "rollback" if options.get("rollback") else "ship",
+        model=os.path.abspath(model_path),
+        model_id=signed["model_id"],
+        version=signed["version"],
+        sha256=signed["sha256"],
+        size=signed["size"],
+        signed=signed,
+        canary=plan["canary"],
+        devices={},
+        stopped=None,
+    )
     lines = Lines(devices, plan["quiet"], out)
     canaries, rest = devices[: plan["canary"]], devices[plan["canary"] :]
     try:
@@ -575,9 +577,7 @@ def rollout(devices, model_path, key_path, options: dict, plan: dict, out) -> di
     finally:
         lines.finish()
     entry["failed"] = [d.name for d in devices if not entry["devices"][d.name]["ok"]]
-    warning = record(plan["history"], entry)
-    if warning:
-        print("warning: " + warning, file=out)
+    record(plan["history"], entry, out)
     return entry
 
 
@@ -668,8 +668,7 @@ def rollback_manifest(status: dict, history: list, key_path: str, hours: float):
 def rollback(devices, key_path: str, options: dict, plan: dict, out) -> dict:
     """Swap every device back to the model in its other slot (see the module's doc)."""
     history = read_history(plan["history"])
-    now = time.time()
-    entry = {"id": deployment_id(now), "at": int(now), "action": "rollback", "devices": {}}
+    entry = new_entry("rollback", devices={})
     lines = Lines(devices, plan["quiet"], out)
 
     def one(device):
@@ -696,7 +695,5 @@ def rollback(devices, key_path: str, options: dict, plan: dict, out) -> dict:
         lines.finish()
     entry["devices"] = {d.name: r for d, r in zip(devices, outcomes, strict=True)}
     entry["failed"] = [d.name for d in devices if not entry["devices"][d.name]["ok"]]
-    warning = record(plan["history"], entry)
-    if warning:
-        print("warning: " + warning, file=out)
+    record(plan["history"], entry, out)
     return entry
