@@ -95,3 +95,64 @@ def test_fitting_a_one_tap_code_takes_the_weighted_majority_of_each_coefficients
     z = fit_code(t, taps2, 1000)
     w = 1 - 2 * decode_bits((z < 0).to(torch.int64), taps2)
     assert float((w * t).sum()) > 0.3 * float(t.abs().sum())
+
+
+def test_the_coded_runs_are_projected_into_bytes_on_the_wire(trained_run, tmp_path):
+    """--project turns a study's coded runs into packed sizes (the plain net's .bnn with its
+    weight bytes replaced by the coefficient bits); wire-curve --projected puts them on the
+    wire axis beside real files."""
+    from protocol import bnn
+
+    base = tmp_path / "tiny.bnn"
+    subprocess.run(
+        [sys.executable, "-m", "host.cli", "pack", str(trained_run / "run"), "--out", str(base)],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    model = bnn.read_model_file(str(base), bnn.read_bnn)
+    plain = sum(la.weight_bytes() * 8 for la in model.layers if la.kind in (bnn.BCONV, bnn.BDENSE))
+    runs = [
+        {"group": "g", "kind": "plain", "label": "x1", "bits": plain, "accuracy": 0.9},
+        {"group": "g", "kind": "gf2", "label": "R0.5", "bits": plain // 2, "accuracy": 0.8},
+        {"group": "g", "kind": "gf2", "label": "R0.25", "bits": plain // 4, "accuracy": 0.7},
+        {"group": "other", "kind": "gf2", "label": "R0.5", "bits": 999, "accuracy": 0.5},
+    ]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    rows_path = tmp_path / "rows.json"
+    out = subprocess.run(
+        [sys.executable, "tools/gf2-study", "--plot", str(tmp_path / "runs.json"), "--out",
+         str(tmp_path / "c.png"), "--project", str(base), "--rows", str(rows_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(rows_path.read_text())
+    size = base.stat().st_size
+    assert [(r["point"], r["bytes"]) for r in rows] == [
+        ("R0.25", size - plain // 8 + plain // 32),
+        ("R0.5", size - plain // 8 + plain // 16),
+    ]
+    # the plain net itself, projected: it must cost what the real file costs on the wire
+    same = {"model": "same", "kind": "bnn", "point": "x1", "bytes": size, "accuracy": 0.9}
+    rows_path.write_text(json.dumps(rows + [same]))
+    curve = subprocess.run(
+        [sys.executable, "tools/wire-curve", str(base), "--projected", str(rows_path), "--data",
+         str(trained_run / "data" / "test"), "--out", str(tmp_path / "w")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert curve.returncode == 0, curve.stderr
+    got = json.loads((tmp_path / "w.json").read_text())
+    real, *projected, again = got
+    assert not real.get("projected") and [r["projected"] for r in projected] == [True, True]
+    assert again["projected"] and abs(again["wire_bytes"] - real["wire_bytes"]) <= 32
+    # the same session costs for a real file and a projected one: a smaller payload, fewer bytes
+    assert all(
+        real["wire_bytes"] - real["bytes"] > r["wire_bytes"] - r["bytes"] > 0 for r in projected
+    )
+    assert [r["accuracy"] for r in projected] == [0.7, 0.8]
+    (tmp_path / "bad.json").write_text(json.dumps([{"model": "x", "bytes": -1}]))
+    bad = subprocess.run(
+        [sys.executable, "tools/wire-curve", str(base), "--projected", str(tmp_path / "bad.json"),
+         "--data", str(trained_run / "data" / "test"), "--out", str(tmp_path / "b")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "row 1 needs" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
