@@ -232,6 +232,7 @@ def _train(args) -> int:
         mixed=len(parts) > 1,
         pranc=_pranc_options(args),
         epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
         lr=args.lr,
         batch_size=args.batch_size,
         estimator=args.estimator,
@@ -260,7 +261,7 @@ def _resume(args) -> int:
     from host.config import TrainConfig
     from host.train import read_resume, train
 
-    if args.data is not None or args.init is not None or args.epochs is not None:
+    if any(x is not None for x in (args.data, args.init, args.epochs, args.teacher_epochs)):
         raise BinsortError("--resume RUN goes on with RUN's own --data, --init and --epochs")
     state = read_resume(args.resume)
     check_device(args.device)
@@ -1010,6 +1011,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture (host/models.py: the default, bcnn, tiny); --init: the checkpoint's",
     )
     p.add_argument("--epochs", type=int, default=None, help="default: the architecture's own")
+    p.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=None,
+        help="epochs of the real-valued twin that starts the binary net and teaches it by "
+        "distillation, before --epochs of the binary net (default: the architecture's own; "
+        "0: none)",
+    )
     p.add_argument(
         "--out", default=None, help="run folder for checkpoint.pt, metrics.json, curves.png"
     )

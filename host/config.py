@@ -19,6 +19,10 @@ BNN = {
     "estimator": "approx",
     "window": 1.0,
     "binarize_ramp": 0.25,  # activations go from clamp to sign over the first quarter
+    # distillation from the real-valued twin (an architecture's "teacher_epochs" turn it on):
+    # the binary net's loss is 0.3 cross-entropy + 0.7 T^2 KL of the twin's scores at T = 2
+    "distil_temperature": 2.0,
+    "distil_weight": 0.7,
 }
 # fine-tuning a trained model (--init): a few epochs at a lower rate, already binary
 FINE_TUNE = {"epochs": 12, "lr": 1e-3, "binarize_ramp": 0.0, "real_weight": 0.5}
@@ -57,6 +61,10 @@ class TrainConfig:
     delta_budget: "int | None" = None  # bytes a .bsd delta of the base model may take (host.delta)
     # fine-tuning: {old label: new label}, a new box code taking an old one's output
     rename_labels: "dict | None" = None
+    # epochs of the real-valued twin that starts and teaches the binary net (host.train), 0: none
+    teacher_epochs: int = 0
+    distil_temperature: float = 2.0
+    distil_weight: float = 0.7
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,10 +103,14 @@ def resolve(
     arch = arch or DEFAULT_ARCH
     spec = arch_spec(arch)
     values["epochs"] = spec.get("demo_epochs", spec["epochs"]) if demo else spec["epochs"]
+    teach = spec.get("teacher_epochs", 0)
+    values["teacher_epochs"] = spec.get("demo_teacher_epochs", teach) if demo else teach
     options = None
     if param == "pranc":
         options = dict(PRANC, **(pranc or {}))
-        values.update(epochs=PRANC["epochs"], binarize_ramp=PRANC["binarize_ramp"])
+        values.update(
+            epochs=PRANC["epochs"], binarize_ramp=PRANC["binarize_ramp"], teacher_epochs=0
+        )
     if init_ckpt is not None:
         values.update(
             epochs=FINE_TUNE["epochs"],
@@ -106,6 +118,7 @@ def resolve(
             binarize_ramp=FINE_TUNE["binarize_ramp"],
             estimator=init_ckpt["estimator"],
             window=init_ckpt["window"],
+            teacher_epochs=0,
         )
         if mixed:
             values["real_weight"] = FINE_TUNE["real_weight"]
@@ -125,6 +138,15 @@ def check(cfg: TrainConfig) -> None:
         raise BinsortError("--lr must be positive: %g" % cfg.lr)
     if not 0 <= cfg.binarize_ramp <= 1:
         raise BinsortError("--binarize-ramp must be between 0 and 1: %g" % cfg.binarize_ramp)
+    if cfg.teacher_epochs < 0:
+        raise BinsortError("--teacher-epochs must be 0 or more: %d" % cfg.teacher_epochs)
+    if cfg.teacher_epochs and (cfg.init or cfg.param != "bnn"):
+        raise BinsortError(
+            "--teacher-epochs starts a new binary net from its real-valued twin; "
+            "not with --init or --param pranc"
+        )
+    if not cfg.distil_temperature > 0 or not 0 <= cfg.distil_weight <= 1:
+        raise BinsortError("distillation needs a positive temperature and a weight in [0, 1]")
     if cfg.rename_labels and cfg.init is None:
         raise BinsortError("--rename-label needs --init RUN: it renames that model's outputs")
     if cfg.delta_budget is not None and (cfg.init is None or cfg.delta_budget < 1):

@@ -110,11 +110,14 @@ class SignActivation(nn.Module):
         self.estimator = estimator
         self.window = window
         self.mix = 1.0
+        self.real = False  # a real-valued twin (BinaryNet.make_real): clamp, never sign
         self.saturated = 0
         self.seen = 0
         self.calls = 0
 
     def forward(self, x):
+        if self.real:
+            return x.clamp(-1.0, 1.0)
         if not self.training:
             return binarize(x)
         if self.calls % self.SAMPLE_EVERY == 0:
@@ -136,6 +139,11 @@ def binary_weight(w: torch.Tensor) -> torch.Tensor:
     the real latent weights straight through (window 1 keeps them from growing without bound)."""
     alpha = w.detach().abs().flatten(1).mean(1).clamp(min=1e-8)
     return ste_sign(w, 1.0) * alpha.view(-1, *([1] * (w.dim() - 1)))
+
+
+def latent_weight(w: torch.Tensor) -> torch.Tensor:
+    """A real-valued twin's weights: the latent weights themselves."""
+    return w
 
 
 class InputConv(nn.Module):

@@ -3,7 +3,7 @@
 import torch.nn as nn
 
 from host.archs import ARCHS, DEFAULT_ARCH, arch_spec
-from host.layers import BinaryConv2d, BinaryLinear, InputConv, OutputLinear
+from host.layers import BinaryConv2d, BinaryLinear, InputConv, OutputLinear, latent_weight
 
 __all__ = ["ARCHS", "DEFAULT_ARCH", "BinaryNet", "arch_spec"]
 
@@ -41,6 +41,17 @@ class BinaryNet(nn.Module):
         for layer in self.dense:
             x = layer(x)
         return self.head(x)
+
+    def make_real(self) -> "BinaryNet":
+        """Turn this net into its real-valued twin, in place: real weights and clamped
+        activations where the binary net has signs, the same parameters and state dict. The
+        twin trains quickly to a better accuracy and then teaches the binary net
+        (host.train: it starts the binary net and distils into it)."""
+        for _, m in self.sign_layers():
+            m.real = True
+        for layer in list(self.convs) + list(self.dense):
+            layer.weight_fn = latent_weight
+        return self
 
     def sign_layers(self) -> list:
         """(name, SignActivation) for every binarised activation, in order."""

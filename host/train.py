@@ -7,6 +7,7 @@ curves.png.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -229,6 +230,11 @@ def train(
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)  # after every check: a refused run leaves nothing
     saving = {"path": os.path.join(out_dir, RESUME_FILE), "sources": folders}
+    teacher, taught = None, None
+    if config.teacher_epochs:
+        teacher, taught, resume = _teacher_phase(
+            model, data, config, device, rank, world, progress, log, out_dir, saving, resume
+        )
     metrics = run_epochs(
         model,
         data,
@@ -238,9 +244,13 @@ def train(
         world,
         progress,
         log,
-        saving if rank == 0 else None,
+        dict(saving, phase="student") if rank == 0 else None,
         resume,
+        teacher,
     )
+    if taught is not None and rank == 0:
+        metrics["teacher"] = taught
+        metrics["train_seconds"] = round(metrics["train_seconds"] + taught["train_seconds"], 1)
     if config.delta_budget is not None:
         metrics = _fit_budget(model, data, config, device, rank, world, progress, log, metrics)
     if rank == 0:
@@ -251,6 +261,72 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return metrics
+
+
+TEACHER_FILE = "teacher.pt"
+
+
+def _teacher_phase(
+    model, data, config, device, rank, world, progress, log, out_dir, saving, resume
+):
+    """The first phase of a run with `teacher_epochs`: the binary net's real-valued twin
+    (BinaryNet.make_real) trains for that many epochs, then the binary net starts from its
+    parameters and learns from its scores as well as the labels (run_epochs' distillation).
+    The twin goes to OUT/teacher.pt; a run resumed past this phase reads it back.
+    Returns (the twin, frozen; its metrics; the resume state left for the binary phase)."""
+    path = os.path.join(out_dir, TEACHER_FILE)
+    twin = build(config, len(data.labels), None, device).make_real()
+    twin = twin.to(memory_format=torch.channels_last)
+    if resume is not None and resume.get("phase", "student") == "student":
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            twin.load_state_dict(saved["state_dict"])
+        except Exception as e:  # the phase's file is gone or damaged: its own error
+            raise BinsortError(
+                "--resume %s: its teacher (%s) cannot be read (%s): start the run afresh"
+                % (out_dir, TEACHER_FILE, str(e).splitlines()[0])
+            ) from None
+        taught = saved["metrics"]
+    else:
+        phase = dataclasses.replace(config, epochs=config.teacher_epochs, binarize_ramp=0.0)
+        log("teacher: the real-valued twin first, %d epochs" % phase.epochs)
+        taught = run_epochs(
+            twin,
+            data,
+            phase,
+            device,
+            rank,
+            world,
+            progress,
+            lambda line: log("teacher " + line),
+            dict(saving, phase="teacher", config=config) if rank == 0 else None,
+            resume,
+        )
+        if rank == 0:
+            taught = {k: v for k, v in taught.items() if k in ("epochs", "test_accuracy")} | {
+                "train_seconds": taught["train_seconds"]
+            }
+            state = {"state_dict": {k: v.cpu() for k, v in twin.state_dict().items()}}
+            tmp = path + ".tmp"
+            torch.save(dict(state, metrics=taught), tmp)
+            os.replace(tmp, path)
+        model.load_state_dict(twin.state_dict())
+        resume = None  # the binary phase starts afresh
+        log("then the binary net from the twin's weights, learning from its scores")
+    twin.eval()
+    for w in twin.parameters():
+        w.requires_grad_(False)
+    return twin, taught, resume
+
+
+def distil_loss(logits, teacher_logits, labels, config) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015): (1 - a) of the cross-entropy with the labels
+    plus a·T² of the KL divergence from the teacher's scores softened by the temperature T."""
+    t, a = config.distil_temperature, config.distil_weight
+    soft = F.kl_div(
+        F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean"
+    )
+    return (1.0 - a) * F.cross_entropy(logits, labels) + a * t * t * soft
 
 
 def renamed(labels: list, rename: dict) -> list:
@@ -273,8 +349,6 @@ def renamed(labels: list, rename: dict) -> list:
 def _fit_budget(model, data, config, device, rank, world, progress, log, metrics) -> dict:
     """A delta run's second phase (host.delta): keep the weight flips the budget allows, then
     train BatchNorm, the input conv and the output layer around them, binary weights frozen."""
-    import dataclasses
-
     from host.delta import freeze_binary_weights, keep_within_budget
 
     ckpt, base = load_checkpoint(config.init)
@@ -367,11 +441,12 @@ def run_epochs(
     log,
     saving=None,
     resume=None,
+    teacher=None,
 ):
     """The training loop: Adam with a one-cycle cosine schedule, gradual binarisation over the
     first `binarize_ramp` of the steps; per-epoch metrics (rank 0 evaluates). `saving`
-    ({"path", "sources"}): where each epoch's training state goes; `resume`: such a state to
-    go on from."""
+    ({"path", "sources", "phase"}): where each epoch's training state goes; `resume`: such a
+    state to go on from; `teacher`: a net whose scores the loss also follows (distil_loss)."""
     pranc = config.pranc if config.param == "pranc" else None
     bnet = model.net if pranc else model
     net = model
@@ -435,7 +510,12 @@ def run_epochs(
                 logits = net(x, keep=prefix_sample(model.chunks, pranc["prefix_prob"], gen))
             else:
                 logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    taught = teacher(x)
+                loss = distil_loss(logits, taught, y, config)
+            else:
+                loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -501,7 +581,8 @@ def _save_resume(saving, model, opt, sched, gen, config, data, epoch, step, metr
     """The training state after `epoch`, replacing the last one atomically."""
     state = {
         "format": "binsort-resume-1",
-        "config": config.as_dict(),
+        "phase": saving.get("phase", "student"),
+        "config": saving.get("config", config).as_dict(),  # the run's, not a phase's
         "sources": [os.path.abspath(f) for f in saving["sources"]],
         "labels": data.labels,
         "epoch": epoch,

@@ -72,3 +72,14 @@ def test_values_no_run_can_use_are_one_line_errors(given, message):
 def test_a_misspelt_option_is_a_programming_error():
     with pytest.raises(TypeError, match="epoch"):
         resolve(epoch=3)
+
+
+def test_the_teacher_phase_is_off_unless_asked_and_never_for_fine_tuning_or_pranc(monkeypatch):
+    assert resolve().teacher_epochs == 0 and resolve(demo=True).teacher_epochs == 0
+    assert resolve(arch="tiny", teacher_epochs=3).teacher_epochs == 3
+    monkeypatch.setitem(ARCHS["tiny"], "teacher_epochs", 4)  # an architecture may default it
+    assert resolve(arch="tiny").teacher_epochs == 4
+    assert resolve(init="r", init_ckpt=CKPT).teacher_epochs == 0
+    assert resolve(arch="tiny", param="pranc").teacher_epochs == 0
+    with pytest.raises(BinsortError, match="not with --init"):
+        resolve(init="r", init_ckpt=CKPT, teacher_epochs=2)

@@ -84,3 +84,43 @@ def test_resume_through_the_cli_and_its_one_line_errors(trained_run, tmp_path):
     assert code == 2 and "no such run folder" in err
     code, out, err = run("--out", str(tmp_path / "x"))
     assert code == 2 and "needs --data and --out" in err
+
+
+def stop_at(prefix):
+    def log(line):
+        if line.startswith(prefix):
+            raise Stop()
+
+    return log
+
+
+@pytest.mark.parametrize("where", ["teacher epoch 1:", "epoch 1:"])
+def test_a_run_with_a_teacher_resumes_in_either_phase_to_the_same_model(
+    trained_run, tmp_path, where
+):
+    """The real-valued twin trains first (teacher.pt), then the binary net; a run stopped in
+    either phase goes on to the model of a run never stopped."""
+    from host.config import TrainConfig
+
+    data = str(trained_run / "data")
+    options = {"arch": "tiny", "epochs": 2, "teacher_epochs": 2, "progress": False}
+    whole = train(data, str(tmp_path / "whole"), log=lambda s: None, **options)
+    assert [e["epoch"] for e in whole["teacher"]["epochs"]] == [1, 2]
+    with pytest.raises(Stop):
+        train(data, str(tmp_path / "cut"), log=stop_at(where), **options)
+    state = read_resume(str(tmp_path / "cut"))
+    assert state["phase"] == ("teacher" if where.startswith("teacher") else "student")
+    assert TrainConfig(**state["config"]).epochs == 2  # the run's settings, not the phase's
+    again = train(
+        data,
+        str(tmp_path / "cut"),
+        TrainConfig(**state["config"]),
+        progress=False,
+        log=lambda s: None,
+        resume=state,
+    )
+    assert again["teacher"]["test_accuracy"] == whole["teacher"]["test_accuracy"]
+    for name in ("checkpoint.pt", "teacher.pt"):
+        a = torch.load(tmp_path / "whole" / name, weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "cut" / name, weights_only=True)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
