@@ -303,9 +303,8 @@ def _teacher_phase(
             resume,
         )
         if rank == 0:
-            taught = {k: v for k, v in taught.items() if k in ("epochs", "test_accuracy")} | {
-                "train_seconds": taught["train_seconds"]
-            }
+            keep = ("epochs", "test_accuracy", "train_seconds")
+            taught = {k: taught[k] for k in keep}
             state = {"state_dict": {k: v.cpu() for k, v in twin.state_dict().items()}}
             tmp = path + ".tmp"
             torch.save(dict(state, metrics=taught), tmp)

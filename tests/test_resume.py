@@ -124,3 +124,14 @@ def test_a_run_with_a_teacher_resumes_in_either_phase_to_the_same_model(
         a = torch.load(tmp_path / "whole" / name, weights_only=True)["state_dict"]
         b = torch.load(tmp_path / "cut" / name, weights_only=True)["state_dict"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_resuming_past_a_teacher_that_is_gone_is_one_line(trained_run, tmp_path):
+    data = str(trained_run / "data")
+    with pytest.raises(Stop):
+        train(data, str(tmp_path / "r"), arch="tiny", epochs=2, teacher_epochs=1,
+              progress=False, log=stop_at("epoch 1:"))  # fmt: skip
+    (tmp_path / "r" / "teacher.pt").write_bytes(b"not a torch file")
+    code, out, err = run("--resume", str(tmp_path / "r"), "--quiet")
+    assert code == 2 and "its teacher (teacher.pt) cannot be read" in err, err
+    assert err.count("\n") == 1
