@@ -63,8 +63,8 @@ class TrainConfig:
     rename_labels: "dict | None" = None
     # epochs of the real-valued twin that starts and teaches the binary net (host.train), 0: none
     teacher_epochs: int = 0
-    distil_temperature: float = 2.0
-    distil_weight: float = 0.7
+    distil_temperature: float = BNN["distil_temperature"]
+    distil_weight: float = BNN["distil_weight"]
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,8 +103,7 @@ def resolve(
     arch = arch or DEFAULT_ARCH
     spec = arch_spec(arch)
     values["epochs"] = spec.get("demo_epochs", spec["epochs"]) if demo else spec["epochs"]
-    teach = spec.get("teacher_epochs", 0)
-    values["teacher_epochs"] = spec.get("demo_teacher_epochs", teach) if demo else teach
+    values["teacher_epochs"] = spec.get("teacher_epochs", 0)
     options = None
     if param == "pranc":
         options = dict(PRANC, **(pranc or {}))

@@ -102,6 +102,24 @@ def wire_bytes(manifest: bytes, end: int) -> int:
 ROLLBACK_HOURS = 24  # a signed rollback is refused this long after it was made
 
 
+def signed_part(payload: bytes, kind: str, ends: list, accuracies, model_id: str, version=None):
+    """The signed fields every manifest has, for `payload` cut into chunks ending at `ends`;
+    the version defaults to the time it is made."""
+    import hashlib
+
+    now = int(time.time())
+    return {
+        "format": mf.FORMAT,
+        "model_id": model_id,
+        "kind": kind,
+        "version": now if version is None else version,
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "chunks": mf.chunk_table(payload, ends, accuracies),
+        "created": now,
+    }
+
+
 def build_manifest(
     path: str,
     key_path: str,
@@ -115,19 +133,8 @@ def build_manifest(
     `expires_hours` (default ROLLBACK_HOURS); `store_id` binds the manifest to one store."""
     key = load_private(key_path)
     payload, kind, ends, accuracies = read_payload(path)
-    import hashlib
-
-    now = int(time.time())
-    signed = {
-        "format": mf.FORMAT,
-        "model_id": model_id or os.path.splitext(os.path.basename(path))[0],
-        "kind": kind,
-        "version": now if version is None else version,
-        "size": len(payload),
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "chunks": mf.chunk_table(payload, ends, accuracies),
-        "created": now,
-    }
+    model_id = model_id or os.path.splitext(os.path.basename(path))[0]
+    signed = signed_part(payload, kind, ends, accuracies, model_id, version)
     if kind == "delta":
         from protocol.delta import base_sha256
 
@@ -138,7 +145,7 @@ def build_manifest(
     if hours is not None:
         if not hours > 0:
             raise BinsortError("--expires-hours must be positive")
-        signed["expires"] = now + int(hours * 3600)
+        signed["expires"] = signed["created"] + int(hours * 3600)
     if store_id is not None:
         signed["store"] = store_id
     try:

@@ -143,3 +143,24 @@ def test_a_flood_of_signatures_naming_a_trusted_key_costs_one_check(keys):
     with pytest.raises(FormatError, match="does not verify"):
         verify_manifest(json.dumps(flood).encode(), [raw1])
     assert verify_manifest(json.dumps(good).encode(), [raw1]).version == 1
+
+
+def test_a_signed_rollback_expires_a_day_after_it_is_made_unless_told(tmp_path, tiny_model):
+    """host.ship.build_manifest: `binsort ship --rollback` signs an expiry (24 h by default,
+    --expires-hours otherwise) and binds it to a store when given one."""
+    from host.ship import ROLLBACK_HOURS, build_manifest
+    from protocol.signing import new_key_pair
+
+    key, _ = new_key_pair(str(tmp_path / "k"))
+    model = tmp_path / "m.bnn"
+    model.write_bytes(tiny_model[1])
+    _, payload, plain = build_manifest(str(model), key, version=3)
+    assert "expires" not in plain and "rollback" not in plain and plain["version"] == 3
+    assert plain["size"] == len(payload) and plain["model_id"] == "m"
+    _, _, back = build_manifest(str(model), key, 3, rollback=True, store_id="0123456789abcdef")
+    assert back["rollback"] and back["store"] == "0123456789abcdef"
+    assert back["expires"] == back["created"] + ROLLBACK_HOURS * 3600
+    _, _, short = build_manifest(str(model), key, 3, rollback=True, expires_hours=0.5)
+    assert short["expires"] == short["created"] + 1800
+    with pytest.raises(BinsortError, match="--expires-hours must be positive"):
+        build_manifest(str(model), key, 3, rollback=True, expires_hours=0)
