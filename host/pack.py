@@ -193,6 +193,14 @@ def seeded_golden(model: "bnn.BnnModel", count: int = GOLDEN_COUNT, first_seed: 
     return best[1], best[2]
 
 
+def packed_metrics(ckpt: dict) -> dict:
+    """The training summary a packed model carries: the checkpoint's, less what META already
+    says (arch, labels) and the launch detail (world_size): bytes a first stage on a weak
+    link should not spend twice."""
+    metrics = ckpt.get("metrics", {})
+    return {k: v for k, v in metrics.items() if k not in ("arch", "labels", "world_size")}
+
+
 def model_meta(ckpt: dict, size: int, version: int) -> dict:
     """What every packed model says about itself (`.bnn` META, `.pranc` HEAD start from it)."""
     return {
@@ -203,7 +211,7 @@ def model_meta(ckpt: dict, size: int, version: int) -> dict:
         "model_id": ckpt["model_id"],
         "version": version,
         "created": ckpt["created"],
-        "metrics": ckpt.get("metrics", {}),
+        "metrics": packed_metrics(ckpt),
     }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from edge.engine.stream import build_layers, model_meta
-from host.pack import deployed_layers, write_with_golden
+from host.pack import deployed_layers, packed_metrics, write_with_golden
 from host.pack import model_meta as host_meta
 from host.pranc import PrancNet
 from protocol import bnn
@@ -137,5 +137,5 @@ def pack_pranc_bnn(ckpt: dict, model: PrancNet, version: int = 1) -> bytes:
     fixed = fmt.fixed_payload(shells, fixed_entries(model))
     layers = prefix_layers(model, head, fixed, model.chunks)
     meta = model_meta(head, model.chunks)
-    meta["metrics"] = ckpt.get("metrics", {})
+    meta["metrics"] = packed_metrics(ckpt)
     return write_with_golden(meta, layers)

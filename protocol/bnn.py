@@ -21,7 +21,8 @@ from protocol.prng import mix32, stream_key
 
 MAGIC = b"BSNN"
 VERSION_MAJOR = 1
-VERSION_MINOR = 2  # 1.1 adds GSEE (seeded self-test inputs), 1.2 the layers' NORM; all read
+# 1.1 adds GSEE (seeded self-test inputs), 1.2 the layers' NORM, 1.3 int16 thresholds; all read
+VERSION_MINOR = 3
 
 CONV_U8 = 1  # real-weight (int8) convolution on 8-bit pixels: the first layer
 BCONV = 2  # binary convolution, packed weights, integer thresholds
@@ -35,6 +36,7 @@ _LAYER = "<BBBBIIHHBB2x"  # kind, k, stride, pad, cin, cout, in_h, in_w, pool, f
 _GOLD = "<HHHH"  # count, height, width, classes
 _GSEE = "<IHHHH"  # seed, count, height, width, classes
 FLAG_NORM = 1  # a layer's flags: its BatchNorm ratios follow the flips (format 1.2)
+FLAG_T16 = 2  # a layer's flags: its thresholds are stored as int16, not int32 (format 1.3)
 _FLAGS_AT = 17  # offset of the flags byte in a layer's header
 NORM_KEEP = -128  # a NORM value: this channel's threshold is not re-estimated
 GOLDEN_STREAM = 0x60D  # protocol.prng stream id of seeded self-test inputs
@@ -182,12 +184,37 @@ def section(tag: bytes, payload: bytes) -> bytes:
     return head + payload + struct.pack("<I", binascii.crc32(head + payload) & 0xFFFFFFFF)
 
 
-def layer_payload(layer: Layer) -> bytes:
+def short_thresholds(layer: Layer):
+    """A binary layer's thresholds as int16 bytes when they fit once each is clamped to the
+    range that decides the same bits (its accumulator lies in [-n, n], n the patch size, so
+    any T <= -n acts as -n and any T > n as n + 1); None when they do not fit, and for the
+    8-bit input layer, whose accumulator reaches 255 * sum|w| (its thresholds stay int32)."""
+    if layer.kind not in (BCONV, BDENSE):
+        return None
+    n = layer.k * layer.k * layer.cin
+    short = []
+    for t in struct.unpack("<%di" % layer.cout, layer.thresholds):
+        t = -n if t < -n else n + 1 if t > n + 1 else t
+        if not -32768 <= t <= 32767:
+            return None
+        short.append(t)
+    return struct.pack("<%dh" % layer.cout, *short)
+
+
+def layer_payload(layer: Layer, narrow: bool = True) -> bytes:
+    """A LAYR payload. A binary layer's thresholds are written as int16 (flag FLAG_T16, format
+    1.3) where they fit and `narrow` is set, else as int32 exactly as given."""
     flags = FLAG_NORM if layer.norm is not None else 0
-    head = struct.pack(_LAYER, *[getattr(layer, name) for name in GEOMETRY], flags)
     if layer.kind == DENSE_OUT:
+        head = struct.pack(_LAYER, *[getattr(layer, name) for name in GEOMETRY], flags)
         return head + bytes(layer.weights) + bytes(layer.bias) + struct.pack("<f", layer.scale)
-    body = head + bytes(layer.weights) + bytes(layer.thresholds) + bytes(layer.flips)
+    thresholds = short_thresholds(layer) if narrow else None
+    if thresholds is None:
+        thresholds = bytes(layer.thresholds)
+    else:
+        flags |= FLAG_T16
+    head = struct.pack(_LAYER, *[getattr(layer, name) for name in GEOMETRY], flags)
+    body = head + bytes(layer.weights) + thresholds + bytes(layer.flips)
     return body + bytes(layer.norm) if layer.norm is not None else body
 
 
@@ -212,10 +239,11 @@ def pack_norm(ratios: list) -> bytes:
     return struct.pack("<f", q) + struct.pack("<%db" % len(values), *values)
 
 
-def write_bnn(meta: dict, layers: list, golden: list, golden_seed=None) -> bytes:
+def write_bnn(meta: dict, layers: list, golden: list, golden_seed=None, narrow=True) -> bytes:
     """Serialise a model. `golden` is a list of (input image bytes, list of int scores); with
     `golden_seed` the images are seeded_input(golden_seed, i) and only the seed and the scores
-    are written (GSEE, format 1.1), else the images are stored whole (GOLD, format 1.0)."""
+    are written (GSEE, format 1.1), else the images are stored whole (GOLD, format 1.0).
+    Thresholds that fit go in as int16 (format 1.3) unless `narrow` is false."""
     h, w = meta["input"]["height"], meta["input"]["width"]
     classes = len(meta["labels"])
     if golden_seed is None:
@@ -231,8 +259,9 @@ def write_bnn(meta: dict, layers: list, golden: list, golden_seed=None) -> bytes
                 raise ValueError("golden input %d is not the one seed %d draws" % (i, golden_seed))
             gold.append(struct.pack("<%dq" % len(scores), *scores))
         tag = b"GSEE"
-    meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
-    return assemble(meta_bytes, [layer_payload(layer) for layer in layers], tag, b"".join(gold))
+    meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    payloads = [layer_payload(layer, narrow) for layer in layers]
+    return assemble(meta_bytes, payloads, tag, b"".join(gold))
 
 
 def assemble(meta_bytes: bytes, layer_payloads: list, gold_tag: bytes, gold_payload: bytes):
@@ -245,6 +274,8 @@ def assemble(meta_bytes: bytes, layer_payloads: list, gold_tag: bytes, gold_payl
     minor = 1 if gold_tag == b"GSEE" else 0
     if any(p[_FLAGS_AT] & FLAG_NORM for p in layer_payloads):
         minor = 2
+    if any(p[_FLAGS_AT] & FLAG_T16 for p in layer_payloads):
+        minor = 3
     body = struct.pack(_HEADER, MAGIC, VERSION_MAJOR, minor, len(sections) + 1)
     body += b"".join(sections)
     return body + section(b"HASH", hashlib.sha256(body).digest())
@@ -304,14 +335,15 @@ def _parse_layer(payload: bytes, index: int) -> Layer:
     layer = Layer(weights=b"", **{name: fields[i] for i, name in enumerate(GEOMETRY)})
     kind, cout = layer.kind, layer.cout
     _check(
-        flags in ((0,) if kind == DENSE_OUT else (0, FLAG_NORM)),
+        flags in {DENSE_OUT: (0,), CONV_U8: (0, FLAG_NORM)}.get(kind, (0, 1, 2, 3)),
         "layer %d has unsupported flags 0x%02x" % (index, flags),
     )
     check_geometry(layer, index)
     wb = layer.weight_bytes()
     tail = 4 if kind == DENSE_OUT else (cout + 7) // 8  # output scale, or packed flips
     norm = 4 + cout if flags & FLAG_NORM else 0
-    expect = n + wb + 4 * cout + tail + norm
+    width = 2 if flags & FLAG_T16 else 4  # bytes of a threshold (int32 bias for dense_out)
+    expect = n + wb + width * cout + tail + norm
     _check(
         len(payload) == expect, "layer %d is %d bytes, expected %d" % (index, len(payload), expect)
     )
@@ -323,8 +355,11 @@ def _parse_layer(payload: bytes, index: int) -> Layer:
         layer.scale = struct.unpack_from("<f", payload, rest + 4 * cout)[0]
         _check(layer.scale == layer.scale and layer.scale > 0, "output scale is not positive")
     else:
-        layer.thresholds = bytes(mv[rest : rest + 4 * cout])
-        layer.flips = bytes(mv[rest + 4 * cout : len(payload) - norm])
+        raw = bytes(mv[rest : rest + width * cout])
+        if width == 2:  # held as int32, whatever the file stores
+            raw = struct.pack("<%di" % cout, *struct.unpack("<%dh" % cout, raw))
+        layer.thresholds = raw
+        layer.flips = bytes(mv[rest + width * cout : len(payload) - norm])
         if norm:
             layer.norm = bytes(mv[len(payload) - norm :])
             q = struct.unpack_from("<f", layer.norm)[0]

@@ -287,10 +287,11 @@ def chunk_record(index: int, chunks: int, alphas: list, accuracy, digest: int) -
 
 
 def layers_digest(layers: list) -> int:
-    """CRC32 of the packed layers as a .bnn stores them: what reconstruction must reproduce."""
+    """CRC32 of the packed layers as a .bnn 1.2 stores them (int32 thresholds, so streams
+    packed before 1.3 still check): what reconstruction must reproduce."""
     crc = 0
     for layer in layers:
-        crc = binascii.crc32(bnn.layer_payload(layer), crc)
+        crc = binascii.crc32(bnn.layer_payload(layer, narrow=False), crc)
     return crc & 0xFFFFFFFF
 
 

@@ -36,17 +36,64 @@ def test_seeded_self_test_inputs_cost_a_seed_and_their_scores(tiny_model):
     for i, (image, _) in enumerate(model.golden):
         assert image == bnn.seeded_input(model.golden_seed, i, h, w)
     assert len({tuple(scores) for _, scores in model.golden}) == 4
-    assert struct.unpack_from("<HH", tiny_model[1], 4) == (1, 2)  # format 1.2: GSEE and NORM
+    assert struct.unpack_from("<HH", tiny_model[1], 4) == (1, 3)  # 1.3: GSEE, NORM, int16 T
     stored = bnn.write_bnn(model.meta, model.layers, model.golden)  # GOLD, stored whole
     assert len(stored) - len(tiny_model[1]) == 4 * h * w - 4  # the images, less the seed
     again = bnn.read_bnn(stored)  # GOLD still reads, with the same self-test
     assert again.golden == model.golden and again.golden_seed is None
     plain = [layer.replaced(norm=None) for layer in model.layers]
-    old = bnn.write_bnn(model.meta, plain, model.golden)  # 1.0: GOLD and no NORM
+    old = bnn.write_bnn(model.meta, plain, model.golden, narrow=False)  # 1.0: GOLD, no NORM
     assert struct.unpack_from("<HH", old, 4) == (1, 0)
     assert bnn.read_bnn(old).layers[0].norm is None
     norm_bytes = sum(4 + layer.cout for layer in model.layers if layer.norm is not None)
-    assert len(stored) - len(old) == norm_bytes
+    short_bytes = sum(
+        2 * layer.cout
+        for layer in model.layers
+        if bnn.layer_payload(layer)[bnn._FLAGS_AT] & bnn.FLAG_T16
+    )
+    assert len(stored) - len(old) == norm_bytes - short_bytes
+
+
+def test_thresholds_go_in_as_int16_and_every_engine_decides_the_same_bits(lively_tiny_model):
+    """Format 1.3: a binary layer stores its thresholds as int16. Constant channels'
+    thresholds (INT32_MIN / INT32_MAX from the fold) are clamped to the accumulator's range
+    first, which decides the same bits; the 8-bit input layer keeps int32 (its accumulator
+    reaches 255 * sum|w|). Every engine scores the int16 file exactly as the int32 one."""
+    import numpy as np
+
+    from edge.engine import make_engine
+    from edge.engine.numpy_engine import NumpyEngine
+    from edge.portable.engine import PortableEngine
+
+    model = bnn.read_bnn(lively_tiny_model[1])
+    layers = list(model.layers)
+    values = list(struct.unpack("<%di" % layers[1].cout, layers[1].thresholds))
+    values[0], values[1] = -(2**31), 2**31 - 1  # a constant channel either way
+    layers[1] = layers[1].replaced(thresholds=struct.pack("<%di" % len(values), *values))
+    wide = bnn.write_bnn(model.meta, layers, model.golden, model.golden_seed, narrow=False)
+    short = bnn.write_bnn(model.meta, layers, model.golden, model.golden_seed)
+    binary = [layer for layer in layers if layer.kind in (bnn.BCONV, bnn.BDENSE)]
+    assert len(wide) - len(short) == 2 * sum(layer.cout for layer in binary)
+    assert struct.unpack_from("<HH", wide, 4) == (1, 2)
+    assert struct.unpack_from("<HH", short, 4) == (1, 3)
+    flags = [bnn.layer_payload(layer)[bnn._FLAGS_AT] & bnn.FLAG_T16 for layer in layers]
+    assert flags == [0] + [bnn.FLAG_T16] * len(binary) + [0]
+    read = bnn.read_bnn(short)
+    assert bnn.write_bnn(read.meta, read.layers, read.golden, read.golden_seed) == short
+    n = 9 * layers[1].cin  # the 3x3 conv's accumulator lies in [-n, n]
+    t = struct.unpack("<%di" % layers[1].cout, read.layers[1].thresholds)
+    assert (t[0], t[1]) == (-n, n + 1) and t[2:] == tuple(values[2:])
+    assert read.layers[0].thresholds == layers[0].thresholds
+    rng = np.random.default_rng(0)
+    h, w = model.input_shape
+    images = rng.integers(0, 256, (64, h, w), dtype=np.uint8)
+    expect = NumpyEngine(bnn.read_bnn(wide)).scores(images)
+    assert len({tuple(row) for row in expect.tolist()}) > 32  # the images tell channels apart
+    for engine in (NumpyEngine(read), make_engine(read)):
+        assert np.array_equal(engine.scores(images), expect)
+    portable = PortableEngine(read)
+    for image, row in zip(images[:8], expect[:8], strict=True):
+        assert portable.scores(image.tobytes()) == row.tolist()
 
 
 def test_seeded_inputs_are_the_same_bytes_everywhere():
@@ -75,7 +122,7 @@ def test_wrong_magic_is_named_and_a_known_foreign_file_is_told_what_it_is(tiny_m
 def test_future_major_version_asks_for_an_upgrade(tiny_model):
     _, data = tiny_model
     future = data[:4] + struct.pack("<H", bnn.VERSION_MAJOR + 1) + data[6:]
-    with pytest.raises(FormatError, match="unsupported .bnn format version 2.2.*upgrade"):
+    with pytest.raises(FormatError, match="unsupported .bnn format version 2.3.*upgrade"):
         bnn.read_bnn(future)
 
 
