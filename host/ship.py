@@ -1,10 +1,10 @@
 """`binsort ship`: sign a manifest for a model file and send both to a device by URL.
 
 The model is read and checked here first (a damaged file is never shipped). Its manifest
-(protocol.manifest) cuts a `.bnn` into 4 KiB chunks, a `.pranc` stream at its chunk records and
-a `.bsc` cascade every 4 KiB and at the end of each stage, with the accuracy the host measured
-for each usable prefix, so the device can verify and use every prefix as it arrives. The
-transport is chosen by the URL's scheme (protocol.transports).
+(protocol.manifest) cuts a `.bnn` into 64 KiB chunks, a `.pranc` stream at its chunk records and
+a `.bsc` cascade or `.bsd` delta at the end of each stage (and every 64 KiB), with the accuracy
+the host measured for each usable prefix, so the device can verify and use every prefix as it
+arrives. The transport is chosen by the URL's scheme (protocol.transports).
 """
 
 import os
@@ -39,14 +39,14 @@ def read_payload(path: str) -> "tuple[bytes, str, list, list]":
         if model_kind(data) == "delta":
             return delta_chunks(data)
         read_bnn(data)
-        return "bnn", mf.fixed_chunk_ends(len(data)), None
+        return "bnn", mf.fixed_chunk_ends(len(data), mf.SHIP_CHUNK), None
 
     kind, ends, accuracies = read_model_file(path, parse)
     return with_data["data"], kind, ends, accuracies
 
 
 def cascade_chunks(data: bytes) -> "tuple[str, list, list]":
-    """A whole `.bsc` cut every 4 KiB and at the end of every stage, so that each stage ends
+    """A whole `.bsc` cut at the end of every stage (and every 64 KiB), so that each stage ends
     on a signed chunk the device can install as soon as it is verified; the chunk that ends a
     stage carries the accuracy the host measured for it."""
     from protocol.cascade import read_cascade
@@ -68,12 +68,12 @@ def delta_chunks(data: bytes) -> "tuple[str, list, list]":
 
 
 def _cut_at(size: int, marks: dict) -> "tuple[list, list]":
-    """Chunk ends every 4 KiB and at each end in `marks` ({end: accuracy or None}), and the
+    """Chunk ends every 64 KiB and at each end in `marks` ({end: accuracy or None}), and the
     accuracy of each chunk (that of the mark it ends on, else None)."""
     ends, start = [], 0
     for stop in sorted(marks) + [size]:
         if stop > start:
-            ends += [start + e for e in mf.fixed_chunk_ends(stop - start)]
+            ends += [start + e for e in mf.fixed_chunk_ends(stop - start, mf.SHIP_CHUNK)]
         start = stop
     return ends, [marks.get(e) for e in ends]
 

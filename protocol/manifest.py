@@ -18,6 +18,10 @@ FORMAT = "binsort-manifest/1"
 KINDS = ("bnn", "pranc", "cascade", "delta")
 MAX_MANIFEST = 1 << 20
 BNN_CHUNK = 4096
+# the longest chunk `binsort ship` cuts: a resumed transfer re-reads the unfinished chunk into
+# memory to go on hashing it, and each chunk costs about 80 bytes of manifest, which on a weak
+# link is paid before the first byte of the model (a first stage is one chunk)
+SHIP_CHUNK = 65536
 FIELDS = ("format", "model_id", "kind", "version", "size", "sha256", "chunks", "created")
 
 
