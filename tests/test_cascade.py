@@ -139,6 +139,31 @@ def test_the_manifest_cuts_at_every_stage_with_its_accuracy(tmp_path, stream):
         build_manifest(str(tmp_path / "cut.bsc"), key, version=2)
 
 
+def test_the_small_first_stage_reaches_a_device_in_one_8_kib_send(tmp_path):
+    """Issue 19's byte target: `first96s` packed as training leaves it (META with a model id and
+    metrics), with its signed manifest, HELLO, OFFER and DATA frames, is at most 8,192 bytes on
+    the wire, alone and as the first stage of a cascade in front of the default model."""
+    from host.pack import pack_model
+    from host.ship import wire_bytes
+    from host.untrained import lively_net, untrained_checkpoint
+
+    def trained_like(arch):
+        ckpt = untrained_checkpoint(arch, model_id="fa5ef81a12c9")
+        ckpt["created"] = "2026-11-30T22:31:07Z"
+        ckpt["metrics"] = {"arch": arch, "test_accuracy": 0.9522, "train_seconds": 249.07}
+        return pack_model(ckpt, lively_net(arch), version=1796077867)
+
+    key, _ = keys(tmp_path / "k")
+    first, full = trained_like("first96s"), trained_like("bcnn96")
+    (tmp_path / "first-stage.bnn").write_bytes(first)
+    (tmp_path / "line-3.bsc").write_bytes(bsc.write_cascade([(first, 0.9522), (full, 0.9778)]))
+    manifest, payload, _ = build_manifest(str(tmp_path / "first-stage.bnn"), key)
+    assert wire_bytes(manifest, len(payload)) <= 8192
+    manifest, payload, _ = build_manifest(str(tmp_path / "line-3.bsc"), key)
+    first_end = bsc.read_cascade(payload).stages[0].end
+    assert wire_bytes(manifest, first_end) <= 8192
+
+
 def test_a_receiver_installs_the_first_stage_before_the_rest_arrives(tmp_path, stream):
     key, pub = keys(tmp_path / "k")
     store = str(tmp_path / "store")
