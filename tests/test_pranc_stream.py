@@ -214,3 +214,15 @@ def test_budget_split_hits_the_total_and_respects_layer_sizes():
     assert size_ks[0] < sqrt_ks[0] and size_ks[3] > sqrt_ks[3]
     assert split_budget([10, 20], 1000, "size") == [10, 20]
     assert split_budget(sizes, 4096, [1, 2, 3, 4, 5000]) == [1, 2, 3, 4, 640]
+
+
+def test_the_rebuild_check_covers_the_int32_layout_whatever_the_bnn_writer_stores(tiny_model):
+    """A `.pranc` chunk's CRC covers the layers as `.bnn` 1.2 laid them out (int32 thresholds),
+    so streams packed before `.bnn` 1.3 still check on a device that writes int16 ones."""
+    import binascii
+
+    layers = bnn.read_bnn(tiny_model[1]).layers
+    wide = b"".join(bnn.layer_payload(layer, narrow=False) for layer in layers)
+    short = b"".join(bnn.layer_payload(layer) for layer in layers)
+    assert len(short) < len(wide)
+    assert fmt.layers_digest(layers) == binascii.crc32(wide) & 0xFFFFFFFF
