@@ -155,6 +155,8 @@ def test_the_small_first_stage_reaches_a_device_in_one_8_kib_send(tmp_path):
 
     key, _ = keys(tmp_path / "k")
     first, full = trained_like("first96s"), trained_like("bcnn96")
+    meta = bsc.bnn.read_bnn(first).meta  # META says arch and labels once, not again in metrics
+    assert meta["metrics"] == {"test_accuracy": 0.9522, "train_seconds": 249.07}
     (tmp_path / "first-stage.bnn").write_bytes(first)
     (tmp_path / "line-3.bsc").write_bytes(bsc.write_cascade([(first, 0.9522), (full, 0.9778)]))
     manifest, payload, _ = build_manifest(str(tmp_path / "first-stage.bnn"), key)
