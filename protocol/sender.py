@@ -1,10 +1,15 @@
 """The sending side of the transfer session (protocol.session has the message flow).
 
-A sliding window of DATA frames; the receiver's cumulative ACKs move it, its NAKs resend single
-frames at once, and a timeout with no progress goes back to the first unacknowledged frame.
-The timeout starts from the link's byte rate (a serial line's baud rate says how long a window
-takes to drain) and then follows the measured round trip (Jacobson/Karels, Karn's rule for
-resent frames), doubling on every retry up to a bounded count.
+A sliding window of DATA frames; the receiver's cumulative ACKs move it, and its NAKs resend
+single frames. On a link of known rate (a serial line's baud rate) the sender knows when each
+frame it wrote can have reached the device: a NAK that predates that is not acted on (the frame
+is still on its way), and the timeout runs from when the line has drained what was written, so
+a slow line's queue is not taken for a loss. A timeout with no progress resends the first
+unacknowledged frame and asks the device, with DONE, for everything it misses; the answer lists
+them, so a lost frame costs one frame on the line, not a window (where a window drains within
+the timeout, or the rate is unknown, it goes back and sends the window again). The timeout
+starts from the link's byte rate and then follows the measured round trip (Jacobson/Karels,
+Karn's rule for resent frames), doubling on every retry up to a bounded count.
 """
 
 import os
@@ -119,6 +124,8 @@ class Sender:
         self.min_rto = self._drain_time(1) + 0.2
         self.rto = max(1.0, 2 * self._drain_time(window) + 0.5)
         self.start_offset = self.acked = None  # where this session resumed, how far it got
+        self.line_free = 0.0  # when what was written has left the sender (a known rate only)
+        self.arrive = {}  # DATA offset -> when its last copy can have reached the device
 
     def _drain_time(self, frames: int) -> float:
         """Seconds the link needs for `frames` full DATA frames (0 when the rate is unknown)."""
@@ -131,6 +138,10 @@ class Sender:
     def _send(self, kind, offset, payload=b""):
         data = fr.encode_frame(fr.Frame(kind, self.session, offset, payload))
         self.link.write(data)
+        now = self.clock()
+        self.line_free = max(now, self.line_free) + (len(data) / self.rate if self.rate else 0)
+        if kind == fr.DATA:
+            self.arrive[offset] = self.line_free
 
     def _frames(self, timeout: float) -> list:
         out = []
@@ -202,7 +213,8 @@ class Sender:
             if nxt >= size and done_at is None:
                 self._send(fr.DONE, size)
                 done_at = now
-            wait = max(0.01, last_progress + self.rto * 2**tries - self.clock())
+            quiet = max(last_progress, self.line_free)  # the line busy with ours is not a stall
+            wait = max(0.01, quiet + self.rto * 2**tries - self.clock())
             for f in self._frames(min(wait, 0.5)):
                 if f.kind == fr.RESULT:
                     self.progress(size, size)
@@ -211,30 +223,49 @@ class Sender:
                     self.status(from_json(f.payload))
                 elif f.kind == fr.ACK:
                     if f.offset > base:
-                        self._measure(f.offset, fs, sent_at, resent)
+                        if f.offset - base <= fs:  # one frame: not one held behind a gap
+                            self._measure(f.offset, fs, sent_at, resent)
                         base = self.acked = f.offset
                         tries, last_progress = 0, self.clock()
                         self.watch.busy = base >= size
                         self.progress(base, size)
                     for (n,) in struct.iter_unpack("<I", f.payload):
-                        if base <= n < nxt:
+                        if base <= n < nxt and not self._on_its_way(n):
                             self._send(fr.DATA, n, payload[n : n + fs])
                             resent.add(n)
-            if self.clock() - last_progress >= self.rto * 2**tries:
+            if self.clock() - max(last_progress, self.line_free) >= self.rto * 2**tries:
                 tries += 1
                 if tries > self.retries:
                     raise Stalled(
                         "the transfer stalled at byte %d of %d after %d retries"
                         % (base, size, self.retries)
                     )
-                nxt, done_at = base, None  # go back to the first unacknowledged frame
+                if not self.rate or self._drain_time(self.window) <= self.rto:
+                    nxt, done_at = base, None  # a fast line: sending the window again is cheap
+                else:  # a slow one: the first unacknowledged frame, and what else is missing?
+                    if base < nxt:
+                        self._send(fr.DATA, base, payload[base : base + fs])
+                        resent.add(base)
+                    self._send(fr.DONE, size)  # answered by an ACK listing the missing frames
                 last_progress = self.clock()
+
+    def _on_its_way(self, n: int) -> bool:
+        """Whether a NAK of frame n may predate the arrival of the copy last sent (it was
+        written after the device answered, e.g. DONE's list of what it misses): then the frame
+        is on its way and is not sent again. On a line of known rate the sender knows when that
+        copy can have arrived (a NAK then needs about half the measured round trip and an ACK's
+        time on the line to come back); otherwise no NAK comes back sooner than half a round
+        trip after the write."""
+        # srtt is measured from arrival where the rate is known, from the write where not
+        back = 0.5 * (self.srtt or 0.0) + (64 / self.rate if self.rate else 0.0)
+        return self.clock() < self.arrive[n] + back
 
     def _measure(self, acked: int, fs: int, sent_at: dict, resent: set) -> None:
         start = acked - ((acked - 1) % fs + 1)  # the frame that ends at or before `acked`
         if start not in sent_at or start in resent:
             return
-        rtt = self.clock() - sent_at[start]
+        # from when the frame can have reached the device: a slow line's queue is not the trip
+        rtt = self.clock() - (self.arrive[start] if self.rate else sent_at[start])
         if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
         else:
