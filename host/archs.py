@@ -51,8 +51,8 @@ ARCHS = {
         "demo_count": 3000,
         "demo_epochs": 24,
     },
-    # a cascade's first stage (issue 19): small enough for one 8 KiB send on a weak link
-    # (about 8.6 KB packed, 9.3 KB on the wire), at the default's 96x96 input; training notes 6
+    # a cascade's first stage (issue 19), at the default's 96x96 input: about 8.6 KB packed,
+    # 9.3 KB on the wire, half a point above first96s, which fits one 8 KiB send (notes, 6)
     "first96": {
         "input": 96,
         "stem": {"cout": 24, "k": 5, "stride": 2, "pool": 2},
