@@ -16,7 +16,7 @@ from edge.install.store import SlotStore
 from host.pack import pack_model
 from host.ship import build_manifest
 from host.untrained import lively_net, untrained_checkpoint
-from protocol import delta
+from protocol import bnn, delta
 from protocol.errors import FormatError
 from protocol.transports import tcp
 from tests.shipkit import HOST, ROOT, Receiver, keys
@@ -89,6 +89,22 @@ def test_a_step_that_does_not_make_the_named_model_is_refused(models, update):
         body += delta.record(tag, payload)
     with pytest.raises(FormatError, match="step 2 does not make the model the host packed"):
         delta.apply_delta(models[0], body)
+
+
+def test_a_delta_packed_before_bnn_1_3_still_applies_to_the_model_it_names(models):
+    """A host before `.bnn` 1.3 packed every step with int32 thresholds: the device makes those
+    very bytes (the step's SHA-256 says which), not the 1.3 file of the same model."""
+
+    def wide(data):
+        m = bnn.read_bnn(data)
+        return bnn.write_bnn(m.meta, m.layers, m.golden, m.golden_seed, narrow=False)
+
+    base, tier1, tier2 = (wide(m) for m in models)
+    assert len(tier2) > len(models[2])  # the int32 thresholds
+    old = delta.write_delta(base, [(tier1, 0.91), (tier2, 0.95)])
+    whole = delta.apply_delta(base, old)
+    assert whole.data == tier2 and whole.step == 2
+    assert delta.apply_delta(base, old[: _step_ends(old)[0]]).data == tier1
 
 
 def test_rice_code_round_trips_and_refuses_garbage():
