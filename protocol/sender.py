@@ -256,6 +256,8 @@ class Sender:
         copy can have arrived (a NAK then needs about half the measured round trip and an ACK's
         time on the line to come back); otherwise no NAK comes back sooner than half a round
         trip after the write."""
+        if n not in self.arrive:  # not an offset this sender wrote: a confused or hostile peer
+            return True
         # srtt is measured from arrival where the rate is known, from the write where not
         back = 0.5 * (self.srtt or 0.0) + (64 / self.rate if self.rate else 0.0)
         return self.clock() < self.arrive[n] + back

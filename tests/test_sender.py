@@ -3,6 +3,7 @@ receiver state machine: what each lost frame costs in time and in frames on the 
 
 import json
 import random
+import struct
 
 from protocol import frames as fr
 from protocol.sender import Sender
@@ -72,3 +73,25 @@ def test_a_fast_line_of_unknown_rate_still_recovers_by_sending_the_window_again(
             100_000, 1e6, lambda d, k, o, n, draw=draw: draw.random() < 0.1, rate_known=False
         )
         assert took < 10.0 and frames < 2 * 98
+
+
+def test_naks_of_offsets_never_sent_are_ignored():
+    """A device that NAKs offsets off the sender's frame grid (a bug, or a hostile peer) gets
+    no frames for them and no traceback: the transfer completes."""
+
+    class Confused(Receiver):
+        def on_frame(self, frame, now):
+            out = super().on_frame(frame, now)
+            return [
+                fr.Frame(r.kind, r.session, r.offset, r.payload + struct.pack("<I", r.offset + 1))
+                if r.kind == fr.ACK and r.offset < 5000
+                else r
+                for r in out
+            ]
+
+    sink = ListSink()
+    link = SimSerial(Confused(lambda: sink), BAUD_9600)
+    payload = random.Random(1).randbytes(9000)
+    result = Sender(link, rate=BAUD_9600, clock=link.clock).ship(b'{"size": 9000}', payload)
+    assert result["ok"] and bytes(sink.data) == payload
+    assert all(offset % 1024 == 0 for _, kind, offset in link.sent if kind == fr.DATA)
