@@ -38,6 +38,8 @@ _GSEE = "<IHHHH"  # seed, count, height, width, classes
 FLAG_NORM = 1  # a layer's flags: its BatchNorm ratios follow the flips (format 1.2)
 FLAG_T16 = 2  # a layer's flags: its thresholds are stored as int16, not int32 (format 1.3)
 _FLAGS_AT = 17  # offset of the flags byte in a layer's header
+_KIND_FLAGS = {DENSE_OUT: (0,), CONV_U8: (0, FLAG_NORM)}  # the flags each kind may have (else
+# a binary layer's: NORM, int16 thresholds, or both)
 NORM_KEEP = -128  # a NORM value: this channel's threshold is not re-estimated
 GOLDEN_STREAM = 0x60D  # protocol.prng stream id of seeded self-test inputs
 _MAX_SECTIONS = 4096
@@ -335,7 +337,7 @@ def _parse_layer(payload: bytes, index: int) -> Layer:
     layer = Layer(weights=b"", **{name: fields[i] for i, name in enumerate(GEOMETRY)})
     kind, cout = layer.kind, layer.cout
     _check(
-        flags in {DENSE_OUT: (0,), CONV_U8: (0, FLAG_NORM)}.get(kind, (0, 1, 2, 3)),
+        flags in _KIND_FLAGS.get(kind, (0, FLAG_NORM, FLAG_T16, FLAG_NORM | FLAG_T16)),
         "layer %d has unsupported flags 0x%02x" % (index, flags),
     )
     check_geometry(layer, index)
