@@ -179,3 +179,35 @@ def test_leave_one_style_out_trains_without_the_style_and_scores_it(tmp_path):
     assert rows["without stamp"]["held out"]["n"] == 10
     info = json.loads((tmp_path / "loso-data-stamp" / "labels.json").read_text())
     assert info["styles"] == ["carton", "label", "dotmatrix", "stencil"]
+
+
+def test_the_code_height_band_is_honoured_and_the_default_draws_as_before(monkeypatch):
+    """`code_height` bounds the code's box the style draws into; the default band is
+    CODE_HEIGHT, with the very same frames as a call that does not name it."""
+    from edge.imaging import box_images
+
+    heights = []
+    carton = STYLES["carton"]
+
+    def spy(rng, nrng, face, code, box):
+        heights.append((box[3] - box[1]) / 200)  # drawn at twice the 100-pixel frame
+        carton(rng, nrng, face, code, box)
+
+    monkeypatch.setitem(STYLES, "carton", spy)
+    for i in range(6):
+        box_images.render(3, "t", "K11", i, 100, ("carton",), code_height=(0.2, 0.25))
+    assert len(heights) >= 6 and all(0.195 <= h <= 0.25 for h in heights)
+    heights.clear()
+    default = [np.asarray(box_images.render(3, "t", "K11", i, 100, ("carton",))) for i in range(6)]
+    assert all(0.095 <= h <= 0.35 for h in heights) and box_images.CODE_HEIGHT == (0.10, 0.35)
+    named = box_images.render(3, "t", "K11", 0, 100, ("carton",), code_height=(0.10, 0.35))
+    assert np.array_equal(np.asarray(named), default[0])
+
+
+def test_generalisation_tool_scores_a_model_against_code_height(tmp_path, tiny_model):
+    model = tmp_path / "m.bnn"
+    model.write_bytes(tiny_model[1])
+    rows = generalisation("sizes", str(model), "--count", "1", "--work", str(tmp_path / "w"))
+    assert list(rows) == ["8-10%", "10-12%", "12-15%", "15-20%", "20-27%", "27-35%"]
+    for r in rows.values():  # codes only: no empty frames, and no empty label in the table
+        assert r["n"] == 4 and set(r["per_label"]) == {"F06", "K11", "S19", "V22"}

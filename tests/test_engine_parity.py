@@ -11,6 +11,7 @@ import pytest
 
 from edge.engine import NumpyEngine, load_engine, native
 from edge.portable.engine import PortableEngine
+from host.archs import ARCHS
 from protocol.bnn import read_bnn
 from tests.conftest import random_inputs
 from tests.shipkit import EDGE, ROOT
@@ -78,9 +79,11 @@ def test_classify_says_which_engine_and_falls_back_to_numpy(tmp_path, tiny_model
     assert rows["native"] == rows["numpy"]
 
 
-def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch):
+@pytest.mark.parametrize("stem_pool", [2, 1])
+def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch, stem_pool):
     """Packed pixels of 1, 2, 3 and 5 bytes (each takes another patch-copy path), maps with odd
-    sides under 2x2 pooling, and a first layer too narrow for the 16-channel SIMD stem."""
+    sides under 2x2 pooling, and a first layer too narrow for the 16-channel SIMD stem; with
+    the input layer pooled, and not (as bcnn96h's)."""
     from host.models import ARCHS
     from host.pack import pack_model
     from host.reference import reference_scores
@@ -91,7 +94,7 @@ def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch):
         "odd",
         {
             "input": 21,
-            "stem": {"cout": 24, "k": 3, "stride": 2, "pool": 2},
+            "stem": {"cout": 24, "k": 3, "stride": 2, "pool": stem_pool},
             "convs": [(16, 1), (40, 2), (8, 1)],
             "dense": [24],
             "epochs": 1,
@@ -115,3 +118,20 @@ def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch):
         native.popcount_path("best")
     portable = PortableEngine(model)
     assert [portable.scores(im.tobytes()) for im in images[:2]] == want[:2].tolist()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_named_architecture_packs_and_scores_alike_in_every_engine(arch):
+    """Each `--arch` a user can name, as trained and packed: the host's reference, the numpy
+    and native engines and the portable one give the same integer scores."""
+    from host.pack import pack_model
+    from host.reference import reference_scores
+    from tests.conftest import checkpoint_for, lively_model
+
+    model = read_bnn(pack_model(checkpoint_for(arch), lively_model(arch, seed=2)))
+    images = random_inputs(6, model.input_shape[0], seed=5)
+    want = reference_scores(model, images)
+    assert len({tuple(r) for r in want.tolist()}) >= 4  # the images really differ here
+    assert np.array_equal(NumpyEngine(model).scores(images), want)
+    assert np.array_equal(native.NativeEngine(model).scores(images), want)
+    assert PortableEngine(model).scores(images[0].tobytes()) == want[0].tolist()

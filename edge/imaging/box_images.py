@@ -312,6 +312,10 @@ def render_classic(seed: int, split: str, label: str, index: int, size: int = 10
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "L")
 
 
+# The code's height as a share of the frame's, drawn uniformly (issue 15: "about 10% to 35%").
+# Drawing from 8% was tried and read no better (docs/training-notes.md section 5, eighth round).
+CODE_HEIGHT = (0.10, 0.35)
+
 # A code must stand out of the camera's own noise to be read: its strokes' contrast in the
 # finished frame at least LEGIBLE_SIGMAS times the sensor noise and LEGIBLE_MIN grey levels
 # (the Rose criterion of detectability is 3-5 noise sigmas). A frame that fails is drawn again
@@ -323,13 +327,22 @@ LEGIBLE_TRIES = 4
 
 
 def render(
-    seed: int, split: str, label: str, index: int, size: int = 100, styles=None
+    seed: int,
+    split: str,
+    label: str,
+    index: int,
+    size: int = 100,
+    styles=None,
+    code_height: tuple = CODE_HEIGHT,
 ) -> Image.Image:
     """One grey camera frame of `label` (a code, or 'empty'), fully determined by its arguments.
 
     `styles`: the code styles to draw from (names of edge.imaging.code_styles.STYLES, "all" for
     every one); None draws the first generator's frame (render_classic). A code too faint to
-    read against the frame's noise (LEGIBLE_SIGMAS) is drawn again.
+    read against the frame's noise (LEGIBLE_SIGMAS) is drawn again. `code_height`: the band
+    (low, high) the code's height is drawn from, as shares of the frame's height; training sets
+    use CODE_HEIGHT, `tools/generalisation sizes` narrower bands to find the smallest code a
+    model reads.
     """
     if styles is None:
         return render_classic(seed, split, label, index, size)
@@ -338,7 +351,7 @@ def render(
     for attempt in range(LEGIBLE_TRIES):
         tag = label if attempt == 0 else "%s#%d" % (label, attempt)
         frame, contrast, noise = _render_styled(
-            seeded_rng(seed, split, tag, index), label, size, styles
+            seeded_rng(seed, split, tag, index), label, size, styles, code_height
         )
         if contrast is None or contrast >= max(LEGIBLE_MIN, LEGIBLE_SIGMAS * noise):
             break
@@ -354,7 +367,9 @@ def stroke_contrast(frame: np.ndarray, without: np.ndarray, code_px: float) -> f
     return float(np.partition(d, d.size - n)[d.size - n :].mean())
 
 
-def _render_styled(rng: random.Random, label: str, size: int, styles: tuple):
+def _render_styled(
+    rng: random.Random, label: str, size: int, styles: tuple, code_height=CODE_HEIGHT
+):
     """(frame, the code's stroke contrast or None for an empty frame, the sensor noise sigma)."""
     nrng = np.random.default_rng(rng.getrandbits(64))
     big = 2 * size  # drawn large, shrunk at the end
@@ -364,7 +379,7 @@ def _render_styled(rng: random.Random, label: str, size: int, styles: tuple):
     plain = None
     if label != EMPTY_LABEL:
         style = STYLES[rng.choice(tuple(styles))]
-        code_h = int(rng.uniform(0.10, 0.35) * big)
+        code_h = int(rng.uniform(*code_height) * big)
         code_w = int(min(0.88 * big, code_h * rng.uniform(2.4, 3.4)))
         fw = int(max(code_w + 1.3 * code_h, rng.uniform(0.4, 1.4) * big))
         fh = int(max(2.8 * code_h, rng.uniform(0.4, 1.4) * big))
