@@ -44,8 +44,9 @@ ARCHS = {
     # the first binary conv reads 48x48, not 24x24 (where a code 10% of the frame high is 2.4
     # rows). It reads small codes better (10-12% of the frame: 0.84 against 0.79 at the demo's
     # budget, 0.885 against 0.86 at the default's) and unseen faces as well or better, at the same
-    # arithmetic and about 10% more training time; not the default: at equal time it read its
-    # own test set 0.8 point worse, unseen faces 2.4 better (training notes, 5, eighth round)
+    # arithmetic and about 10% more training time. Not the default yet: at equal time it was
+    # ahead at the default's budget and mixed at the demo's, one seed each (training notes,
+    # section 5, eighth round)
     "bcnn96h": {
         "input": 96,
         "stem": {"cout": 16, "k": 5, "stride": 2, "pool": 1},
