@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from host.config import BNN, FINE_TUNE, PRANC
+from host.config import BNN, FINE_TUNE, PRANC, PRECISIONS
 from protocol.errors import BinsortError, run_cli
 from protocol.sender import GIVE_UP_S
 from protocol.version import show_defaults, version_line
@@ -239,6 +239,7 @@ def _train(args) -> int:
         window=args.window,
         binarize_ramp=args.binarize_ramp,
         seed=args.seed,
+        precision=args.precision,
         real_weight=args.real_weight,
         delta_budget=args.delta_budget,
         rename_labels=_renames(args.rename_label),
@@ -1082,6 +1083,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="arithmetic of the training steps' forward pass: bf16 (bfloat16 autocast; weights "
+        "and optimiser stay float32), fp32, or auto: bf16 where the device has it in hardware "
+        "(default %s)" % BNN["precision"],
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _reports(p, _train)
 

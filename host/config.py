@@ -23,7 +23,12 @@ BNN = {
     # the binary net's loss is 0.3 cross-entropy + 0.7 T^2 KL of the twin's scores at T = 2
     "distil_temperature": 2.0,
     "distil_weight": 0.7,
+    # arithmetic of the training steps: "bf16" autocasts the forward pass to bfloat16 (the
+    # parameters and the optimiser stay float32), "fp32" does not, "auto" takes bf16 where the
+    # device computes it natively (section 5, ninth round, of docs/training-notes.md)
+    "precision": "auto",
 }
+PRECISIONS = ("auto", "bf16", "fp32")
 # fine-tuning a trained model (--init): a few epochs at a lower rate, already binary
 FINE_TUNE = {"epochs": 12, "lr": 1e-3, "binarize_ramp": 0.0, "real_weight": 0.5}
 # PRANC (host.pranc): per-layer alphas of a hash-drawn basis, not the weights themselves
@@ -65,6 +70,7 @@ class TrainConfig:
     teacher_epochs: int = 0
     distil_temperature: float = BNN["distil_temperature"]
     distil_weight: float = BNN["distil_weight"]
+    precision: str = BNN["precision"]
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +143,10 @@ def check(cfg: TrainConfig) -> None:
         raise BinsortError("--lr must be positive: %g" % cfg.lr)
     if not 0 <= cfg.binarize_ramp <= 1:
         raise BinsortError("--binarize-ramp must be between 0 and 1: %g" % cfg.binarize_ramp)
+    if cfg.precision not in PRECISIONS:
+        raise BinsortError(
+            "unknown --precision %r (choose %s)" % (cfg.precision, ", ".join(PRECISIONS))
+        )
     if cfg.teacher_epochs < 0:
         raise BinsortError("--teacher-epochs must be 0 or more: %d" % cfg.teacher_epochs)
     if cfg.teacher_epochs and (cfg.init or cfg.param != "bnn"):

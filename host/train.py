@@ -429,6 +429,31 @@ def build(config: TrainConfig, classes: int, start=None, device: str = "cpu"):
     return BinaryNet(config.arch, classes, config.estimator, config.window).to(device)
 
 
+def native_bf16(device) -> bool:
+    """Whether `device` computes bfloat16 in hardware: a CUDA GPU that says so, or a CPU with
+    AVX512-BF16 or AMX (Linux's /proc/cpuinfo flags). Elsewhere bfloat16 is emulated, slower
+    than float32."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if kind != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def step_dtype(precision: str, device) -> "torch.dtype | None":
+    """What a training step's forward pass is autocast to (None: float32). The parameters, the
+    optimiser and every evaluation stay float32."""
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
 def run_epochs(
     model,
     data: TrainingData,
@@ -463,7 +488,15 @@ def run_epochs(
         anneal_strategy="cos",
     )
     gen = torch.Generator().manual_seed(config.seed)
+    dtype = step_dtype(config.precision, device)
     metrics = {"arch": config.arch, "labels": data.labels, "epochs": [], "world_size": world}
+    metrics["precision"] = "bf16" if dtype is not None else "fp32"
+
+    def autocast():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=dtype)
+
     started = time.time()
     step, ramp_steps = 0, config.binarize_ramp * config.epochs * steps_per_epoch
     signs = [m for _, m in bnet.sign_layers()]
@@ -505,13 +538,16 @@ def run_epochs(
             x = to_input(augment(data.train_x[idx], gen)).to(device)
             x = x.contiguous(memory_format=torch.channels_last)
             y = data.train_y[idx].to(device)
-            if pranc:
-                logits = net(x, keep=prefix_sample(model.chunks, pranc["prefix_prob"], gen))
-            else:
-                logits = net(x)
+            with autocast():
+                if pranc:
+                    logits = net(x, keep=prefix_sample(model.chunks, pranc["prefix_prob"], gen))
+                else:
+                    logits = net(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        taught = teacher(x).float()
+            logits = logits.float()
             if teacher is not None:
-                with torch.no_grad():
-                    taught = teacher(x)
                 loss = distil_loss(logits, taught, y, config)
             else:
                 loss = F.cross_entropy(logits, y)

@@ -62,6 +62,7 @@ def test_fine_tuning_keeps_the_checkpoints_arch_and_estimator_and_its_own_defaul
         ({"real_weight": 1.0}, "real-image weight must be between 0 and 1"),
         ({"arch": "nope"}, "unknown architecture"),
         ({"param": "gf3"}, "unknown parameterisation"),
+        ({"precision": "fp16"}, "unknown --precision 'fp16'"),
     ],
 )
 def test_values_no_run_can_use_are_one_line_errors(given, message):
@@ -83,3 +84,39 @@ def test_the_teacher_phase_is_off_unless_asked_and_never_for_fine_tuning_or_pran
     assert resolve(arch="tiny", param="pranc").teacher_epochs == 0
     with pytest.raises(BinsortError, match="not with --init"):
         resolve(init="r", init_ckpt=CKPT, teacher_epochs=2)
+
+
+def test_precision_auto_takes_bfloat16_only_where_the_device_has_it(monkeypatch):
+    import torch
+
+    from host import train
+
+    assert resolve().precision == "auto"
+    assert train.step_dtype("fp32", "cpu") is None
+    assert train.step_dtype("bf16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(train, "native_bf16", lambda device: True)
+    assert train.step_dtype("auto", "cpu") is torch.bfloat16
+    monkeypatch.setattr(train, "native_bf16", lambda device: False)
+    assert train.step_dtype("auto", "cpu") is None
+
+
+def test_native_bfloat16_is_read_from_the_cpus_flags(monkeypatch, tmp_path):
+    import builtins
+
+    from host import train
+
+    real_open = builtins.open
+
+    def cpuinfo(flags):
+        def fake(path, *a, **k):
+            if path == "/proc/cpuinfo":
+                path = tmp_path / "cpuinfo"
+                path.write_text("processor\t: 0\nflags\t\t: %s\n" % flags)
+            return real_open(path, *a, **k)
+
+        return fake
+
+    monkeypatch.setattr(builtins, "open", cpuinfo("fpu sse avx2 avx512f avx512_bf16"))
+    assert train.native_bf16("cpu")
+    monkeypatch.setattr(builtins, "open", cpuinfo("fpu sse avx2 avx512f avx512bw"))
+    assert not train.native_bf16("cpu")

@@ -22,11 +22,15 @@ def stop_after_epoch(n):
     return log
 
 
-def test_a_stopped_run_resumes_to_the_same_model_as_one_never_stopped(trained_run, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stopped_run_resumes_to_the_same_model_as_one_never_stopped(
+    trained_run, tmp_path, precision
+):
     data = str(trained_run / "data")
-    options = {"arch": "tiny", "epochs": 3, "progress": False}
+    options = {"arch": "tiny", "epochs": 3, "progress": False, "precision": precision}
     whole = train(data, str(tmp_path / "whole"), log=lambda s: None, **options)
     assert not (tmp_path / "whole" / RESUME_FILE).exists()  # a finished run leaves none
+    assert whole["precision"] == precision
 
     with pytest.raises(Stop):
         train(data, str(tmp_path / "cut"), log=stop_after_epoch(2), **options)
@@ -135,3 +139,26 @@ def test_resuming_past_a_teacher_that_is_gone_is_one_line(trained_run, tmp_path)
     code, out, err = run("--resume", str(tmp_path / "r"), "--quiet")
     assert code == 2 and "its teacher (teacher.pt) cannot be read" in err, err
     assert err.count("\n") == 1
+
+
+def test_bfloat16_steps_are_another_arithmetic_than_float32_steps(trained_run, tmp_path):
+    """--precision is not a label: the same run in bf16 takes other steps than in fp32 (the
+    float32 weights it keeps end elsewhere), and says which it took."""
+    data = str(trained_run / "data")
+    states = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        metrics = train(
+            data,
+            str(out),
+            arch="tiny",
+            epochs=1,
+            progress=False,
+            log=lambda s: None,
+            precision=precision,
+        )
+        assert metrics["precision"] == precision
+        states[precision] = torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]
+        assert states[precision]["convs.0.weight"].dtype == torch.float32
+    a, b = states["fp32"], states["bf16"]
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
