@@ -1088,8 +1088,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRECISIONS,
         default=None,
         help="arithmetic of the training steps' forward pass: bf16 (bfloat16 autocast; weights "
-        "and optimiser stay float32), fp32, or auto: bf16 where the device has it in hardware "
-        "(default %s)" % BNN["precision"],
+        "and optimiser stay float32), fp32, or auto: bf16 where the device has it in hardware, "
+        "fp32 for --param pranc (default %s)" % BNN["precision"],
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _reports(p, _train)

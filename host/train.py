@@ -446,10 +446,12 @@ def native_bf16(device) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def step_dtype(precision: str, device) -> "torch.dtype | None":
+def step_dtype(precision: str, device, param: str = "bnn") -> "torch.dtype | None":
     """What a training step's forward pass is autocast to (None: float32). The parameters, the
-    optimiser and every evaluation stay float32."""
-    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+    optimiser and every evaluation stay float32. `auto` keeps PRANC runs in float32: their
+    weights are sums over a basis that the edge rebuilds exactly, and a bfloat16 sum would flip
+    the signs of the weights near zero that the packed model keeps."""
+    if precision == "bf16" or (precision == "auto" and param == "bnn" and native_bf16(device)):
         return torch.bfloat16
     return None
 
@@ -488,7 +490,7 @@ def run_epochs(
         anneal_strategy="cos",
     )
     gen = torch.Generator().manual_seed(config.seed)
-    dtype = step_dtype(config.precision, device)
+    dtype = step_dtype(config.precision, device, config.param)
     metrics = {"arch": config.arch, "labels": data.labels, "epochs": [], "world_size": world}
     metrics["precision"] = "bf16" if dtype is not None else "fp32"
 

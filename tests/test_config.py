@@ -96,6 +96,8 @@ def test_precision_auto_takes_bfloat16_only_where_the_device_has_it(monkeypatch)
     assert train.step_dtype("bf16", "cpu") is torch.bfloat16
     monkeypatch.setattr(train, "native_bf16", lambda device: True)
     assert train.step_dtype("auto", "cpu") is torch.bfloat16
+    assert train.step_dtype("auto", "cpu", "pranc") is None  # its weights are exact sums
+    assert train.step_dtype("bf16", "cpu", "pranc") is torch.bfloat16  # unless asked
     monkeypatch.setattr(train, "native_bf16", lambda device: False)
     assert train.step_dtype("auto", "cpu") is None
 
