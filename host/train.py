@@ -79,8 +79,10 @@ def augment(pixels: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch
 
 
 @torch.no_grad()
-def accuracy(model, pixels, labels, batch=512, keep=None) -> float:
-    """Test accuracy in eval mode; `keep` evaluates a PRANC model's first `keep` chunks."""
+def accuracy(model, pixels, labels, batch=64, keep=None) -> float:
+    """Test accuracy in eval mode; `keep` evaluates a PRANC model's first `keep` chunks.
+    Batches of 64, as training's: on 2 cores `bcnn96h`'s 5,000 test images take 2.5 s in them
+    against 3.4 s in batches of 512, which outgrow the caches (a sixth of each epoch's time)."""
     model.eval()
     device = next(model.parameters()).device
     correct = 0
