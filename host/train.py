@@ -495,12 +495,7 @@ def run_epochs(
     dtype = step_dtype(config.precision, device, config.param)
     metrics = {"arch": config.arch, "labels": data.labels, "epochs": [], "world_size": world}
     metrics["precision"] = "bf16" if dtype is not None else "fp32"
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(torch.device(device).type, dtype=dtype)
-
+    kind = torch.device(device).type
     started = time.time()
     step, ramp_steps = 0, config.binarize_ramp * config.epochs * steps_per_epoch
     signs = [m for _, m in bnet.sign_layers()]
@@ -542,7 +537,7 @@ def run_epochs(
             x = to_input(augment(data.train_x[idx], gen)).to(device)
             x = x.contiguous(memory_format=torch.channels_last)
             y = data.train_y[idx].to(device)
-            with autocast():
+            with torch.autocast(kind, dtype=torch.bfloat16, enabled=dtype is not None):
                 if pranc:
                     logits = net(x, keep=prefix_sample(model.chunks, pranc["prefix_prob"], gen))
                 else:
