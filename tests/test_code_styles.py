@@ -136,6 +136,25 @@ def test_the_held_out_renderers_share_no_code_with_the_generator():
         assert not any("renderers" in n for n in _imports(path)), path
 
 
+def test_the_glyph_renderers_draw_every_default_code_and_light_print_on_crates():
+    """marker and crate draw characters from their own glyph tables: every default code's
+    characters are there; crate's print is lighter than the crate around it."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
+    import crate
+    import marker
+
+    from edge.imaging.box_images import DEFAULT_CODES
+
+    for module in (marker, crate):
+        assert set("".join(DEFAULT_CODES)) <= set(module.GLYPHS), module.__name__
+    with pytest.raises(ValueError, match="no glyph"):
+        crate.render("Q99", 0)
+    img = np.asarray(crate.render("K11", 3).convert("L"), np.float64)
+    assert np.array_equal(img, np.asarray(crate.render("K11", 3).convert("L"), np.float64))
+    centre = img[35:85, 35:85]
+    assert np.percentile(centre, 97) > np.median(centre) + 60  # light strokes on a dark crate
+
+
 def test_the_sticker_renderers_typefaces_are_never_drawn_by_the_generator():
     sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
     import sticker
@@ -164,7 +183,7 @@ def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path
     model = tmp_path / "m.bnn"
     model.write_bytes(tiny_model[1])
     rows = generalisation("eval", str(model), "--count", "2", "--work", str(tmp_path / "w"))
-    assert set(rows) == {"renderer sticker", "renderer marker"} | {
+    assert set(rows) == {"renderer sticker", "renderer marker", "renderer crate"} | {
         "generator, " + s for s in tuple(STYLES) + ("classic",)
     }
     assert all(r["n"] == 10 and 0 <= r["accuracy"] <= 1 for r in rows.values())
