@@ -67,26 +67,82 @@ def test_fonts_lacking_a_character_are_not_drawn_with():
     assert fonts_for("F\U0010fffd") == (None,)
 
 
-def test_a_code_too_faint_for_the_noise_is_drawn_again():
-    """The first draw of S19 #28 (seed 5) puts its code 15.9 grey levels out of 6.9 of sensor
-    noise, under 3 sigmas: render() gives the next draw instead, which stands out; a frame that
-    passes at once is the first draw, unchanged."""
+def _styled(seed, split, tag, index, styles=tuple(STYLES)):
+    """_render_styled's (frame, contrast, noise) for one draw, with the scene render() gives it."""
     from edge.imaging import box_images as bi
 
-    styles = tuple(STYLES)
-    first, contrast, noise = bi._render_styled(bi.seeded_rng(5, "t", "S19", 28), "S19", 100, styles)
+    rng, scene = (
+        bi.seeded_rng(seed, split, tag, index),
+        bi.seeded_rng(seed, split, tag + "/scene", index),
+    )
+    return bi._render_styled(rng, tag.split("#")[0], 100, styles, bi.CODE_HEIGHT, bi._scene(scene))
+
+
+def test_a_code_too_faint_for_the_noise_is_drawn_again():
+    """The first draw of S19 #28 (seed 5) puts its code under 3 sigmas of sensor noise:
+    render() gives the next draw instead, which stands out; a frame that passes at once is the
+    first draw, unchanged."""
+    from edge.imaging import box_images as bi
+
+    first, contrast, noise = _styled(5, "t", "S19", 28)
     assert contrast < bi.LEGIBLE_SIGMAS * noise
     drawn = np.asarray(render(5, "t", "S19", 28, 100, "all"))
-    second, contrast2, noise2 = bi._render_styled(
-        bi.seeded_rng(5, "t", "S19#1", 28), "S19", 100, styles
-    )
+    second, contrast2, noise2 = _styled(5, "t", "S19#1", 28)
     assert contrast2 >= max(bi.LEGIBLE_MIN, bi.LEGIBLE_SIGMAS * noise2)
     assert np.array_equal(drawn, np.asarray(second)) and not np.array_equal(drawn, first)
-    ok, c, n = bi._render_styled(bi.seeded_rng(5, "t", "S19", 27), "S19", 100, styles)
+    ok, c, n = _styled(5, "t", "S19", 27)
     assert c >= max(bi.LEGIBLE_MIN, bi.LEGIBLE_SIGMAS * n)
     assert np.array_equal(np.asarray(render(5, "t", "S19", 27, 100, "all")), np.asarray(ok))
     # the contrast is that of the code: the frame against itself has none
     assert bi.stroke_contrast(np.asarray(ok), np.asarray(ok), 20) == 0
+
+
+def _scene(**change):
+    scene = {"invert": False, "belt": None, "turn": None, "defocus": 0.0}
+    return {**scene, **change}
+
+
+def _frame(index, scene, label="K11", style="label", height=(0.3, 0.35), part=0):
+    """A frame as float (part 1: its code's stroke contrast) drawn with `scene`."""
+    from edge.imaging import box_images as bi
+
+    rng = bi.seeded_rng(8, "t", label, index)
+    drawn = bi._render_styled(rng, label, 100, (style,), height, scene)[part]
+    return np.asarray(drawn, np.float64) if part == 0 else drawn
+
+
+def test_the_scene_draws_light_print_on_dark_boxes_light_belts_turns_and_defocus():
+    """Each of binsort-synth-4's scene changes does what it says on the very frame it changes,
+    and a frame whose scene draws none of them is binsort-synth-3's, bit for bit."""
+    from edge.imaging import box_images as bi
+
+    for i in range(4):
+        plain = _frame(i, _scene())
+        assert np.array_equal(plain, _frame(i, None))
+        # the box face inverted: the centre (box and code) runs the other way
+        inverted = _frame(i, _scene(invert=True))
+        a, b = plain[30:70, 30:70].ravel(), inverted[30:70, 30:70].ravel()
+        assert np.corrcoef(a, b)[0, 1] < -0.5
+        # a light belt: where the frame changes (the belt showing), it is far brighter
+        moved = _frame(i, _scene(belt=(190.0, [1.0, 1.0, 1.0]))) - plain
+        assert (np.abs(moved) > 10).mean() > 0.05 and moved[np.abs(moved) > 10].mean() > 40
+        # defocus: a small code's strokes stand out less (their contrast on the codeless frame)
+        small = (0.12, 0.14)
+        soft = _frame(i, _scene(defocus=1.5), height=small, part=1)
+        assert soft < 0.95 * _frame(i, _scene(), height=small, part=1)
+        # a wider turn moves the frame
+        assert not np.array_equal(_frame(i, _scene(turn=24.0)), plain)
+    scenes = [bi._scene(random.Random(i)) for i in range(2000)]
+    share = {
+        k: np.mean([bool(s[k]) for s in scenes]) for k in ("invert", "belt", "turn", "defocus")
+    }
+    assert (
+        abs(share["invert"] - bi.LIGHT_ON_DARK) < 0.03 and abs(share["belt"] - bi.LIGHT_BELT) < 0.03
+    )
+    assert (
+        abs(share["turn"] - bi.WIDE_TURN) < 0.03 and abs(share["defocus"] - bi.EXTRA_DEFOCUS) < 0.03
+    )
+    assert all(15 <= abs(s["turn"]) <= 25 for s in scenes if s["turn"] is not None)
 
 
 def test_rendering_depends_on_the_styles_drawn_from():
@@ -105,7 +161,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-3"
+    assert info["generator"] == "binsort-synth-4"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(

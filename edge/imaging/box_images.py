@@ -8,7 +8,13 @@ the box within 8% of the centre, rails keeping it within 10 degrees, occluders a
 that never reach the code. (docs/training-notes.md: with boxes anywhere within 12% and turned
 up to 20 degrees, the binary nets did not learn the codes within the demo's budget.) The `empty`
 class is belt alone, sometimes with a blank box edge entering the view, so the line can tell
-"no box" from "unknown box". Every image is a pure function of (seed, split, label, index).
+"no box" from "unknown box". That is the first generator (render_classic, what the conveyor
+simulator draws). The styled frames that training sets use (render with `styles`,
+binsort-synth-4) go much further: codes in the named styles of edge.imaging.code_styles, 10-35% of
+the frame high, on boxes of any size anywhere in the central area, turned up to 15 degrees and some
+to 25, some in light print on a dark box, on dark rubber or light PVC belts, with distractor print,
+glare, defocus and a camera's limited-range luma. Every image is a pure function of (seed, split,
+label, index) and the styles.
 
 It lives on the edge side because both sides use it: the host writes training sets with it
 (host.synth) and the edge's conveyor simulator (edge.line.sources.conveyor) moves its boxes past a
@@ -23,7 +29,7 @@ import random
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from edge.imaging.code_styles import STYLES, distractor, lay_distractor
 
@@ -216,14 +222,23 @@ def _border_strip(rng, draw: ImageDraw.ImageDraw, size: int, depth: tuple) -> No
 
 
 def _camera(
-    rng, nrng, img: Image.Image, size: int, light_range: bool, code_px: float, info=None
+    rng,
+    nrng,
+    img: Image.Image,
+    size: int,
+    light_range: bool,
+    code_px: float,
+    info=None,
+    defocus: float = 0.0,
 ) -> Image.Image:
     """Light, optics and sensor: gradient, shadows, glare, motion blur along the belt, defocus,
     noise, JPEG, and (when `light_range`) the camera's limited-range luma 16-235.
 
     `code_px`: the code's height in output pixels. Blur is bounded by it, so that a code stays
     legible: a small code is not smeared more than a quarter of its height (a code a person
-    cannot read teaches the net nothing but noise). `info` gets the sensor noise sigma."""
+    cannot read teaches the net nothing but noise). `info` gets the sensor noise sigma.
+    `defocus`: a blur (sigma, pixels) the lens adds at least, up to an eighth of the code's
+    height (the scene's EXTRA_DEFOCUS)."""
     big = img.width
     draw = ImageDraw.Draw(img, "RGBA")
     if rng.random() < 0.35:  # a shadow cast across the view
@@ -257,7 +272,7 @@ def _camera(
         else:
             arr[:edge], arr[-edge:] = np.asarray(out)[:edge], np.asarray(out)[-edge:]
     out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    blur = min(rng.uniform(0, 1.2), code_px / 14)
+    blur = max(min(rng.uniform(0, 1.2), code_px / 14), min(defocus, code_px / 8))
     if blur > 0.3:  # defocus
         out = out.filter(ImageFilter.GaussianBlur(blur))
     sigma = rng.uniform(1, 7)
@@ -325,6 +340,16 @@ LEGIBLE_SIGMAS = 3.0
 LEGIBLE_MIN = 10.0
 LEGIBLE_TRIES = 4
 
+# The scene's variety beyond binsort-synth-3 (binsort-synth-4), each drawn from a random stream
+# of its own (seeded_rng(..., label + "/scene", ...)), so every other frame is synth-3's bit for
+# bit. A model trained without them read light print on a dark box at 0.70-0.84, codes turned
+# 20 degrees more at 0.85-0.94, and a defocus of 1 pixel more at 0.95 on the sticker renderer
+# (docs/training-notes.md section 5, tenth round). Shares of frames:
+LIGHT_ON_DARK = 0.15  # the box face's colours inverted: white or light print on a dark box
+LIGHT_BELT = 0.25  # a light grey or coloured PVC belt, not dark rubber
+WIDE_TURN = 0.15  # the box turned 15-25 degrees, past the rails' 15
+EXTRA_DEFOCUS = 0.15  # a further defocus, up to an eighth of the code's height
+
 
 def render(
     seed: int,
@@ -351,7 +376,12 @@ def render(
     for attempt in range(LEGIBLE_TRIES):
         tag = label if attempt == 0 else "%s#%d" % (label, attempt)
         frame, contrast, noise = _render_styled(
-            seeded_rng(seed, split, tag, index), label, size, styles, code_height
+            seeded_rng(seed, split, tag, index),
+            label,
+            size,
+            styles,
+            code_height,
+            _scene(seeded_rng(seed, split, tag + "/scene", index)),
         )
         if contrast is None or contrast >= max(LEGIBLE_MIN, LEGIBLE_SIGMAS * noise):
             break
@@ -367,15 +397,47 @@ def stroke_contrast(frame: np.ndarray, without: np.ndarray, code_px: float) -> f
     return float(np.partition(d, d.size - n)[d.size - n :].mean())
 
 
+def _scene(vrng: random.Random) -> dict:
+    """The scene's variety (LIGHT_ON_DARK and the rest), drawn once for a frame."""
+    return {
+        "invert": vrng.random() < LIGHT_ON_DARK,
+        "belt": (
+            (vrng.uniform(120, 215), [vrng.uniform(0.8, 1.15) for _ in range(3)])
+            if vrng.random() < LIGHT_BELT
+            else None
+        ),
+        "turn": vrng.choice((-1, 1)) * vrng.uniform(15, 25) if vrng.random() < WIDE_TURN else None,
+        "defocus": vrng.uniform(0.4, 1.0) if vrng.random() < EXTRA_DEFOCUS else 0.0,
+    }
+
+
+def _light_belt(belt: np.ndarray, tone: float, tint: list) -> tuple:
+    """The dark belt's texture moved to a light `tone` and tinted (a PVC belt)."""
+    grey = belt.mean(axis=2, keepdims=True)
+    img = np.clip((grey - grey.mean() + tone) * np.array(tint), 0, 255)
+    return img, tuple(int(v) for v in tone * np.array(tint))
+
+
 def _render_styled(
-    rng: random.Random, label: str, size: int, styles: tuple, code_height=CODE_HEIGHT
+    rng: random.Random,
+    label: str,
+    size: int,
+    styles: tuple,
+    code_height=CODE_HEIGHT,
+    scene=None,
 ):
-    """(frame, the code's stroke contrast or None for an empty frame, the sensor noise sigma)."""
+    """(frame, the code's stroke contrast or None for an empty frame, the sensor noise sigma).
+    `scene`: _scene's variety (None: binsort-synth-3's frame)."""
     nrng = np.random.default_rng(rng.getrandbits(64))
     big = 2 * size  # drawn large, shrunk at the end
     belt, belt_colour = _belt(rng, nrng, big)
+    scene = scene or {"invert": False, "belt": None, "turn": None, "defocus": 0.0}
+    if scene["belt"] is not None:
+        belt, belt_colour = _light_belt(belt, *scene["belt"])
     img = Image.fromarray(belt.astype(np.uint8), "RGB")
     angle = rng.uniform(-15, 15)
+    if scene["turn"] is not None:
+        angle = scene["turn"]
     plain = None
     if label != EMPTY_LABEL:
         style = STYLES[rng.choice(tuple(styles))]
@@ -413,6 +475,9 @@ def _render_styled(
         placed = (angle, (fw / 2, fh / 2), at)
     else:
         face = None
+    if face is not None and scene["invert"]:  # light print on a dark box
+        face = ImageOps.invert(face)
+        plain = None if plain is None else ImageOps.invert(plain)
     code_px = code_h * size / big if label != EMPTY_LABEL else size
     # the rest draws the same random numbers whatever the face: the frame without its code
     # comes out with the very same light, blur and noise
@@ -426,7 +491,8 @@ def _render_styled(
             _paste_face(out, f, *placed)
         out = _tilted(rng, out, big, belt_colour)
         info = {}
-        return _camera(rng, nrng, out, size, rng.random() < 0.4, code_px, info), info["noise"]
+        shot = _camera(rng, nrng, out, size, rng.random() < 0.4, code_px, info, scene["defocus"])
+        return shot, info["noise"]
 
     frame, noise = finish(face)
     if plain is None:
