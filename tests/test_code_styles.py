@@ -245,6 +245,47 @@ def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path
     assert all(r["n"] == 10 and 0 <= r["accuracy"] <= 1 for r in rows.values())
 
 
+def test_generalisation_stress_scores_every_change_on_every_renderer(tmp_path, tiny_model):
+    model = tmp_path / "m.bnn"
+    model.write_bytes(tiny_model[1])
+    work = str(tmp_path / "w")
+    rows = generalisation("stress", str(model), "--count", "2", "--work", work)
+    assert list(rows)[0] == "as drawn" and len(rows) == 6
+    assert all(set(r) == {"sticker", "marker", "crate"} for r in rows.values())
+    plain = generalisation("eval", str(model), "--count", "2", "--work", work)
+    for name, accuracy in rows["as drawn"].items():  # the same images, the same engine
+        assert accuracy == plain["renderer " + name]["accuracy"]
+
+
+def test_the_stress_changes_do_what_they_are_named():
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+
+    path = os.path.join(ROOT, "tools", "generalisation")
+    loader = SourceFileLoader("generalisation", path)
+    tool = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("generalisation", loader)
+    )
+    loader.exec_module(tool)
+    changes = tool._stresses()
+    sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
+    import sticker
+
+    im = sticker.render("K11", 1)
+    a = np.asarray(im, np.int16)
+    out = {name: change(im) for name, change in changes.items()}
+    assert np.array_equal(np.asarray(out["as drawn"]), a)
+    assert np.array_equal(np.asarray(out["inverted (light print on dark)"]), 255 - a)
+    turned = np.asarray(out["turned 20 degrees more"], np.int16)
+    assert turned.shape == a.shape and np.abs(turned - a).mean() > 10
+    soft = np.asarray(out["defocus 1 px more"], np.int16)
+    assert np.abs(np.diff(soft, axis=1)).mean() < 0.8 * np.abs(np.diff(a, axis=1)).mean()
+    bright = np.asarray(out["overexposed (+60 grey levels)"], np.int16)
+    assert np.array_equal(bright, np.minimum(a + 60, 255))
+    far = out["from 1.2 times further away"]
+    assert far.size == (120, 120) and np.array_equal(np.asarray(far, np.int16)[10:110, 10:110], a)
+
+
 def test_leave_one_style_out_trains_without_the_style_and_scores_it(tmp_path):
     rows = generalisation(
         "loso", "--arch", "tiny", "--count", "4", "--test-count", "2", "--epochs", "1",
