@@ -342,9 +342,9 @@ LEGIBLE_TRIES = 4
 
 # The scene's variety beyond binsort-synth-3 (binsort-synth-4), each drawn from a random stream
 # of its own (seeded_rng(..., label + "/scene", ...)), so every other frame is synth-3's bit for
-# bit. A model trained without them read light print on a dark box at 0.70-0.84, codes turned
-# 20 degrees more at 0.85-0.94, and a defocus of 1 pixel more at 0.95 on the sticker renderer
-# (docs/training-notes.md section 5, tenth round). Shares of frames:
+# bit. A model trained without them read inverted held-out frames (light print on dark) at
+# 0.70-0.85 and the crate renderer's light print at 0.60, and sticker frames turned 20 degrees
+# more at 0.84 (docs/training-notes.md section 5, tenth round). Shares of frames:
 LIGHT_ON_DARK = 0.15  # the box face's colours inverted: white or light print on a dark box
 LIGHT_BELT = 0.25  # a light grey or coloured PVC belt, not dark rubber
 WIDE_TURN = 0.15  # the box turned 15-25 degrees, past the rails' 15
