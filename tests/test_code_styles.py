@@ -98,8 +98,9 @@ def test_a_code_too_faint_for_the_noise_is_drawn_again():
 
 
 def _scene(**change):
-    scene = {"invert": False, "belt": None, "turn": None, "defocus": 0.0}
-    return {**scene, **change}
+    from edge.imaging.box_images import PLAIN_SCENE
+
+    return {**PLAIN_SCENE, **change}
 
 
 def _frame(index, scene, label="K11", style="label", height=(0.3, 0.35), part=0):

@@ -349,6 +349,7 @@ LIGHT_ON_DARK = 0.15  # the box face's colours inverted: white or light print on
 LIGHT_BELT = 0.25  # a light grey or coloured PVC belt, not dark rubber
 WIDE_TURN = 0.15  # the box turned 15-25 degrees, past the rails' 15
 EXTRA_DEFOCUS = 0.15  # a further defocus, up to an eighth of the code's height
+PLAIN_SCENE = {"invert": False, "belt": None, "turn": None, "defocus": 0.0}  # none of them
 
 
 def render(
@@ -431,7 +432,7 @@ def _render_styled(
     nrng = np.random.default_rng(rng.getrandbits(64))
     big = 2 * size  # drawn large, shrunk at the end
     belt, belt_colour = _belt(rng, nrng, big)
-    scene = scene or {"invert": False, "belt": None, "turn": None, "defocus": 0.0}
+    scene = scene or PLAIN_SCENE
     if scene["belt"] is not None:
         belt, belt_colour = _light_belt(belt, *scene["belt"])
     img = Image.fromarray(belt.astype(np.uint8), "RGB")
