@@ -244,6 +244,9 @@ def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path
         "generator, " + s for s in tuple(STYLES) + ("classic",)
     }
     assert all(r["n"] == 10 and 0 <= r["accuracy"] <= 1 for r in rows.values())
+    # the same --work folder for a smaller --count: its set is the first image a label only
+    rows = generalisation("eval", str(model), "--count", "1", "--work", str(tmp_path / "w"))
+    assert all(r["n"] == 5 for r in rows.values())
 
 
 def test_generalisation_stress_scores_every_change_on_every_renderer(tmp_path, tiny_model):
