@@ -67,6 +67,21 @@ def test_fonts_lacking_a_character_are_not_drawn_with():
     assert fonts_for("F\U0010fffd") == (None,)
 
 
+def test_reverse_video_faces_are_not_drawn_with():
+    """OCR-B's reverse faces knock each character out of a solid cell: printed as ink they are
+    a dark block, and the code is gone. tools/setup-system installs them (fonts-ocr-b)."""
+    from edge.imaging.code_styles import reverse_video
+
+    folder = "/usr/share/fonts/opentype/ocr-b"
+    reverse = [os.path.join(folder, n) for n in ("OCRBE.otf", "OCRBX.otf")]
+    ordinary = [os.path.join(folder, n) for n in ("OCRB.otf", "OCRBL.otf")]
+    assert all(os.path.exists(p) for p in reverse + ordinary), "run tools/setup-system"
+    assert all(reverse_video(p) for p in reverse)
+    assert not any(reverse_video(p) for p in ordinary)
+    fonts = system_fonts()
+    assert not set(reverse) & set(fonts) and set(ordinary) <= set(fonts)
+
+
 def _styled(seed, split, tag, index, styles=tuple(STYLES)):
     """_render_styled's (frame, contrast, noise) for one draw, with the scene render() gives it."""
     from edge.imaging import box_images as bi
@@ -162,7 +177,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-4"
+    assert info["generator"] == "binsort-synth-5"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(

@@ -10,11 +10,12 @@ up to 20 degrees, the binary nets did not learn the codes within the demo's budg
 class is belt alone, sometimes with a blank box edge entering the view, so the line can tell
 "no box" from "unknown box". That is the first generator (render_classic, what the conveyor
 simulator draws). The styled frames that training sets use (render with `styles`,
-binsort-synth-4) go much further: codes in the named styles of edge.imaging.code_styles, 10-35% of
+binsort-synth-5) go much further: codes in the named styles of edge.imaging.code_styles, 10-35% of
 the frame high, on boxes of any size anywhere in the central area, turned up to 15 degrees and some
 to 25, some in light print on a dark box, on dark rubber or light PVC belts, with distractor print,
-glare, defocus and a camera's limited-range luma. Every image is a pure function of (seed, split,
-label, index) and the styles.
+glare, defocus and a camera's limited-range luma. (binsort-synth-5 is synth-4 without the
+reverse-video faces, whose codes printed as blocks: edge.imaging.code_styles.reverse_video.)
+Every image is a pure function of (seed, split, label, index) and the styles.
 
 It lives on the edge side because both sides use it: the host writes training sets with it
 (host.synth) and the edge's conveyor simulator (edge.line.sources.conveyor) moves its boxes past a

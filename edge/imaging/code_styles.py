@@ -12,9 +12,9 @@ pixels and returns nothing; `STYLES` maps the names `binsort data synth --styles
 
 Glyphs come from every TrueType/OpenType font in the system's font folders and matplotlib's
 (regular to bold by stroke width, normal to condensed by squeezing; fonts lacking a character,
-symbol faces and the faces held out for evaluation are skipped), or are drawn here (the dot
-grid). tools/setup-system installs a dozen font packages (sans, serif, mono, OCR-A/B).
-numpy and Pillow only; every choice comes from the `rng` given.
+symbol faces, reverse-video faces and the faces held out for evaluation are skipped), or are
+drawn here (the dot grid). tools/setup-system installs a dozen font packages (sans, serif,
+mono, OCR-A/B). numpy and Pillow only; every choice comes from the `rng` given.
 """
 
 import glob
@@ -106,10 +106,34 @@ def system_fonts() -> tuple:
     keep = []
     for path in found:
         name = os.path.basename(path)
-        if name in HELD_OUT_FONTS or name.startswith(SKIP_FONTS):
+        if name in HELD_OUT_FONTS or name.startswith(SKIP_FONTS) or reverse_video(path):
             continue
         keep.append(path)
     return tuple(sorted(keep, key=lambda p: (os.path.basename(p), p)))
+
+
+# A reverse-video face (OCR-B's OCRBE and OCRBX: each character knocked out of a solid cell)
+# covers about 80% of its glyphs' boxes; the heaviest ordinary face here, 62%.
+REVERSE_COVERAGE = 0.75
+
+
+@cache
+def reverse_video(path) -> bool:
+    """Whether the face draws its characters as holes in a solid cell. Laid on a box as ink it
+    prints a dark block, and a bold stroke closes the holes: the code is gone (binsort-synth-4
+    drew such codes, and a model read 48% of them; training notes, section 5, twelfth round).
+    The generator prints light on dark by inverting the box instead (box_images)."""
+    try:
+        font = _font(path, 40)
+    except OSError:
+        return False
+    cover = []
+    for ch in "EHKNSVX0":
+        a = np.frombuffer(_glyph(font, ch), np.uint8).reshape(64, 64)
+        ys, xs = np.nonzero(a)
+        if len(ys):
+            cover.append(a[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].mean() / 255)
+    return bool(cover) and float(np.mean(cover)) > REVERSE_COVERAGE
 
 
 @lru_cache(maxsize=8)  # each face holds its font file in memory (~0.5 MB)
