@@ -129,7 +129,8 @@ def _frame(index, scene, label="K11", style="label", height=(0.3, 0.35), part=0)
 
 def test_the_scene_draws_light_print_on_dark_boxes_light_belts_turns_and_defocus():
     """Each of binsort-synth-4's scene changes does what it says on the very frame it changes,
-    and a frame whose scene draws none of them is binsort-synth-3's, bit for bit."""
+    and a frame whose scene draws none of them is binsort-synth-3's, bit for bit; each is drawn
+    as often as its share says (synth-6's ribs too)."""
     from edge.imaging import box_images as bi
 
     for i in range(4):
@@ -150,7 +151,8 @@ def test_the_scene_draws_light_print_on_dark_boxes_light_belts_turns_and_defocus
         assert not np.array_equal(_frame(i, _scene(turn=24.0)), plain)
     scenes = [bi._scene(random.Random(i)) for i in range(2000)]
     share = {
-        k: np.mean([bool(s[k]) for s in scenes]) for k in ("invert", "belt", "turn", "defocus")
+        k: np.mean([bool(s[k]) for s in scenes])
+        for k in ("invert", "belt", "turn", "defocus", "ribs")
     }
     assert (
         abs(share["invert"] - bi.LIGHT_ON_DARK) < 0.03 and abs(share["belt"] - bi.LIGHT_BELT) < 0.03
@@ -158,7 +160,30 @@ def test_the_scene_draws_light_print_on_dark_boxes_light_belts_turns_and_defocus
     assert (
         abs(share["turn"] - bi.WIDE_TURN) < 0.03 and abs(share["defocus"] - bi.EXTRA_DEFOCUS) < 0.03
     )
+    assert abs(share["ribs"] - bi.RIBBED) < 0.03
     assert all(15 <= abs(s["turn"]) <= 25 for s in scenes if s["turn"] is not None)
+
+
+def test_ribbed_faces_are_banded_at_their_period():
+    """binsort-synth-6's ribs: a face in bands every `period` of the frame, lighter or darker
+    by `step`, across or along it; a face without ribs stays as it was."""
+    from edge.imaging import box_images as bi
+
+    face = Image.new("RGB", (120, 90), (120, 110, 90))
+    ribs = {"across": True, "period": 0.05, "duty": 0.25, "step": 20.0, "soft": 0.0}
+    banded = np.asarray(bi._ribbed(face, ribs, 200), np.float64)[:, :, 0] - 120
+    rows = banded[:, 0]  # period 10 pixels, the first 2.5 of each lighter by 20
+    assert np.array_equal(rows[:10], [20, 20, 20, 0, 0, 0, 0, 0, 0, 0])
+    assert np.array_equal(rows[10:90], np.tile(rows[:10], 8)) and (banded == rows[:, None]).all()
+    along = np.asarray(bi._ribbed(face, {**ribs, "across": False, "step": -20.0}, 200))
+    assert (along[:, :, 0].astype(int) - 120)[0, :10].tolist() == [-20] * 3 + [0] * 7
+    assert bi._ribbed(face, None, 200) is face
+    for i in range(2):
+        plain = _frame(i, _scene(), style="carton")
+        ribbed = _frame(i, _scene(ribs={**ribs, "step": 30.0}), style="carton")
+        moved = np.abs(ribbed - plain) > 4
+        assert 0.03 < moved.mean() < 0.6  # on the box, in bands, lighter
+        assert (ribbed - plain)[moved].mean() > 10
 
 
 def test_rendering_depends_on_the_styles_drawn_from():
@@ -177,7 +202,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-5"
+    assert info["generator"] == "binsort-synth-6"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(

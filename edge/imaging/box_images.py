@@ -10,11 +10,12 @@ up to 20 degrees, the binary nets did not learn the codes within the demo's budg
 class is belt alone, sometimes with a blank box edge entering the view, so the line can tell
 "no box" from "unknown box". That is the first generator (render_classic, what the conveyor
 simulator draws). The styled frames that training sets use (render with `styles`,
-binsort-synth-5) go much further: codes in the named styles of edge.imaging.code_styles, 10-35% of
+binsort-synth-6) go much further: codes in the named styles of edge.imaging.code_styles, 10-35% of
 the frame high, on boxes of any size anywhere in the central area, turned up to 15 degrees and some
-to 25, some in light print on a dark box, on dark rubber or light PVC belts, with distractor print,
-glare, defocus and a camera's limited-range luma. (binsort-synth-5 is synth-4 without the
-reverse-video faces, whose codes printed as blocks: edge.imaging.code_styles.reverse_video.)
+to 25, some in light print on a dark box, some boxes ribbed or striped, on dark rubber or light
+PVC belts, with distractor print, glare, defocus and a camera's limited-range luma.
+(binsort-synth-5 is synth-4 without the reverse-video faces, whose codes printed as blocks:
+edge.imaging.code_styles.reverse_video; binsort-synth-6 adds the ribbed faces.)
 Every image is a pure function of (seed, split, label, index) and the styles.
 
 It lives on the edge side because both sides use it: the host writes training sets with it
@@ -350,7 +351,11 @@ LIGHT_ON_DARK = 0.15  # the box face's colours inverted: white or light print on
 LIGHT_BELT = 0.25  # a light grey or coloured PVC belt, not dark rubber
 WIDE_TURN = 0.15  # the box turned 15-25 degrees, past the rails' 15
 EXTRA_DEFOCUS = 0.15  # a further defocus, up to an eighth of the code's height
-PLAIN_SCENE = {"invert": False, "belt": None, "turn": None, "defocus": 0.0}  # none of them
+# (binsort-synth-6) A crate renderer frame drawn without its ribs was read 0.991, with them
+# 0.850 (training notes, section 5, twelfth round): the generator's faces had only a faint
+# corrugation, so bands as strong as a stroke were new to the model.
+RIBBED = 0.2  # the face in bands: ribbed plastic, slats, stripes
+PLAIN_SCENE = {"invert": False, "belt": None, "turn": None, "defocus": 0.0, "ribs": None}
 
 
 def render(
@@ -410,7 +415,37 @@ def _scene(vrng: random.Random) -> dict:
         ),
         "turn": vrng.choice((-1, 1)) * vrng.uniform(15, 25) if vrng.random() < WIDE_TURN else None,
         "defocus": vrng.uniform(0.4, 1.0) if vrng.random() < EXTRA_DEFOCUS else 0.0,
+        # drawn last, so that a frame without ribs is binsort-synth-5's
+        "ribs": (
+            {
+                "across": vrng.random() < 0.5,
+                "period": vrng.uniform(0.03, 0.09),
+                "duty": vrng.uniform(0.2, 0.5),
+                "step": vrng.choice((-1, 1)) * vrng.uniform(8, 30),
+                "soft": vrng.uniform(0, 1.5),
+            }
+            if vrng.random() < RIBBED
+            else None
+        ),
     }
+
+
+def _ribbed(face: Image.Image, ribs: "dict | None", big: int) -> Image.Image:
+    """The face moulded or printed in bands (a ribbed plastic crate, a slatted tray, a striped
+    print): every `period` of the frame a band `duty` of it wide, `step` grey levels lighter or
+    darker, across or along the face, its edges softened by `soft` pixels."""
+    if ribs is None:
+        return face
+    w, h = face.size
+    along = np.arange(h if ribs["across"] else w, dtype=np.float64)
+    period = ribs["period"] * big
+    band = ((along % period) < ribs["duty"] * period).astype(np.float64)
+    if ribs["soft"] > 0.3:
+        taps = np.exp(-0.5 * (np.arange(-4, 5) / ribs["soft"]) ** 2)
+        band = np.convolve(np.pad(band, 4, mode="wrap"), taps / taps.sum(), mode="valid")
+    band = band[:, None] if ribs["across"] else band[None, :]
+    a = np.asarray(face, np.float64) + ribs["step"] * band[:, :, None]
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
 
 
 def _light_belt(belt: np.ndarray, tone: float, tint: list) -> tuple:
@@ -447,7 +482,7 @@ def _render_styled(
         code_w = int(min(0.88 * big, code_h * rng.uniform(2.4, 3.4)))
         fw = int(max(code_w + 1.3 * code_h, rng.uniform(0.4, 1.4) * big))
         fh = int(max(2.8 * code_h, rng.uniform(0.4, 1.4) * big))
-        face = _carton_face(rng, nrng, fw, fh)
+        face = _ribbed(_carton_face(rng, nrng, fw, fh), scene["ribs"], big)
         px = rng.uniform(code_w / 2 + 0.6 * code_h, fw - code_w / 2 - 0.6 * code_h)
         py = rng.uniform(1.4 * code_h, fh - 1.4 * code_h)
         rect = (
@@ -468,7 +503,7 @@ def _render_styled(
         placed = (angle, (px, py), at)
     elif rng.random() < 0.55:  # a box with no code on it: entering, leaving, or in view
         fw, fh = int(rng.uniform(0.4, 1.4) * big), int(rng.uniform(0.4, 1.4) * big)
-        face = _carton_face(rng, nrng, fw, fh)
+        face = _ribbed(_carton_face(rng, nrng, fw, fh), scene["ribs"], big)
         if rng.random() < 0.35:
             _tape(rng, face)
         _distractors(rng, face, rng.uniform(0.1, 0.3) * big, None)
