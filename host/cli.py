@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+from host.archs import synth_size
 from host.config import BNN, FINE_TUNE, PRANC, PRECISIONS
 from protocol.errors import BinsortError, run_cli
 from protocol.sender import GIVE_UP_S
@@ -158,8 +159,9 @@ def _data_parts(args) -> list:
     return parts
 
 
-def _train_sources(args, parts: list) -> list:
-    """The data folders of --data, a synthetic set made first where one is asked for."""
+def _train_sources(args, parts: list, arch: str) -> list:
+    """The data folders of --data, a synthetic set made first where one is asked for, its
+    frames drawn at the side the architecture asks for."""
     folders = []
     for part in parts:
         if part == "synth":
@@ -168,7 +170,13 @@ def _train_sources(args, parts: list) -> list:
             part = os.path.join(args.out, "data")
             if not os.path.exists(os.path.join(part, "labels.json")):
                 print("synthesising a data set into %s" % part)
-                synthesise(part, args.synth_count, seed=args.seed, styles=parse_styles(args.styles))
+                synthesise(
+                    part,
+                    args.synth_count,
+                    size=synth_size(arch),
+                    seed=args.seed,
+                    styles=parse_styles(args.styles),
+                )
         folders.append(part)
     return folders
 
@@ -245,7 +253,7 @@ def _train(args) -> int:
         rename_labels=_renames(args.rename_label),
     )
     check_out_folder(args.out)
-    folders = _train_sources(args, parts)  # the checks first: synthesis takes minutes
+    folders = _train_sources(args, parts, config.arch)  # the checks first: synthesis is slow
     metrics = train(
         folders[0] if len(folders) == 1 else folders,
         args.out,

@@ -15,7 +15,7 @@ import torch
 
 from edge.engine import load_engine
 from edge.imaging.code_styles import STYLES
-from host.archs import arch_spec
+from host.archs import arch_spec, synth_size
 from host.config import resolve
 from host.evaluate import format_report, load_labelled, summarise
 from host.line_demo import run_line
@@ -44,7 +44,7 @@ def run_demo(
 
     data_dir = os.path.join(out_dir, "data")
     say("1/5 synthesising %d images per label into %s" % (count, data_dir))
-    synthesise(data_dir, count=count, seed=seed, styles=tuple(STYLES))
+    synthesise(data_dir, count=count, size=synth_size(arch), seed=seed, styles=tuple(STYLES))
     timings["synth_s"] = round(time.time() - started, 1)
 
     run_dir = os.path.join(out_dir, "run")

@@ -71,7 +71,7 @@ def lively_bcnn_model():
 
 @pytest.fixture(scope="session")
 def lively_default_model():
-    """The default architecture (96x96 input) as the demo and `binsort train` make it."""
+    """The default architecture (144x144 input) as the demo and `binsort train` make it."""
     from host.models import DEFAULT_ARCH
 
     model = lively_model(DEFAULT_ARCH)

@@ -297,3 +297,24 @@ def test_edge_bench_times_every_engine_on_identical_scores(packed, monkeypatch):
     if native.available():
         with pytest.raises(BinsortError, match="engine numpy gives other scores"):
             bench(str(packed), runs=2, batch=2)
+
+
+def test_train_on_synth_draws_the_frames_at_the_architectures_side(tmp_path, monkeypatch):
+    """`--data synth` draws at the architecture's "synth_size" (bcnn144: 150 pixels for its
+    144x144 input), 100 where it names none, and the run reads them at its input size."""
+    from host import archs
+
+    monkeypatch.setitem(archs.ARCHS, "tiny", dict(archs.ARCHS["tiny"], synth_size=48))
+    assert archs.synth_size("bcnn144") == 150 and archs.synth_size("bcnn96h") == 100
+    out = tmp_path / "run"
+    code, _, err = run_here(
+        "train", "--data", "synth", "--synth-count", "4", "--arch", "tiny", "--epochs", "1",
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "data" / "labels.json").read_text())["size"] == 48
+    frame = (out / "data" / "train" / "F06").iterdir().__next__()
+    from PIL import Image
+
+    assert Image.open(frame).size == (48, 48)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["input"] == 32

@@ -49,11 +49,11 @@ def test_demo_trains_packs_and_the_edge_engine_computes_exactly_the_host_referen
 
 @pytest.mark.slow
 def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
-    """The main job on its built-in defaults: bcnn96h on the styled synthetic set, 24 epochs.
+    """The main job on its built-in defaults: bcnn144 on the styled synthetic set, 24 epochs.
 
-    Measured on 2 cores (docs/training-notes.md section 5, tenth round): 0.947 of the styled
-    test images (binsort-synth-4, which draws light print on dark boxes too), all 300 boxes on
-    the line right. Issue 15's target for the default
+    Measured on 2 cores (docs/training-notes.md section 5, thirteenth round): 0.965 of the
+    styled test images (binsort-synth-6), all 300 boxes on the line right, in 16 min 49 s
+    (synthesis at 150 pixels 375 s, training 572 s). Issue 15's target for the default
     model, 0.995 on its own test set, is not met; the floors here catch a regression, they
     claim nothing."""
     from host.models import DEFAULT_ARCH
@@ -62,7 +62,7 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
         [sys.executable, "-m", "host.cli", "demo", "--out", str(tmp_path), "--json"],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=2700,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -84,7 +84,8 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     # re-estimated from 1,200 unlabelled washed-out frames bring most of them back. The
     # issue's bar, within 1.5 points, is met by the default model (0.978, washed out 0.821,
     # recalibrated on 1,000 frames 0.973); this smaller demo model landed 0.4 and 1.7 points
-    # short in two runs (docs/training-notes.md section 6), so the floor here is 2.5
+    # short in two runs (docs/training-notes.md section 6), so the floor here is 2.5; the
+    # bcnn144 demo model: 0.967, washed out 0.871, recalibrated 0.969 (thirteenth round)
     plain, washed, recalibrated = washed_out_and_recalibrated(tmp_path)
     assert plain - washed >= 0.05 and recalibrated >= plain - 0.025, (plain, washed, recalibrated)
 
