@@ -1,6 +1,6 @@
 """Frame sources by URL scheme, one short module each (the shape of pyserial's URL handlers).
 
-    picamera2:[?size=160x120&fps=30]     edge.line.sources.camera    the Pi camera's lores Y plane
+    picamera2:[?size=192x144&fps=30]     edge.line.sources.camera    the Pi camera's lores Y plane
     folder:PATH[?fps=10&loop=1]          edge.line.sources.folder    replay images in name order
     sim:[?belt=0.5&gap=0.6-1.6&latency=0...] edge.line.sources.conveyor  a physical belt, simulated
 

@@ -1,4 +1,4 @@
-"""picamera2:[?size=160x120&fps=30&exposure_us=2000&gain=4&hflip=1&vflip=1&ae=lock&awb=lock]:
+"""picamera2:[?size=192x144&fps=30&exposure_us=2000&gain=4&hflip=1&vflip=1&ae=lock&awb=lock]:
 the Raspberry Pi camera through Picamera2.
 
 A video configuration with a small YUV420 `main` stream and the `lores` stream the model reads,
@@ -7,7 +7,8 @@ for a moving belt a short fixed `ExposureTime` (`exposure_us`, which turns auto 
 and `AnalogueGain` (`gain`); `ae=lock` / `awb=lock` turn auto exposure / white balance off at
 whatever the camera starts with; `hflip`/`vflip` are a libcamera Transform. The lores size
 used is the one read back from the configuration (the camera may align it), not the one asked
-for.
+for. The default, 192x144, has the rows of the default model's 144x144 input (the model reads
+the centre square).
 
 Each read() is capture_request(): the lores array (YUV420 as rows of `stride` bytes, the Y
 plane on top, its first `width` columns the picture) and the request's metadata are taken,
@@ -32,7 +33,7 @@ PARAMS = ("size", "fps", "exposure_us", "gain", "hflip", "vflip", "ae", "awb")
 
 
 def _size(params: dict) -> "tuple[int, int]":
-    text = params.get("size", "160x120")
+    text = params.get("size", "192x144")
     w, _, h = text.partition("x")
     if not (w.isdigit() and h.isdigit()) or int(w) < 16 or int(h) < 16 or int(w) % 2 or int(h) % 2:
         raise BinsortError(
