@@ -313,7 +313,7 @@ def test_train_on_synth_draws_the_frames_at_the_architectures_side(tmp_path, mon
     )  # fmt: skip
     assert code == 0, err
     assert json.loads((out / "data" / "labels.json").read_text())["size"] == 48
-    frame = (out / "data" / "train" / "F06").iterdir().__next__()
+    frame = next((out / "data" / "train" / "F06").iterdir())
     from PIL import Image
 
     assert Image.open(frame).size == (48, 48)
