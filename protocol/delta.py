@@ -279,6 +279,7 @@ def apply_delta(base: bytes, data: bytes) -> Update:
             open_step = True
         elif tag == b"STEP":
             _check(meta is not None, "a STEP without META")
+            _check(len(payload) >= struct.calcsize(STEP_HEAD), "a short STEP record")
             acc, size, digest, gold_tag = struct.unpack_from(STEP_HEAD, payload)
             _check(gold_tag in (b"GOLD", b"GSEE"), "unknown self-test section %r" % (gold_tag,))
             gold = payload[struct.calcsize(STEP_HEAD) :]

@@ -16,6 +16,7 @@ Standard library only, in the subset MicroPython runs.
 import binascii
 import hashlib
 import json
+import math
 import struct
 
 from protocol import bnn
@@ -329,6 +330,10 @@ def parse_fixed(layers: list, payload: bytes) -> list:
             at += 4 * c
             entry["flips"] = bytes(payload[at : at + (c + 7) // 8])
             at += (c + 7) // 8
+        for name in ("bias", "eps", "gamma", "beta", "mean", "var"):
+            values = entry.get(name, ())
+            values = values if isinstance(values, tuple) else (values,)
+            _check(all(math.isfinite(v) for v in values), "a FIXD %s is not a finite number" % name)
         out.append(entry)
     return out
 

@@ -91,6 +91,55 @@ def test_a_step_that_does_not_make_the_named_model_is_refused(models, update):
         delta.apply_delta(models[0], body)
 
 
+def _resealed(head: bytes, recs: list) -> bytes:
+    """A delta of `recs` [(tag, payload)] with valid CRCs and a DONE that matches: what a peer
+    that edits a delta on purpose sends, past every check that is not about meaning."""
+    body = head
+    for tag, payload in recs:
+        body += delta.record(tag, hashlib.sha256(body).digest() if tag == b"DONE" else payload)
+    return body
+
+
+def test_a_resealed_delta_with_a_short_step_is_refused_in_one_line(models, update):
+    recs = [(t, p) for t, p, _, _ in delta._records(update)]
+    at = next(i for i, (t, _) in enumerate(recs) if t == b"STEP")
+    recs[at] = (b"STEP", recs[at][1][:19])
+    bad = _resealed(update[:8], recs)
+    with pytest.raises(FormatError, match="a short STEP record"):
+        delta.apply_delta(models[0], bad)
+
+
+def test_resealed_edits_of_any_record_give_format_errors_or_the_packed_models(models, update):
+    """Structure-aware fuzz: records cut, grown, rewritten, dropped, repeated or swapped, then
+    sealed again, so that the CRCs and DONE's SHA-256 hold and the edit reaches the parser."""
+    import random
+
+    recs = [(t, p) for t, p, _, _ in delta._records(update)]
+    r = random.Random(19)
+    for _ in range(400):
+        edit = [(t, bytearray(p)) for t, p in recs]
+        i, kind = r.randrange(len(edit)), r.randrange(5)
+        payload = edit[i][1]
+        if kind == 0 and payload:
+            del payload[r.randrange(len(payload)) :]
+        elif kind == 1:
+            payload += bytes(r.randrange(256) for _ in range(r.randrange(1, 9)))
+        elif kind == 2 and payload:
+            for _ in range(r.randrange(1, 4)):
+                payload[r.randrange(len(payload))] = r.choice((0, 1, 0x7F, 0x80, 0xFF))
+        elif kind == 3 and len(edit) > 2:
+            del edit[i]
+        else:
+            j = r.randrange(len(edit))
+            edit[i], edit[j] = edit[j], edit[i]
+        data = _resealed(update[:8], [(t, bytes(p)) for t, p in edit])
+        try:
+            got = delta.apply_delta(models[0], data)
+        except FormatError:
+            continue
+        assert got.data in models[1:]  # a step's SHA-256 lets nothing else through
+
+
 def test_a_delta_packed_before_bnn_1_3_still_applies_to_the_model_it_names(models):
     """A host before `.bnn` 1.3 packed every step with int32 thresholds: the device makes those
     very bytes (the step's SHA-256 says which), not the 1.3 file of the same model."""

@@ -162,6 +162,21 @@ def test_bad_headers_give_clean_errors(stream, edit, message):
         read_pranc(_with_head(data, edit))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_fixed_part_that_is_not_a_number_is_refused_in_one_line(stream, value):
+    """FIXD's floats (BatchNorm statistics, biases) must be finite: a NaN would turn into
+    whatever integer a cast makes of it, on every device, before any check could see it."""
+    _, data, _ = stream
+    fixd = next(r for r in records(data) if r[0] == b"FIXD")
+    payload = bytearray(data[fixd[1] + 8 : fixd[2] - 4])
+    struct.pack_into("<f", payload, 8, value)  # the input conv's first bias, after its scale
+    body = data[: fixd[1]] + fmt.record(b"FIXD", bytes(payload)) + data[fixd[2] :]
+    done = records(body)[-1]
+    body = body[: done[1]] + fmt.done_record(body[: done[1]])
+    with pytest.raises(FormatError, match="FIXD bias is not a finite number"):
+        read_pranc(body)
+
+
 def test_a_different_seed_is_caught_by_the_reconstruction_check(stream):
     _, data, _ = stream
     with pytest.raises(FormatError, match="does not match the host's"):
