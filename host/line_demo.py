@@ -27,13 +27,15 @@ BELT_MPS = 0.5  # the simulator's belt, and the daemon's config
 DIVERTERS = {"left": 0.4, "right": 0.6, "reject": 0.8}  # metres past the camera's centre line
 
 
-def line_config(store: str, boxes: int, seed: int, lanes: dict, belt_mps: float, latency_ms):
+def line_config(
+    store: str, boxes: int, seed: int, lanes: dict, belt_mps: float, latency_ms, timing="image"
+):
     url = "sim:?boxes=%d&seed=%d&belt=%s&latency=%s" % (boxes, seed, belt_mps, latency_ms)
     return check_config(
         {
             "model": {"store": store, "trial_boxes": 20, "trial_seconds": 1.0},
             "source": {"url": url},
-            "decide": {"min_confidence": 0.5},
+            "decide": {"min_confidence": 0.5, "timing": timing},
             "lanes": {"reject": "reject", "map": lanes},
             "actuator": {
                 "kind": "log",
@@ -55,6 +57,7 @@ def run_line(
     seed: int = 1,
     belt_mps: float = BELT_MPS,
     latency_ms: float = 0,
+    timing: str = "image",
 ):
     root = os.path.join(out_dir, "line")
     keys = os.path.join(root, "keys")
@@ -66,7 +69,7 @@ def run_line(
     key_path, pub_path = new_key_pair(keys)
     SlotStore.init(store_dir, [pub_path])
     lanes = {k: v for k, v in LANES.items() if k in labels}
-    cfg = line_config(store_dir, boxes, seed, lanes, belt_mps, latency_ms)
+    cfg = line_config(store_dir, boxes, seed, lanes, belt_mps, latency_ms, timing)
     daemon = Daemon(cfg, record_truth=True)
     daemon.start_services()
     url = "tcp://127.0.0.1:%d" % daemon.receiver_port
@@ -115,5 +118,7 @@ def run_line(
         "second_version_at_box": shipped.get("second_at_box"),
         "versions_used": versions,
         "swaps": len(daemon.swaps),
+        "timed_by_image": daemon.tracker.image_timed,
+        "timed_by_model": daemon.tracker.model_timed,
         "store": store_dir,
     }

@@ -857,3 +857,59 @@ def test_the_log_summarises_boxes_instead_of_a_line_per_box(station):
     counted = sum(int(ln.split(": ")[1].split()[0]) for ln in summaries)
     assert 0 < counted <= len(decisions) == 12  # the boxes after the last summary are not in one
     assert all("line-3 v1" in ln for ln in summaries)
+
+
+def code_reader(daemon, lag_frames):
+    """Make the daemon's model a stand-in that reads each box's code from its `lag_frames`-th
+    frame on the centre line to its last (the simulator's truth), as a model reads a code on
+    the box's trailing side: the middle of its box frames is late."""
+    import numpy as np
+
+    labels = daemon.model.labels
+
+    def classify(x):
+        now, then = daemon.truths[-1], daemon.truths[-1 - lag_frames : -lag_frames]
+        reading = now["box"] is not None and then and then[0]["box"] == now["box"]
+        scores = np.zeros((1, len(labels)))
+        scores[0, labels.index(now["label"] if reading else "empty")] = 8.0
+        return scores.argmax(axis=1), np.ones(1), scores
+
+    daemon.model.engine.classify = classify
+
+
+@pytest.mark.parametrize("timing", ["image", "model"])
+def test_without_a_photo_eye_the_pixels_time_each_box(station, timing):
+    """No photo-eye, and a model that starts each box four frames late (133 ms at 30 frames a
+    second): timed from the middle of its box frames, pulses come late; timed from the pixels
+    at the centre line (the default), every box after the first (which passes while the eye
+    still learns the belt) is hit, and the status says how each box was timed."""
+    from edge.line.sources.conveyor import decision_boxes, score_sorting
+
+    install(station, 1)
+    cfg = config(
+        station["store"],
+        photo_eye=None,
+        gpio=None,
+        source={"url": "sim:?boxes=30&seed=4&size=64&belt=0.5"},
+        actuator={"belt_speed_mps": 0.5, "distance_m": dict(DIVERTERS), "lead_ms": 50},
+        decide={"timing": timing},
+    )
+    cfg["actuator"]["pulse_ms"] = 150.0
+    daemon = Daemon(cfg, record_truth=True)
+    code_reader(daemon, 4)
+    decisions, truths = run_sim(daemon)
+    plan = list(daemon.actuator.plan)
+    score = score_sorting(daemon.source, decisions, truths, plan, LANES, "reject", DIVERTERS)
+    status = daemon.status()["timing"]
+    assert len(decisions) == 30 and score["lane_right"] == 1.0
+    if timing == "model":
+        assert score["late"] > 5 and status == {"from": "model", "by_image": 0, "by_model": 0}
+        return
+    # the first box passes before the eye has learnt the belt: the model's middle times it
+    assert status == {"from": "image", "by_image": 29, "by_model": 1}
+    assert decisions[0]["timing"] == "model"
+    assert {d["timing"] for d in decisions[1:]} == {"image"}
+    boxes = dict(zip([d["seq"] for d in decisions], decision_boxes(decisions, truths), strict=True))
+    for p in plan[1:]:  # every pulse is on when its box passes its diverter
+        assert p["start"] <= daemon.source.passes(boxes[p["seq"]], DIVERTERS[p["lane"]]) <= p["off"]
+    assert score["late"] <= 1 and score["early"] == score["wrong_diverter"] == 0

@@ -31,6 +31,8 @@ SCHEMA = {
         "min_confidence": (float, 0.6),
         "enter_frames": (int, 2),
         "leave_frames": (int, 3),
+        "timing": (str, "image"),  # without a photo-eye: a box's time from "image" or "model"
+        "belt_axis": (str, "x"),  # the belt runs along the frame's width (x) or height (y)
     },
     "lanes": {
         "reject": (str, REQUIRED),
@@ -164,6 +166,16 @@ def _check_values(cfg) -> None:
         raise BinsortError("config [status] reject_alarm must be between 0 and 1")
     if not 0 <= cfg["decide"]["min_confidence"] <= 1:
         raise BinsortError("config [decide] min_confidence must be between 0 and 1")
+    if cfg["decide"]["timing"] not in ("image", "model"):
+        raise BinsortError(
+            "config [decide] timing must be image (the centre line's pixels) or model (the "
+            "middle of the model's box frames), not %r" % cfg["decide"]["timing"]
+        )
+    if cfg["decide"]["belt_axis"] not in ("x", "y"):
+        raise BinsortError(
+            "config [decide] belt_axis must be x (the belt runs along the frame's width) or y, "
+            "not %r" % cfg["decide"]["belt_axis"]
+        )
     lanes = cfg["lanes"]["map"]
     for label, lane in lanes.items():
         if not isinstance(lane, str) or not lane:

@@ -29,6 +29,7 @@ from edge.install.store import SlotStore, file_sha256
 from edge.line.actuators import make_actuator
 from edge.line.decide import BoxTracker, LaneMap, softmax
 from edge.line.notify import Watchdog, notify
+from edge.line.pixel_eye import PixelEye
 from edge.line.sources import open_source, parse_url
 from edge.line.status import Counters, StatusServer
 from protocol.errors import BinsortError, FormatError, bounded
@@ -85,10 +86,14 @@ class Daemon:
         self.model = None
         self.trial = None  # {"boxes", "since"} while the active model is on trial
         self._load_at_start()
+        pixel_eye = None
+        if cfg["decide"]["timing"] == "image" and not cfg["photo_eye"]:
+            pixel_eye = PixelEye(cfg["decide"]["belt_axis"])
         self.tracker = BoxTracker(
             self.model.labels if self.model else [],
             enter=cfg["decide"]["enter_frames"],
             leave=cfg["decide"]["leave_frames"],
+            pixel_eye=pixel_eye,
         )
         self.source = None  # opened by the frame loop, after the status page and receivers
         self.source_error = None
@@ -419,7 +424,7 @@ class Daemon:
             self._fail_running(e)
             return
         self.last_input = (x, scores[0], self.model.labels)  # the page reads it, if asked
-        d = self.tracker.push(frame.index, frame.t, scores[0], frame.eye)
+        d = self.tracker.push(frame.index, frame.t, scores[0], frame.eye, frame.image)
         self.counters.frame(time.perf_counter() - t0)
         if d is not None:
             self.lanes.route(d)
@@ -714,6 +719,12 @@ class Daemon:
         out["reject_alarm"] = self.cfg["status"]["reject_alarm"]
         out["alarm"] = bool(out["boxes"] and out["reject_rate"] > out["reject_alarm"])
         out["actuator"] = self.actuator.summary()
+        tr = self.tracker
+        out["timing"] = {
+            "from": "eye" if self.cfg["photo_eye"] else self.cfg["decide"]["timing"],
+            "by_image": tr.image_timed,
+            "by_model": tr.model_timed,
+        }
         with self.log_lock:
             out["events"] = list(self.events)[-20:]
         out["last_decisions"] = decisions[-10:]

@@ -37,6 +37,7 @@ class Decision:
         "lane",
         "why",
         "probs",
+        "timing",
     )
 
     def __init__(self, seq, label, confidence, frames, first, last, t, probs=()):
@@ -45,6 +46,7 @@ class Decision:
         self.frames, self.first, self.last, self.t = frames, first, last, t
         self.lane = None
         self.why = None  # why it went to the reject lane
+        self.timing = "model"  # where `t` came from: "model", "image" (PixelEye) or "eye"
 
     def as_dict(self) -> dict:
         return {
@@ -56,14 +58,19 @@ class Decision:
             "last_frame": self.last,
             "lane": self.lane,
             "reject_reason": self.why,
+            "timing": self.timing,
         }
 
 
 class BoxTracker:
-    def __init__(self, labels: list, empty: str = "empty", enter: int = 2, leave: int = 3):
+    def __init__(
+        self, labels: list, empty: str = "empty", enter: int = 2, leave: int = 3, pixel_eye=None
+    ):
         if enter < 1 or leave < 1:
             raise BinsortError("decide: enter_frames and leave_frames must be at least 1")
         self.empty_label = empty
+        self.pixel_eye = pixel_eye  # edge.line.pixel_eye.PixelEye: box times from the pixels
+        self.image_timed = self.model_timed = 0  # boxes timed by the pixel eye, by the model
         self.relabel(labels)
         self.enter, self.leave = enter, leave
         self.seq = 0
@@ -85,15 +92,18 @@ class BoxTracker:
             self.labels.index(self.empty_label) if self.empty_label in self.labels else None
         )
 
-    def push(self, index: int, t: float, scores: np.ndarray, eye=None):
+    def push(self, index: int, t: float, scores: np.ndarray, eye=None, image=None):
         """Feed one frame; returns a Decision when a box has just ended, else None.
-        `eye` is the photo-eye (True: a box is in front of it) or None without one."""
+        `eye` is the photo-eye (True: a box is in front of it) or None without one; `image`
+        the frame, for the pixel eye (without a photo-eye)."""
         p = softmax(np.asarray(scores, dtype=np.float64))
         if eye is not None:
             return self._push_eye(index, t, p, eye)
         if self.empty is None:
             raise BinsortError("without a photo-eye the model needs an 'empty' class")
         looks_empty = int(p.argmax()) == self.empty
+        if self.pixel_eye is not None and image is not None:
+            self.pixel_eye.push(index, t, image, looks_empty)
         if not self.in_box:
             if looks_empty:
                 self._reset()
@@ -133,9 +143,9 @@ class BoxTracker:
             self.frames.append((index, t))
             return None
         self.run_empty += 1
-        return self._decide() if self.run_empty >= self.leave else None
+        return self._decide("eye") if self.run_empty >= self.leave else None
 
-    def _decide(self) -> Decision:
+    def _decide(self, timing=None) -> Decision:
         mean = np.mean(self.probs, axis=0)
         probs = mean.tolist()
         if self.empty is not None:
@@ -152,6 +162,15 @@ class BoxTracker:
             (first[1] + last[1]) / 2,
             probs,
         )
+        if timing:
+            d.timing = timing
+        elif self.pixel_eye is not None:
+            t = self.pixel_eye.centre(first[0], last[0])
+            if t is not None:
+                d.t, d.timing = t, "image"
+                self.image_timed += 1
+            else:
+                self.model_timed += 1
         self.seq += 1
         self._reset()
         return d
