@@ -97,6 +97,7 @@ def test_the_operator_page_shows_the_line_in_a_real_browser(line, tmp_path):
     assert lanes == status["lanes"] and set(lanes) == {"left", "right", "reject"}
     assert sum(lanes.values()) == 8
     assert page.text["rate"].endswith("8")  # boxes a minute: all 8 within the last minute
+    assert page.text["timing"].endswith("the photo-eye")  # the line has one
     assert page.text["uptime"].split()[1] in ("s", "min")  # readable, not raw seconds
     shown = int(page.attrs["frame"].get("data-shown", 0))  # set once /frame.png has loaded
     assert shown == 3 * daemon.model.input_shape[1]  # the model's input, scaled 3x
@@ -117,6 +118,7 @@ def test_the_json_endpoint_stays_the_machine_interface(line):
     assert got["station"] == "line 3 <east>" and got["boxes"] == 8
     assert set(got["lanes"]) == {"left", "right", "reject"} and got["alarm"] is True
     assert got["boxes_per_minute"] == 8 and got["actuator"]["late"] == 0
+    assert got["timing"] == {"from": "eye", "by_image": 0, "by_model": 0}
     png = urllib.request.urlopen(url + "frame.png", timeout=5).read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert time.time() - got["last_decisions"][-1]["at"] < 60

@@ -8,6 +8,7 @@ from edge.line.config import check_config
 from edge.line.decide import BoxTracker
 from edge.line.pixel_eye import PixelEye
 from edge.line.sources.conveyor import ConveyorSimulator
+from edge.line.status import timed_by
 from protocol.errors import BinsortError
 
 LABELS = ["F06", "K11", "empty"]
@@ -187,3 +188,10 @@ def test_timing_settings_are_checked(key, value, message):
     cfg["decide"] = {}
     assert check_config(cfg)["decide"]["timing"] == "image"
     assert check_config(cfg)["decide"]["belt_axis"] == "x"
+
+
+def test_the_operator_page_says_how_boxes_were_timed():
+    assert timed_by({"from": "eye", "by_image": 0, "by_model": 0}) == "the photo-eye"
+    assert timed_by({"from": "model", "by_image": 0, "by_model": 0}) == "the model's frames"
+    got = timed_by({"from": "image", "by_image": 29, "by_model": 1})
+    assert got == "the pixels 29, the model's frames 1"

@@ -155,6 +155,19 @@ PAGE_STYLE = (
 )
 
 
+def timed_by(timing: dict) -> str:
+    """How the diverters' moments were found: the photo-eye, or without one the pixels at the
+    centre line and the model's frames where the pixels could not tell."""
+    if timing.get("from") == "eye":
+        return "the photo-eye"
+    if timing.get("from") == "model":
+        return "the model's frames"
+    return "the pixels %s, the model's frames %s" % (
+        timing.get("by_image", 0),
+        timing.get("by_model", 0),
+    )
+
+
 def render_html(status: dict) -> str:
     """The operator's page: every value that comes from a peer or a file is escaped."""
     esc = html.escape
@@ -205,6 +218,7 @@ def render_html(status: dict) -> str:
             "warn" if act.get("late") else None,
             "late",
         ),
+        row("boxes timed by", timed_by(status.get("timing") or {}), None, "timing"),
         row("latency p50 / p99", "%s / %s ms" % (lat.get("p50"), lat.get("p99"))),
         row("frames", status.get("frames")),
         row(
