@@ -4,10 +4,11 @@ Each image is rendered by edge.imaging.box_images (what it looks like and why is
 with `styles`, its code drawn in one of the named styles of edge.imaging.code_styles on a box of any
 size and place, every code at least 3 noise sigmas out of the frame, some in light print on dark
 boxes, on light belts, turned past 15 degrees, further out of focus or on ribbed faces
-(binsort-synth-6, what `binsort data synth`, `train --data synth` and the demo draw;
-binsort-synth-5 drew no ribbed faces; binsort-synth-4 also drew codes in reverse-video faces,
-which printed as blocks; binsort-synth-3 drew none of those scene changes, binsort-synth-2 drew
-faint codes too);
+(binsort-synth-7, what `binsort data synth`, `train --data synth` and the demo draw;
+binsort-synth-6 drew the same scenes with bicubic, not bilinear, turns on its large canvas,
+in 1.4 times the time; binsort-synth-5 drew no ribbed faces; binsort-synth-4 also drew codes
+in reverse-video faces, which printed as blocks; binsort-synth-3 drew none of those scene
+changes, binsort-synth-2 drew faint codes too);
 without, the first generator's carton-printed codes near the centre (binsort-synth-1, kept for the
 fast tests and the conveyor simulator: a model trained on it reads no other boxes). Every image is a
 pure function of (seed, split, label, index, styles) and the fonts the machine has, so a data set is
@@ -18,7 +19,13 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from edge.imaging.box_images import DEFAULT_CODES, EMPTY_LABEL, render
+from edge.imaging.box_images import (
+    CLASSIC_GENERATOR,
+    DEFAULT_CODES,
+    EMPTY_LABEL,
+    STYLED_GENERATOR,
+    render,
+)
 from edge.imaging.code_styles import STYLES
 from protocol.errors import BinsortError
 
@@ -93,7 +100,7 @@ def synthesise(
         "size": size,
         "seed": seed,
         "count_per_label": count,
-        "generator": "binsort-synth-6" if styles else "binsort-synth-1",
+        "generator": STYLED_GENERATOR if styles else CLASSIC_GENERATOR,
         "styles": list(styles) if styles else None,
     }
     with open(os.path.join(out_dir, "labels.json"), "w") as f:

@@ -113,3 +113,30 @@ def test_selftest_strength_compares_stored_and_seeded_inputs(tmp_path, lively_ti
     assert rows["rendered x2 (GOLD)"]["bytes"] == 8 + 2 * (32 * 32 + 8 * 5)
     assert rows["seeded x4 (GSEE)"]["bytes"] == 12 + 4 * 8 * 5
     assert all(0 <= r["caught"] <= r["of"] == 40 for r in rows.values())
+
+
+def test_bench_synth_times_the_generator_against_bicubic_turns_side_by_side():
+    out = subprocess.run(
+        [sys.executable, "tools/bench-synth", "--sizes", "32,40", "--frames", "2"]
+        + ["--rounds", "1", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["generator"] == "binsort-synth-7"
+    assert [r["size"] for r in report["rows"]] == [32, 40]
+    for r in report["rows"]:
+        assert r["frames"] == 2 and r["ms_per_frame"] > 0 and r["bicubic_ms_per_frame"] > 0
+        want = r["ms_per_frame"] / r["bicubic_ms_per_frame"]
+        assert abs(r["ratio"] - want) <= 0.01 * want + 0.002
+    bad = subprocess.run(
+        [sys.executable, "tools/bench-synth", "--sizes", "big"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--sizes" in bad.stderr

@@ -202,7 +202,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-6"
+    assert info["generator"] == "binsort-synth-7"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(
@@ -299,6 +299,37 @@ def test_generalisation_stress_scores_every_change_on_every_renderer(tmp_path, t
     plain = generalisation("eval", str(model), "--count", "2", "--work", work)
     for name, accuracy in rows["as drawn"].items():  # the same images, the same engine
         assert accuracy == plain["renderer " + name]["accuracy"]
+
+
+def test_a_reused_work_set_drawn_by_another_generator_is_drawn_again(tmp_path):
+    """A --work folder outlives the generator that filled it: its sets say which version drew
+    them, and one drawn by another (or that does not say) is not scored as this one's."""
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+
+    path = os.path.join(ROOT, "tools", "generalisation")
+    loader = SourceFileLoader("generalisation", path)
+    tool = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("generalisation", loader)
+    )
+    loader.exec_module(tool)
+    drawn = []
+
+    def draw(label, i):
+        drawn.append((label, i))
+        return Image.new("L", (4, 4), len(drawn))
+
+    folder = str(tmp_path / "sizes" / "10-12%")
+    tool.generator_set(folder, ["F06"], 2, draw, "binsort-synth-7")
+    tool.generator_set(folder, ["F06"], 3, draw, "binsort-synth-7")  # reused: one more drawn
+    assert drawn == [("F06", 0), ("F06", 1), ("F06", 2)]
+    tool.generator_set(folder, ["F06"], 3, draw, "binsort-synth-8")
+    assert drawn[3:] == [("F06", 0), ("F06", 1), ("F06", 2)]
+    os.remove(os.path.join(folder, ".generator"))  # a set from before the stamp
+    tool.generator_set(folder, ["F06"], 1, draw, "binsort-synth-8")
+    assert drawn[6:] == [("F06", 0)] and sorted(os.listdir(os.path.join(folder, "F06"))) == [
+        "00000.png"
+    ]
 
 
 def test_the_stress_changes_do_what_they_are_named():
