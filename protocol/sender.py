@@ -23,8 +23,10 @@ from protocol.session import (
     OFFER_HEAD,
     OFFER_HEAD_SIZE,
     PROTO,
+    RESUME_AT,
     WINDOW,
     RemoteError,
+    ResumeAgain,
     from_json,
     is_count,
     to_json,
@@ -153,6 +155,8 @@ class Sender:
                 continue
             if f.kind == fr.ERROR:
                 why = bytes(f.payload).decode("utf-8", "replace")
+                if why.startswith(RESUME_AT):
+                    raise ResumeAgain("the device dropped bytes it had kept: %s" % why)
                 raise RemoteError("the device refused the model: %s" % why)
             out.append(f)
         return out

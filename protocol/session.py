@@ -44,6 +44,20 @@ class RemoteError(BinsortError):
     """The receiver refused: its ERROR frame's message."""
 
 
+RESUME_AT = "resume at byte "  # an ERROR that starts so: the receiver dropped bytes it had
+
+
+def resume_again(message: str, offset: int) -> str:
+    """The message of an ERROR that ends a session but not the shipment: the receiver dropped
+    bytes an earlier session had left (they failed their chunk's hash), and a new session
+    resumes at `offset` (docs/format.md "Transfer session")."""
+    return "%s%d: %s" % (RESUME_AT, offset, message)
+
+
+class ResumeAgain(RemoteError):
+    """The receiver dropped bytes kept from an earlier session; a new session resumes."""
+
+
 def to_json(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 

@@ -238,6 +238,72 @@ def test_transfer_resumes_after_every_disconnect(device):
     assert len(resumed) == 4 and resumed == sorted(set(resumed)) and resumed[0] > 0, out
 
 
+def spoil_the_partial(url: str, manifest: bytes, garbage: bytes, session=4242) -> int:
+    """A peer that replays a signed manifest (it travels in clear), sends `garbage` as the
+    payload's first bytes and leaves: the device keeps them, unverified, as the tail of a
+    chunk not yet complete. Returns where the device accepted the offer."""
+    import socket
+    import struct
+
+    from protocol import frames as fr
+    from protocol.session import OFFER_HEAD
+
+    host, port = url[len("tcp://") :].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        hello = json.dumps({"proto": [1], "max_payload": 1024, "window": 8}).encode()
+        sock.sendall(fr.encode_frame(fr.Frame(fr.HELLO, session, 0, hello)))
+        head = struct.pack(OFFER_HEAD, len(manifest))
+        for at in range(0, len(manifest), 1020):
+            piece = head + manifest[at : at + 1020]
+            sock.sendall(fr.encode_frame(fr.Frame(fr.OFFER, session, at, piece)))
+        decoder, accepted = fr.FrameDecoder(), None
+        while accepted is None:
+            for f in decoder.push(sock.recv(4096)):
+                if f.kind == fr.ACCEPT:
+                    accepted = f.offset
+        for at in range(0, len(garbage), 1024):
+            piece = garbage[at : at + 1024]
+            sock.sendall(fr.encode_frame(fr.Frame(fr.DATA, session, accepted + at, piece)))
+        acked = 0
+        while acked < accepted + len(garbage):  # the device has written them all
+            for f in decoder.push(sock.recv(4096)):
+                if f.kind == fr.ACK:
+                    acked = max(acked, f.offset)
+    return accepted
+
+
+def test_bytes_an_earlier_session_spoiled_cost_a_resume_not_the_shipment(device):
+    """Bytes kept from an earlier session are unverified until their chunk is whole. If they
+    were garbage (a peer that replayed the manifest), the chunk fails its hash when the real
+    sender completes it: the device drops them and says where to resume, and the sender
+    opens a new session there, instead of the shipment being refused as tampered."""
+    v2 = signed_manifest(device["payload"], device["key"], 2)
+    assert len(parse_manifest(v2).signed["chunks"]) >= 1
+    first_chunk = parse_manifest(v2).signed["chunks"][0][0]
+    assert first_chunk > 2048  # the garbage stays inside the first, unfinished chunk
+    assert spoil_the_partial(device["rx"].url, v2, os.urandom(2048)) == 0
+    result = tcp.ship(device["rx"].url, v2, device["payload"], {"reconnects": 2})
+    assert result["ok"] and result["version"] == 2
+    snap = snapshot(device["store"])
+    assert snap["slots"][snap["active"]]["sha256"] == parse_manifest(v2).sha256
+    out = device["rx"].stop()
+    device["rx"] = Receiver(device["store"])  # the fixture stops it again
+    assert "drop line-3 v2 from byte 0: an earlier session's bytes failed" in out, out
+    # a partial file spoiled again before every session: the sender gives up, bounded by
+    # its reconnects, and the slots are as they were
+    other = device["payload"][:-1] + bytes([device["payload"][-1] ^ 1])  # in no slot
+    url, v3 = device["rx"].url, signed_manifest(other, device["key"], 3)
+    before = snapshot(device["store"])
+    spoil_the_partial(url, v3, os.urandom(2048))
+    options = {
+        "reconnects": 1,
+        "on_reconnect": lambda n, why: spoil_the_partial(url, v3, os.urandom(2048), 5000 + n),
+    }
+    with pytest.raises(BinsortError, match="gave up after 1 reconnects without progress: the "):
+        tcp.ship(url, v3, other, options)
+    assert snapshot(device["store"]) == before
+
+
 def test_serial_link_over_a_pty_pair_at_115200_baud_with_faults(device, tmp_path):
     proxy = Proxy("pty", "--baud", "115200", "--drop", "0.05", "--corrupt", "0.05", "--seed", "1")
     a, b = proxy.endpoints["a"], proxy.endpoints["b"]

@@ -17,7 +17,7 @@ from protocol import cascade, delta
 from protocol.chunks import ChunkVerifier, chunk_start
 from protocol.errors import FormatError, bounded
 from protocol.records import ends_on_record
-from protocol.session import Receiver, pump
+from protocol.session import Receiver, pump, resume_again
 
 DONE_RECORD = 44  # a .bsc or .bsd DONE record: tag, length, SHA-256, CRC
 
@@ -36,7 +36,7 @@ class StoreSink:
         m = self.store.verify(manifest_bytes)
         path, self.file, good = self.store.partial(m)  # open, locked, at `good`
         self.manifest, self.path, self.size = m, path, m.size
-        self.offset = good
+        self.offset = self.resumed_from = good  # bytes before it came in earlier sessions
         start = chunk_start(m.signed["chunks"], good)
         pending = b""
         if start < good:
@@ -63,6 +63,15 @@ class StoreSink:
                 self.file.seek(start)
                 self._sync(start)
                 m = self.manifest
+                if start < self.resumed_from:
+                    # the chunk held bytes an earlier session left, unverified: they may be the
+                    # fault (a peer that replayed the manifest and sent garbage, then left), so
+                    # this sender is asked to go on from the chunk's start, not refused
+                    why = "an earlier session's bytes failed: %s" % e
+                    self.store.log_refusal(
+                        "drop %s v%d from byte %d: %s" % (m.model_id, m.version, start, why)
+                    )
+                    raise Rejected(resume_again(why, start)) from None
                 self.store.log_refusal("reject %s v%d: %s" % (m.model_id, m.version, e))
                 raise Rejected(str(e)) from None
             self.file.write(data[at : at + take])

@@ -75,11 +75,14 @@ def ship_stream(open_link, manifest: bytes, payload: bytes, options: dict) -> di
     resumes where the receiver's `.partial` file ends. options['reconnects'] bounds the
     reconnects in a row that make no progress (backoff 0.1 s doubling to 5 s); a session that
     moved the transfer on resets the count, so a long transfer over a link that keeps dropping
-    still completes. options['give_up'] (seconds, default protocol.sender.GIVE_UP_S; None:
-    never) ends it sooner when no intact frame comes back for that long, naming the symptom
+    still completes. A device that dropped bytes an earlier session left (they failed their
+    chunk's hash: protocol.session.ResumeAgain) is given a new session too, counted as one
+    without progress, so a partial file that keeps being spoiled still ends.
+    options['give_up'] (seconds, default protocol.sender.GIVE_UP_S; None: never) ends it
+    sooner when no intact frame comes back for that long, naming the symptom
     (protocol.sender.LinkWatch). Returns the receiver's RESULT."""
     from protocol.sender import GIVE_UP_S, Hopeless, LinkWatch, Sender, Stalled
-    from protocol.session import LinkClosed
+    from protocol.session import LinkClosed, ResumeAgain
 
     reconnects = int(options.get("reconnects", 20))
     watch = LinkWatch(options.get("give_up", GIVE_UP_S))
@@ -109,9 +112,10 @@ def ship_stream(open_link, manifest: bytes, payload: bytes, options: dict) -> di
         except Hopeless as e:
             acked = max(acked, sender.acked or 0)
             raise Hopeless(_resumable(str(e), acked, len(payload))) from None
-        except (LinkClosed, Stalled) as e:
+        except (LinkClosed, Stalled, ResumeAgain) as e:
             acked = max(acked, sender.acked or 0)
             moved = sender.acked is not None and sender.acked > sender.start_offset
+            moved = moved and not isinstance(e, ResumeAgain)  # what it acked was dropped
             fruitless = 0 if moved else fruitless + 1
             if fruitless > reconnects:
                 raise BinsortError(
