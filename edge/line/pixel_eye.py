@@ -55,13 +55,12 @@ class PixelEye:
 
     def band(self, image: np.ndarray) -> np.ndarray:
         """The pixels at the centre line: BAND columns across the belt, as rows x BAND."""
-        grey = np.asarray(image)
-        if grey.ndim == 3:
-            grey = grey.mean(axis=2)
+        img = np.asarray(image)
         if self.axis == "y":
-            grey = grey.T
-        c = grey.shape[1] // 2
-        return grey[:, max(0, c - BAND // 2) : c + BAND // 2 + 1].astype(np.float64)
+            img = img.swapaxes(0, 1)
+        c = img.shape[1] // 2
+        band = img[:, max(0, c - BAND // 2) : c + BAND // 2 + 1].astype(np.float64)
+        return band.mean(axis=2) if band.ndim == 3 else band  # colour: only the band is grey
 
     def push(self, index: int, t: float, image, looked_empty: bool) -> None:
         """One frame: whether its centre line is covered, and what it teaches about the belt."""
@@ -93,11 +92,10 @@ class PixelEye:
         covered frame follows within GAP uncovered ones."""
         for j in range(1, GAP + 2):
             n = k + step * j
-            if not 0 <= n < len(ring) or not ring[n][2]:
-                if not 0 <= n < len(ring) or ring[n][2] is None:
-                    return False
-                continue
-            return True
+            if not 0 <= n < len(ring) or ring[n][2] is None:
+                return False
+            if ring[n][2]:
+                return True
         return False
 
     def centre(self, first: int, last: int):
@@ -126,5 +124,5 @@ class PixelEye:
         if min(b, hi) - max(a, lo) + 1 < 0.5 * span:
             return None  # a glimpse of a box the eye hardly tells from the belt
         if sum(1 for _, _, c in ring[lo : hi + 1] if c) < 0.75 * run:
-            return None
+            return None  # mostly gaps: the eye hardly sees this box
         return (ring[lo][1] + ring[hi][1]) / 2
