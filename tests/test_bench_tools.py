@@ -12,15 +12,14 @@ from tests.hidden_packages import env_without
 from tests.shipkit import ROOT
 
 
+def tool(name: str, *args, env=None, timeout=600):
+    """tools/NAME ARGS..., run with this Python from the project root."""
+    cmd = [sys.executable, "tools/" + name] + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
 def test_bench_engines_json_has_every_row_and_the_popcount_paths():
-    out = subprocess.run(
-        [sys.executable, "tools/bench-engines", "--arch", "tiny", "--runs", "50"]
-        + ["--skip-numpy124", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+    out = tool("bench-engines", "--arch", "tiny", "--runs", "50", "--skip-numpy124", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     rows = {r["engine"]: r for r in report["rows"]}
@@ -49,13 +48,14 @@ def test_bench_engines_json_has_every_row_and_the_popcount_paths():
 
 
 def test_bench_engines_refuses_to_run_without_its_onnxruntime_anchor(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "tools/bench-engines", "--arch", "tiny", "--runs", "50", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    out = tool(
+        "bench-engines",
+        "--arch",
+        "tiny",
+        "--runs",
+        "50",
+        "--json",
         env=env_without(tmp_path, "onnxruntime"),
-        timeout=600,
     )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1, out.stderr  # one line, no traceback
@@ -64,26 +64,22 @@ def test_bench_engines_refuses_to_run_without_its_onnxruntime_anchor(tmp_path):
 
 
 def test_bench_engines_names_an_anchor_skipped_on_request(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "tools/bench-engines", "--arch", "tiny", "--runs", "50"]
-        + ["--skip-numpy124", "--skip-onnxruntime", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    out = tool(
+        "bench-engines",
+        "--arch",
+        "tiny",
+        "--runs",
+        "50",
+        "--skip-numpy124",
+        "--skip-onnxruntime",
+        "--json",
         env=env_without(tmp_path, "onnxruntime"),
-        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["skipped"] == ["onnxruntime float32 (--skip-onnxruntime)"]
     assert not any(r["engine"].startswith("onnxruntime") for r in report["rows"])
     assert "SKIPPED anchor: onnxruntime" in out.stderr
-
-
-def tool(name: str, *args):
-    """tools/NAME ARGS..., run with this Python from the project root."""
-    cmd = [sys.executable, "tools/" + name] + [str(a) for a in args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def test_belt_sweep_reports_each_speed_and_the_fastest_that_sorts(tmp_path, lively_tiny_model):
@@ -116,14 +112,7 @@ def test_selftest_strength_compares_stored_and_seeded_inputs(tmp_path, lively_ti
 
 
 def test_bench_synth_times_the_generator_against_bicubic_turns_side_by_side():
-    out = subprocess.run(
-        [sys.executable, "tools/bench-synth", "--sizes", "32,40", "--frames", "2"]
-        + ["--rounds", "1", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+    out = tool("bench-synth", "--sizes", "32,40", "--frames", "2", "--rounds", "1", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["generator"] == "binsort-synth-7"
@@ -132,11 +121,5 @@ def test_bench_synth_times_the_generator_against_bicubic_turns_side_by_side():
         assert r["frames"] == 2 and r["ms_per_frame"] > 0 and r["bicubic_ms_per_frame"] > 0
         want = r["ms_per_frame"] / r["bicubic_ms_per_frame"]
         assert abs(r["ratio"] - want) <= 0.01 * want + 0.002
-    bad = subprocess.run(
-        [sys.executable, "tools/bench-synth", "--sizes", "big"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    bad = tool("bench-synth", "--sizes", "big", timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--sizes" in bad.stderr
