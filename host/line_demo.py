@@ -120,5 +120,6 @@ def run_line(
         "swaps": len(daemon.swaps),
         "timed_by_image": daemon.tracker.image_timed,
         "timed_by_model": daemon.tracker.model_timed,
+        "held_for_image": daemon.tracker.held_count,
         "store": store_dir,
     }

@@ -179,6 +179,26 @@ def test_no_model_keeps_the_actuator_safe_and_the_camera_idle(station):
     assert [e[1] for e in daemon.actuator.events] == ["safe", "safe"]  # start and shutdown
 
 
+def test_a_decision_is_held_for_the_pixel_eye_only_while_the_nearest_diverter_allows(station):
+    """Without a photo-eye the tracker may hold a decision back for the pixel eye, until the
+    nearest diverter's pulse (travel time less lead, less the margin) would be at risk."""
+
+    def daemon(photo_eye=None, **actuator):
+        over = dict(photo_eye=photo_eye, gpio=None if photo_eye is None else {}, actuator=actuator)
+        d = Daemon(config(station["store"], **over))
+        d.shutdown()  # frees the photo-eye's pin for the tests after this one
+        return d
+
+    far = daemon(belt_speed_mps=0.5, camera_to_diverter_m=0.5, distance_m={"left": 0.3}).tracker
+    assert far.hold == 4  # enter_frames + leave_frames - 1
+    assert far.hold_s == pytest.approx(0.3 / 0.5 - 0.04 - 0.1)  # the nearer lane decides
+    near = daemon(belt_speed_mps=0.5, camera_to_diverter_m=0.06).tracker
+    assert near.hold == 0 and near.pixel_eye is not None  # 120 ms of travel: no time to wait
+    assert daemon(photo_eye={}).tracker.hold == 0  # a photo-eye times the boxes
+    status = daemon().status()
+    assert status["timing"] == {"from": "image", "by_image": 0, "by_model": 0, "held": 0}
+
+
 def test_a_failing_source_is_retried_and_reported(station):
     install(station, 1)
     frames_dir = station["tmp"] / "frames"
@@ -903,10 +923,15 @@ def test_without_a_photo_eye_the_pixels_time_each_box(station, timing):
     status = daemon.status()["timing"]
     assert len(decisions) == 30 and score["lane_right"] == 1.0
     if timing == "model":
-        assert score["late"] > 5 and status == {"from": "model", "by_image": 0, "by_model": 0}
+        assert score["late"] > 5 and status == {
+            "from": "model",
+            "by_image": 0,
+            "by_model": 0,
+            "held": 0,
+        }
         return
     # the first box passes before the eye has learnt the belt: the model's middle times it
-    assert status == {"from": "image", "by_image": 29, "by_model": 1}
+    assert status == {"from": "image", "by_image": 29, "by_model": 1, "held": 0}
     assert decisions[0]["timing"] == "model"
     assert {d["timing"] for d in decisions[1:]} == {"image"}
     boxes = dict(zip([d["seq"] for d in decisions], decision_boxes(decisions, truths), strict=True))

@@ -18,15 +18,18 @@ PERIOD = 1 / 30
 
 def belt_frames(n, box_at, box_tone=170.0, size=(48, 64), seed=0, axis="x", paint=()):
     """n frames of a noisy, streaky belt; box_at(i) is the box's [left, right) columns in frame
-    i (None: no box). The box is 30 rows high with a band of dark 'ink' across its middle;
-    `paint`: (first, end, tone) strips across the box, columns from its left edge."""
+    i (None: no box; a list: several boxes). The box is 30 rows high with a band of dark 'ink'
+    across its middle; `paint`: (first, end, tone) strips across the box, columns from its
+    left edge."""
     rng = np.random.default_rng(seed)
     h, w = size
     frames = []
     for i in range(n):
         img = 60 + rng.normal(0, 5, size=(1, w)) + rng.normal(0, 4, size=(h, w))
-        span = box_at(i)
-        if span is not None:
+        spans = box_at(i)
+        for span in spans if isinstance(spans, list) else [spans]:
+            if span is None:
+                continue
             lo, hi = max(0, span[0]), min(w, span[1])
             if lo < hi:
                 img[9:39, lo:hi] = box_tone + rng.normal(0, 4, size=(30, hi - lo))
@@ -54,13 +57,16 @@ def crossing_time(start, width=24, speed=4, w=64):
     return (start + (w - w // 2 + width / 2) / speed) * PERIOD
 
 
-def run(frames, looks_box, eye=None):
-    tracker = BoxTracker(LABELS, pixel_eye=eye)
+def run(frames, looks_box, eye=None, at=None, **hold):
+    """The tracker's decisions; `at` collects the frame index each came out at."""
+    tracker = BoxTracker(LABELS, pixel_eye=eye, **hold)
     out = []
     for i, img in enumerate(frames):
         d = tracker.push(i, i * PERIOD, BOX if looks_box(i) else EMPTY, image=img)
         if d is not None:
             out.append(d)
+            if at is not None:
+                at.append(i)
     return tracker, out
 
 
@@ -82,6 +88,63 @@ def test_the_pixel_eye_times_the_box_where_the_model_is_late():
     assert d.first == by_model.first and d.last == by_model.last  # the same box, the same frames
     assert (tracker.image_timed, tracker.model_timed) == (1, 0)
     assert d.as_dict()["timing"] == "image"
+
+
+def early_model(start, lead=4, w=64, width=40, speed=2):
+    """A model that reads the box from when it covers the centre line until `lead` frames
+    before it leaves the line: a code on the box's leading side, gone from view while the
+    box's trailing end still covers the line."""
+    on = start + int(np.ceil((w - w // 2) / speed))
+    off = start + int((w - w // 2 + width) / speed) - lead
+    return lambda i: on <= i < off
+
+
+def test_a_decision_waits_a_few_frames_for_the_box_to_clear_the_line():
+    wide = dict(width=40, speed=2)
+    frames = belt_frames(220, moving_box(100, **wide))
+    truth = crossing_time(100, **wide)
+    # not held (the default): the run had not ended when the model's box did
+    plain_at, held_at = [], []
+    _, (plain,) = run(frames, early_model(100), PixelEye(), at=plain_at)
+    assert plain.timing == "model" and plain.t - truth < -1.5 * PERIOD  # the model is early
+    tracker, (d,) = run(frames, early_model(100), PixelEye(), at=held_at, hold=4, hold_s=1.0)
+    assert d.timing == "image" and abs(d.t - truth) <= PERIOD
+    assert (d.first, d.last, d.label) == (plain.first, plain.last, plain.label)
+    assert 0 < held_at[0] - plain_at[0] <= 4  # later, by no more than it may be held
+    assert (tracker.held_count, tracker.image_timed, tracker.model_timed) == (1, 1, 0)
+    # the hold is capped below the frames the next box needs to be decided (enter + leave)
+    assert BoxTracker(LABELS, enter=2, leave=3, hold=9, hold_s=1.0).hold == 4
+    # a run that outlasts the hold, or a deadline that comes first: the model's middle, on time
+    for hold, at_most in ((dict(hold=1, hold_s=1.0), 1), (dict(hold=4, hold_s=0.001), 1)):
+        at = []
+        tracker, (d,) = run(frames, early_model(100), PixelEye(), at=at, **hold)
+        assert d.timing == "model" and d.t == plain.t and at[0] - plain_at[0] <= at_most
+        assert (tracker.held_count, tracker.model_timed) == (1, 1)
+
+
+def test_a_held_decision_comes_out_before_the_next_box_and_goes_with_an_abandoned_line():
+    wide = dict(width=40, speed=2)
+    # boxes 28 frames apart, 8 frames of belt between them at the centre line: the next box
+    # is in view, and read, while the one before is held
+    starts = (100, 128, 156)
+    frames = belt_frames(300, lambda i: [moving_box(s, **wide)(i) for s in starts])
+    readers = [early_model(s) for s in starts]
+    at = []
+    tracker, out = run(
+        frames, lambda i: any(r(i) for r in readers), PixelEye(), at=at, hold=4, hold_s=1.0
+    )
+    assert [d.seq for d in out] == [0, 1, 2] and at == sorted(at)
+    assert tracker.held_count == 3 and tracker.image_timed == 3
+    truths = [crossing_time(s, **wide) for s in starts]
+    assert all(abs(d.t - t) <= PERIOD for d, t in zip(out, truths, strict=True))
+    # the source fails while a decision is held: the actuator is safe, the box is not sorted
+    tracker = BoxTracker(LABELS, pixel_eye=PixelEye(), hold=4, hold_s=1.0)
+    reader = early_model(100)
+    for i, img in enumerate(frames[:200]):
+        assert tracker.push(i, i * PERIOD, BOX if reader(i) else EMPTY, image=img) is None
+        if tracker.held is not None:
+            tracker.abandon()
+    assert tracker.held_count == 1 and tracker.held is None
 
 
 def test_a_frame_that_looks_like_belt_inside_the_box_does_not_cut_its_run():

@@ -38,6 +38,9 @@ LOG_KEEP = 500  # daemon log lines kept for GET /log.json
 IO_ERROR_LOG_S = 60.0  # one log line a minute per kind of non-essential error
 FRAME_PNG_S = 0.5  # the page's live view is encoded at most this often
 RECEIVER_STALL_S = 30.0  # a receiver loop that has not gone round for this long is wedged
+# a decision held back for the pixel eye goes out at the latest this long before the nearest
+# diverter's pulse would have to start: time for the next frame's inference and the actuator
+HOLD_MARGIN_S = 0.1
 
 
 class LoadedModel:
@@ -86,14 +89,19 @@ class Daemon:
         self.model = None
         self.trial = None  # {"boxes", "since"} while the active model is on trial
         self._load_at_start()
-        pixel_eye = None
+        pixel_eye, hold_s = None, 0.0
         if cfg["decide"]["timing"] == "image" and not cfg["photo_eye"]:
             pixel_eye = PixelEye(cfg["decide"]["belt_axis"])
+            # a decision may wait for the eye until the nearest diverter's pulse is near
+            travel = min(self.actuator.travel_s.values(), default=0.0)
+            hold_s = travel - self.actuator.lead_s - HOLD_MARGIN_S
         self.tracker = BoxTracker(
             self.model.labels if self.model else [],
             enter=cfg["decide"]["enter_frames"],
             leave=cfg["decide"]["leave_frames"],
             pixel_eye=pixel_eye,
+            hold=cfg["decide"]["enter_frames"] + cfg["decide"]["leave_frames"] - 1,
+            hold_s=hold_s,
         )
         self.source = None  # opened by the frame loop, after the status page and receivers
         self.source_error = None
@@ -455,7 +463,7 @@ class Daemon:
         if frames and frames[-1][0] == frame.index:
             full = frame.image.copy() if self.capture.full_frame else None
             self.box_frames.add(frame.index, (x, scores, full))
-        elif not frames:
+        elif not frames and self.tracker.held is None:  # a held box still needs its frames
             self.box_frames.clear()
 
     def run(self, max_frames=None) -> None:
@@ -724,6 +732,7 @@ class Daemon:
             "from": "eye" if self.cfg["photo_eye"] else self.cfg["decide"]["timing"],
             "by_image": tr.image_timed,
             "by_model": tr.model_timed,
+            "held": tr.held_count,
         }
         with self.log_lock:
             out["events"] = list(self.events)[-20:]

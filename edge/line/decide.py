@@ -6,7 +6,8 @@ after `enter` frames in a row that are not empty and ends after `leave` frames i
 are; the photo-eye is debounced with the same counts. Either way the decision combines every
 frame of the box: the mean of their class probabilities (softmax of the scores), best
 non-empty label wins. A box is decided once, when it ends, so it is never sorted twice or
-skipped.
+skipped; with the pixel eye a decision may be held back a few frames, until the box has
+cleared the centre line, so that its time can come from the pixels (BoxTracker).
 
 A decision's `t` is the time the box's centre passed the camera's centre line (the photo-eye's
 line): the middle of the times of its first and last frames, each taken at most a frame
@@ -16,6 +17,7 @@ time the diverters from it (edge.line.actuators), not from when the decision was
 
 import numpy as np
 
+from edge.line.pixel_eye import NOT_YET
 from protocol.errors import BinsortError
 
 
@@ -63,14 +65,35 @@ class Decision:
 
 
 class BoxTracker:
+    """Frames in, one Decision per box out.
+
+    With a pixel eye, a box that ends (for the model) while its covered run at the centre line
+    goes on, because the box's trailing end is still passing the line, is held back until the
+    run ends, so that the pixels can time it: for at most `hold` frames (capped at
+    enter + leave - 1, fewer than the next box needs to be decided, so decisions keep their
+    order and never pile up) and no later than `hold_s` seconds after the model's middle of the
+    box (the daemon's deadline: the first diverter's pulse must still be ahead). Then it goes
+    out timed by the eye if it can tell, else by the model's middle."""
+
     def __init__(
-        self, labels: list, empty: str = "empty", enter: int = 2, leave: int = 3, pixel_eye=None
+        self,
+        labels: list,
+        empty: str = "empty",
+        enter: int = 2,
+        leave: int = 3,
+        pixel_eye=None,
+        hold: int = 0,
+        hold_s: float = 0.0,
     ):
         if enter < 1 or leave < 1:
             raise BinsortError("decide: enter_frames and leave_frames must be at least 1")
         self.empty_label = empty
         self.pixel_eye = pixel_eye  # edge.line.pixel_eye.PixelEye: box times from the pixels
         self.image_timed = self.model_timed = 0  # boxes timed by the pixel eye, by the model
+        self.hold = max(0, min(int(hold), enter + leave - 1)) if hold_s > 0 else 0
+        self.hold_s = hold_s
+        self.held = None  # [Decision, frames waited] while the pixel eye may still time it
+        self.held_count = 0  # decisions that were held back for the eye
         self.relabel(labels)
         self.enter, self.leave = enter, leave
         self.seq = 0
@@ -93,7 +116,8 @@ class BoxTracker:
         )
 
     def push(self, index: int, t: float, scores: np.ndarray, eye=None, image=None):
-        """Feed one frame; returns a Decision when a box has just ended, else None.
+        """Feed one frame; returns a Decision when a box has just ended (or one held back for
+        the pixel eye is let go), else None.
         `eye` is the photo-eye (True: a box is in front of it) or None without one; `image`
         the frame, for the pixel eye (without a photo-eye)."""
         p = softmax(np.asarray(scores, dtype=np.float64))
@@ -104,6 +128,12 @@ class BoxTracker:
         looks_empty = int(p.argmax()) == self.empty
         if self.pixel_eye is not None and image is not None:
             self.pixel_eye.push(index, t, image, looks_empty)
+        # a held decision is out before this frame can end the next box, which needs
+        # enter + leave frames, more than a decision is ever held
+        held = self._release(t) if self.held is not None else None
+        return self._push_model(index, t, p, looks_empty) or held
+
+    def _push_model(self, index, t, p, looks_empty):
         if not self.in_box:
             if looks_empty:
                 self._reset()
@@ -162,22 +192,44 @@ class BoxTracker:
             (first[1] + last[1]) / 2,
             probs,
         )
+        self.seq += 1
+        self._reset()
         if timing:
             d.timing = timing
         elif self.pixel_eye is not None:
-            t = self.pixel_eye.centre(first[0], last[0])
-            if t is not None:
-                d.t, d.timing = t, "image"
-                self.image_timed += 1
-            else:
-                self.model_timed += 1
-        self.seq += 1
-        self._reset()
+            answer = self.pixel_eye.centre(d.first, d.last)
+            if answer is NOT_YET and self.hold:
+                self.held = [d, 0]
+                self.held_count += 1
+                return None
+            return self._timed(d, answer)
+        return d
+
+    def _release(self, t: float):
+        """The held decision, once the eye can tell, or its frames or time are up; else None."""
+        d, waited = self.held
+        answer = self.pixel_eye.centre(d.first, d.last)
+        waited += 1
+        if answer is NOT_YET and waited < self.hold and t < d.t + self.hold_s:
+            self.held[1] = waited
+            return None
+        self.held = None
+        return self._timed(d, answer)
+
+    def _timed(self, d: Decision, answer) -> Decision:
+        """d with the eye's time when it has one, else the model's middle it already has."""
+        if answer is None or answer is NOT_YET:
+            self.model_timed += 1
+        else:
+            d.t, d.timing = answer, "image"
+            self.image_timed += 1
         return d
 
     def abandon(self) -> None:
-        """Forget a box in progress (the source failed: its frames are no longer one box)."""
+        """Forget a box in progress and a decision held back (the source failed or the model
+        did: the actuator has gone safe, and the frames are no longer one line)."""
         self._reset()
+        self.held = None
 
 
 class LaneMap:

@@ -19,11 +19,14 @@ ink can look like belt) is the box crossing the line, like a real photo-eye's bl
 and its middle is the box's time.
 
 It answers only when it can tell: with the belt learnt, a run that began and ended inside the
-frames it remembers (ended two frames before the decision, which it never delays),
-mostly covered, over at least half of the model's frames and no longer than the model's box
-allows. Otherwise (a box the colour of the belt, two boxes touching, a change of light it has
-not learnt yet) the tracker keeps the model's middle. The daemon's status counts the boxes
-timed each way.
+frames it remembers (ended two frames before it is asked), mostly covered, over at least half
+of the model's frames and no longer than the model's box allows. While the run may still go
+on (the model's box ended, a code on the box's leading side gone from view, but the box's
+trailing end still covers the line) it says NOT_YET, and the tracker may hold the decision a
+few frames and ask again (edge.line.decide.BoxTracker; the daemon allows it while the nearest
+diverter's pulse is far enough off). Otherwise (a box the colour of the belt, two boxes
+touching, a change of light it has not learnt yet) the tracker keeps the model's middle. The
+daemon's status counts the boxes timed each way, and those held.
 """
 
 import collections
@@ -40,6 +43,7 @@ COVERED = 0.25  # the line is covered when this share of its pixels is off the b
 RING = 512  # frames remembered
 RELEARN = 8  # the belt's median is taken again after this many belt frames (light drifts)
 GAP = 1  # a run goes on across this many uncovered frames (code ink can look like belt)
+NOT_YET = "not yet"  # centre()'s answer while the run may still go on
 
 
 class PixelEye:
@@ -100,7 +104,8 @@ class PixelEye:
 
     def centre(self, first: int, last: int):
         """When the box the model saw in frames first..last crossed the line (the middle of
-        the covered run that holds it), or None when the eye cannot tell."""
+        the covered run that holds it); None when the eye cannot tell; NOT_YET while the run
+        that holds it may still go on (the box still covers the line, or has only just left)."""
         ring = list(self.ring)
         at = {index: k for k, (index, _, _) in enumerate(ring)}
         if first not in at or last not in at:
@@ -116,11 +121,13 @@ class PixelEye:
             lo -= 1
         while hi < len(ring) - 1 and self._bridged(ring, hi, 1):
             hi += 1
-        if lo == 0 or ring[lo - 1][2] is None or hi + GAP + 1 > len(ring) - 1:
-            return None  # the run's start is forgotten or unknown, or it may not have ended
+        if lo == 0 or ring[lo - 1][2] is None:
+            return None  # the run's start is forgotten or unknown
         span, run = b - a + 1, hi - lo + 1
         if run > 1.5 * span + 4 or lo < a - span // 2 - 3 or hi > b + span // 2 + 3:
             return None  # longer than this box: two boxes, or the light changed
+        if hi + GAP + 1 > len(ring) - 1:
+            return NOT_YET  # the run may go on: asked again a frame later, it may tell
         if min(b, hi) - max(a, lo) + 1 < 0.5 * span:
             return None  # a glimpse of a box the eye hardly tells from the belt
         if sum(1 for _, _, c in ring[lo : hi + 1] if c) < 0.75 * run:
