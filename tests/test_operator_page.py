@@ -118,7 +118,7 @@ def test_the_json_endpoint_stays_the_machine_interface(line):
     assert got["station"] == "line 3 <east>" and got["boxes"] == 8
     assert set(got["lanes"]) == {"left", "right", "reject"} and got["alarm"] is True
     assert got["boxes_per_minute"] == 8 and got["actuator"]["late"] == 0
-    assert got["timing"] == {"from": "eye", "by_image": 0, "by_model": 0}
+    assert got["timing"] == {"from": "eye", "by_image": 0, "by_model": 0, "held": 0}
     png = urllib.request.urlopen(url + "frame.png", timeout=5).read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert time.time() - got["last_decisions"][-1]["at"] < 60
