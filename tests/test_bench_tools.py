@@ -11,6 +11,8 @@ from edge.engine import native
 from tests.hidden_packages import env_without
 from tests.shipkit import ROOT
 
+TINY_RUN = ("--arch", "tiny", "--runs", "50")  # bench-engines on the tiny net, briefly
+
 
 def tool(name: str, *args, env=None, timeout=600):
     """tools/NAME ARGS..., run with this Python from the project root."""
@@ -19,7 +21,7 @@ def tool(name: str, *args, env=None, timeout=600):
 
 
 def test_bench_engines_json_has_every_row_and_the_popcount_paths():
-    out = tool("bench-engines", "--arch", "tiny", "--runs", "50", "--skip-numpy124", "--json")
+    out = tool("bench-engines", *TINY_RUN, "--skip-numpy124", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     rows = {r["engine"]: r for r in report["rows"]}
@@ -48,15 +50,7 @@ def test_bench_engines_json_has_every_row_and_the_popcount_paths():
 
 
 def test_bench_engines_refuses_to_run_without_its_onnxruntime_anchor(tmp_path):
-    out = tool(
-        "bench-engines",
-        "--arch",
-        "tiny",
-        "--runs",
-        "50",
-        "--json",
-        env=env_without(tmp_path, "onnxruntime"),
-    )
+    out = tool("bench-engines", *TINY_RUN, "--json", env=env_without(tmp_path, "onnxruntime"))
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1, out.stderr  # one line, no traceback
     assert "onnxruntime" in out.stderr and "'.[bench]'" in out.stderr
@@ -66,10 +60,7 @@ def test_bench_engines_refuses_to_run_without_its_onnxruntime_anchor(tmp_path):
 def test_bench_engines_names_an_anchor_skipped_on_request(tmp_path):
     out = tool(
         "bench-engines",
-        "--arch",
-        "tiny",
-        "--runs",
-        "50",
+        *TINY_RUN,
         "--skip-numpy124",
         "--skip-onnxruntime",
         "--json",

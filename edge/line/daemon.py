@@ -100,7 +100,6 @@ class Daemon:
             enter=cfg["decide"]["enter_frames"],
             leave=cfg["decide"]["leave_frames"],
             pixel_eye=pixel_eye,
-            hold=cfg["decide"]["enter_frames"] + cfg["decide"]["leave_frames"] - 1,
             hold_s=hold_s,
         )
         self.source = None  # opened by the frame loop, after the status page and receivers

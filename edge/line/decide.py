@@ -69,8 +69,8 @@ class BoxTracker:
 
     With a pixel eye, a box that ends (for the model) while its covered run at the centre line
     goes on, because the box's trailing end is still passing the line, is held back until the
-    run ends, so that the pixels can time it: for at most `hold` frames (capped at
-    enter + leave - 1, fewer than the next box needs to be decided, so decisions keep their
+    run ends, so that the pixels can time it: for at most `hold` frames (by default and at
+    most enter + leave - 1, fewer than the next box needs to be decided, so decisions keep their
     order and never pile up) and no later than `hold_s` seconds after the model's middle of the
     box (the daemon's deadline: the first diverter's pulse must still be ahead). Then it goes
     out timed by the eye if it can tell, else by the model's middle."""
@@ -82,7 +82,7 @@ class BoxTracker:
         enter: int = 2,
         leave: int = 3,
         pixel_eye=None,
-        hold: int = 0,
+        hold: "int | None" = None,
         hold_s: float = 0.0,
     ):
         if enter < 1 or leave < 1:
@@ -90,7 +90,8 @@ class BoxTracker:
         self.empty_label = empty
         self.pixel_eye = pixel_eye  # edge.line.pixel_eye.PixelEye: box times from the pixels
         self.image_timed = self.model_timed = 0  # boxes timed by the pixel eye, by the model
-        self.hold = max(0, min(int(hold), enter + leave - 1)) if hold_s > 0 else 0
+        cap = enter + leave - 1
+        self.hold = max(0, min(cap if hold is None else int(hold), cap)) if hold_s > 0 else 0
         self.hold_s = hold_s
         self.held = None  # [Decision, frames waited] while the pixel eye may still time it
         self.held_count = 0  # decisions that were held back for the eye
