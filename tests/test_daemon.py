@@ -97,22 +97,46 @@ def test_a_model_shipped_while_the_line_runs_is_swapped_in_without_losing_a_fram
     cfg = config(
         station["store"],
         receiver={"listen": "tcp://127.0.0.1:0"},
-        source={"url": "sim:?boxes=40&seed=3&size=64&speed=6&fps=400"},
+        source={"url": "sim:?boxes=40&seed=3&size=64&speed=6"},
     )
     daemon = Daemon(cfg, record_truth=True)
     daemon.start_services()
     url = "tcp://127.0.0.1:%d" % daemon.receiver_port
+    shipped, outcome = threading.Event(), []
 
-    def ship_later():
-        time.sleep(1.0)
-        tcp.ship(
-            url, signed_manifest(station["payload"], station["key"], 2), station["payload"], {}
-        )
+    def ship_once_sorting():  # v2 arrives while v1 sorts, however loaded the machine is
+        try:
+            deadline = time.monotonic() + 60
+            while not daemon.decisions and time.monotonic() < deadline:
+                time.sleep(0.01)
+            tcp.ship(
+                url, signed_manifest(station["payload"], station["key"], 2), station["payload"], {}
+            )
+            outcome.append("shipped")
+        finally:
+            shipped.set()
 
-    t = threading.Thread(target=ship_later)
+    open_source = daemon._open_source
+
+    def open_belt_that_waits_for_the_ship():  # the simulator's belt (virtual time) stands
+        open_source()  # still from the first decision until v2 has arrived and loaded
+        read = daemon.source.read
+
+        def read_when_shipped():
+            if daemon.decisions and not daemon.swaps:
+                shipped.wait(60)
+                if daemon.pending is not None:  # v2 loading beside v1
+                    daemon.pending[0].join(60)
+            return read()
+
+        daemon.source.read = read_when_shipped
+
+    daemon._open_source = open_belt_that_waits_for_the_ship
+    t = threading.Thread(target=ship_once_sorting)
     t.start()
     decisions, truths = run_sim(daemon)
     t.join()
+    assert outcome == ["shipped"]
     versions = [d["model_version"] for d in decisions]
     assert 1 in versions and 2 in versions and versions == sorted(versions)
     assert len(truths) == daemon.counters.data["frames"]  # every frame went through a model
