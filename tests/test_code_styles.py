@@ -202,7 +202,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-7"
+    assert info["generator"] == "binsort-synth-8"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(
@@ -372,9 +372,10 @@ def test_leave_one_style_out_trains_without_the_style_and_scores_it(tmp_path):
     assert info["styles"] == ["carton", "label", "dotmatrix", "stencil"]
 
 
-def test_the_code_height_band_is_honoured_and_the_default_draws_as_before(monkeypatch):
-    """`code_height` bounds the code's box the style draws into; the default band is
-    CODE_HEIGHT, with the very same frames as a call that does not name it."""
+def test_the_code_height_band_is_honoured_drawn_per_octave_and_the_default_is_named(monkeypatch):
+    """`code_height` bounds the code's box the style draws into, drawn log-uniformly (as many
+    codes below the band's geometric middle as above it); the default band is CODE_HEIGHT,
+    with the very same frames as a call that does not name it."""
     from edge.imaging import box_images
 
     heights = []
@@ -390,9 +391,14 @@ def test_the_code_height_band_is_honoured_and_the_default_draws_as_before(monkey
     assert len(heights) >= 6 and all(0.195 <= h <= 0.25 for h in heights)
     heights.clear()
     default = [np.asarray(box_images.render(3, "t", "K11", i, 100, ("carton",))) for i in range(6)]
-    assert all(0.095 <= h <= 0.35 for h in heights) and box_images.CODE_HEIGHT == (0.10, 0.35)
-    named = box_images.render(3, "t", "K11", 0, 100, ("carton",), code_height=(0.10, 0.35))
+    assert all(0.075 <= h <= 0.35 for h in heights) and box_images.CODE_HEIGHT == (0.08, 0.35)
+    named = box_images.render(3, "t", "K11", 0, 100, ("carton",), code_height=(0.08, 0.35))
     assert np.array_equal(np.asarray(named), default[0])
+    heights.clear()
+    for i in range(200):  # uniform over 8-35% would put 32% below the middle (16.7%), not half
+        box_images.render(5, "t", "F06", i, 100, ("carton",))
+    below = sum(h < (0.08 * 0.35) ** 0.5 for h in heights[:200]) / 200
+    assert 0.4 <= below <= 0.6, below
 
 
 def test_generalisation_tool_scores_a_model_against_code_height(tmp_path, tiny_model):

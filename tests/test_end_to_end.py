@@ -51,12 +51,12 @@ def test_demo_trains_packs_and_the_edge_engine_computes_exactly_the_host_referen
 def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     """The main job on its built-in defaults: bcnn144 on the styled synthetic set, 24 epochs.
 
-    Measured on 2 cores (docs/training-notes.md section 5, fifteenth round): 0.967 of the
-    styled test images (binsort-synth-7; 0.969 with its BatchNorm statistics measured again
-    at the end, sixteenth round), all 300 boxes on the line right and none late
-    (timed from the pixels; from the model's frames 2 would be), training 602 s, this test
-    16 min 21 s. Issue 15's target for the default model, 0.995 on its own test set, is not
-    met; the floors here catch a regression, they claim nothing."""
+    Measured on 2 cores (docs/training-notes.md section 5, eighteenth round): 0.923 of the
+    styled test images (binsort-synth-8, codes 8-35% of the frame high; synth-7's 10-35% read
+    0.969), all 300 boxes on the line right and none late, training 392 s, the demo 10 min
+    30 s (the fifteenth round's test took 16 min 21 s on a machine 1.6 times slower). Issue
+    15's target for the default model, 0.995 on its own test set, is not met; the floors here
+    catch a regression, they claim nothing."""
     from host.models import DEFAULT_ARCH
 
     proc = subprocess.run(
@@ -68,7 +68,7 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["arch"] == DEFAULT_ARCH and report["n"] == 3000
-    assert report["image_accuracy"] >= 0.93
+    assert report["image_accuracy"] >= 0.89
     # on the simulated line: one decision per box, and per box at least as good as per image
     assert report["boxes"] == 300 and report["missed"] == 0 and report["double"] == 0
     assert report["accuracy"] >= max(0.98, report["image_accuracy"])
@@ -86,7 +86,8 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     # issue's bar, within 1.5 points, is met by the default model (0.978, washed out 0.821,
     # recalibrated on 1,000 frames 0.973); this smaller demo model landed 0.4 and 1.7 points
     # short in two runs (docs/training-notes.md section 6), so the floor here is 2.5; the
-    # bcnn144 demo model: 0.967, washed out 0.871, recalibrated 0.969 (thirteenth round)
+    # bcnn144 demo model: 0.967, washed out 0.871, recalibrated 0.969 (thirteenth round); on
+    # synth-8: 0.926, washed out 0.771, recalibrated 0.910 (section 5, eighteenth round)
     plain, washed, recalibrated = washed_out_and_recalibrated(tmp_path)
     assert plain - washed >= 0.05 and recalibrated >= plain - 0.025, (plain, washed, recalibrated)
 
