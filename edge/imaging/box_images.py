@@ -209,11 +209,19 @@ def _tilted(rng, img, size: int, belt_colour, resample=Image.BICUBIC) -> Image.I
     return img.transform((size, size), Image.PERSPECTIVE, coeffs, resample, fillcolor=belt_colour)
 
 
+@lru_cache(maxsize=4)
+def _unit_grid(size: int) -> np.ndarray:
+    """np.mgrid[0:size, 0:size] / size (rows, columns), made once per size, read-only."""
+    grid = np.mgrid[0:size, 0:size] / size
+    grid.flags.writeable = False
+    return grid
+
+
 def _lit(rng, img, size: int, slope: float, dimmest: float) -> np.ndarray:
     """The grey of an RGBA drawing under light that falls off along a random direction (by up to
     `slope` across the frame) at an overall level from `dimmest` to 1.25, as float64."""
     arr = np.asarray(img.convert("L"), dtype=np.float64)
-    yy, xx = np.mgrid[0:size, 0:size] / size
+    yy, xx = _unit_grid(size)
     angle = rng.uniform(0, 2 * math.pi)
     tilt = (xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle)
     light = 1 + rng.uniform(0, slope) * tilt
@@ -260,7 +268,7 @@ def _camera(
     if rng.random() < 0.25:
         _border_strip(rng, draw, big, (0.03, 0.08))
     arr = _lit(rng, img, big, 0.5, 0.65)
-    yy, xx = np.mgrid[0:big, 0:big] / big
+    yy, xx = _unit_grid(big)
     if rng.random() < 0.25:  # glare: a bright specular spot
         gx, gy, r = rng.random(), rng.random(), rng.uniform(0.08, 0.3)
         arr = arr + rng.uniform(40, 140) * np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * r * r))
