@@ -4,8 +4,10 @@ Each image is rendered by edge.imaging.box_images (what it looks like and why is
 with `styles`, its code drawn in one of the named styles of edge.imaging.code_styles on a box of any
 size and place, every code at least 3 noise sigmas out of the frame, some in light print on dark
 boxes, on light belts, turned past 15 degrees, further out of focus or on ribbed faces, codes
-8-35% of the frame high, as many per octave of size
-(binsort-synth-8, what `binsort data synth`, `train --data synth` and the demo draw;
+8-35% of the frame high, as many per octave of size, in every font the machine has but the
+held-out ones, 14-segment faces among them
+(binsort-synth-9, what `binsort data synth`, `train --data synth` and the demo draw;
+binsort-synth-8 drew them without the 14-segment faces and with TeX Gyre Adventor;
 binsort-synth-7 drew the same scenes with codes 10-35% high, uniformly; binsort-synth-6 drew
 them with bicubic, not bilinear, turns on its large canvas, in 1.4 times the time;
 binsort-synth-5 drew no ribbed faces; binsort-synth-4 also drew codes

@@ -202,7 +202,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-8"
+    assert info["generator"] == "binsort-synth-9"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(
@@ -252,15 +252,50 @@ def test_the_glyph_renderers_draw_every_default_code_and_light_print_on_crates()
     assert np.percentile(centre, 97) > np.median(centre) + 60  # light strokes on a dark crate
 
 
-def test_the_sticker_renderers_typefaces_are_never_drawn_by_the_generator():
+def test_the_plate_renderer_prints_embosses_and_etches_the_code():
+    """Each of plate's marks changes the plate where the code is; thermal print and etching
+    darken it, embossing (no ink) only lights and shades the code's edges; frames repeat."""
+    import random
+
     sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
+    import plate
+
+    def drawn(mode, code):
+        rng = random.Random(5)
+        return np.asarray(
+            plate._plate(rng, np.random.default_rng(5), code, 330, 130, mode).convert("L"),
+            np.float64,
+        )[20:-20, 40:-40]
+
+    for mode in plate.MODES:
+        change = drawn(mode, "S19") - drawn(mode, None)
+        assert np.abs(change).mean() > 4, mode
+        if mode == "embossed":
+            assert (change > 20).mean() > 0.02 and (change < -20).mean() > 0.02
+        else:
+            assert change.mean() < -4, mode
+    frame = np.asarray(plate.render("V22", 7))
+    assert frame.shape == (plate.SIZE, plate.SIZE, 3)
+    assert np.array_equal(frame, np.asarray(plate.render("V22", 7)))
+    assert not np.array_equal(frame, np.asarray(plate.render("V22", 8)))
+
+
+def test_the_sticker_and_plate_renderers_typefaces_are_never_drawn_by_the_generator():
+    sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
+    import plate
     import sticker
 
     faces = {os.path.basename(p) for p in sticker.FONT_FILES}
-    assert faces == set(HELD_OUT_FONTS)  # matplotlib, a host dependency, ships all four
-    assert not faces & {os.path.basename(p) for p in system_fonts()}
+    assert len(faces) == 4  # matplotlib, a host dependency, ships all four
+    adventor = {os.path.basename(p) for p in plate.FONT_FILES}
+    assert len(adventor) == 4  # fonts-texgyre, which tools/setup-system installs
+    assert faces | adventor == set(HELD_OUT_FONTS)
+    assert not (faces | adventor) & {os.path.basename(p) for p in system_fonts()}
     families = {os.path.basename(os.path.dirname(p)) for p in system_fonts()}
-    assert len(system_fonts()) > 50 and {"liberation2", "ocr-a", "ttf"} <= families
+    assert len(system_fonts()) > 50 and {"liberation2", "ocr-a", "ttf", "dseg"} <= families
+    # DSEG14's 14-segment print, not DSEG7's (no K or V) nor its Weather icons
+    dseg = {os.path.basename(p).split("-")[0] for p in system_fonts() if "DSEG" in p}
+    assert dseg == {"DSEG14Classic", "DSEG14Modern"}
 
 
 def generalisation(*args) -> dict:
@@ -280,7 +315,7 @@ def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path
     model = tmp_path / "m.bnn"
     model.write_bytes(tiny_model[1])
     rows = generalisation("eval", str(model), "--count", "2", "--work", str(tmp_path / "w"))
-    assert set(rows) == {"renderer sticker", "renderer marker", "renderer crate"} | {
+    assert set(rows) == {"renderer " + n for n in ("sticker", "marker", "crate", "plate")} | {
         "generator, " + s for s in tuple(STYLES) + ("classic",)
     }
     assert all(r["n"] == 10 and 0 <= r["accuracy"] <= 1 for r in rows.values())
@@ -295,7 +330,7 @@ def test_generalisation_stress_scores_every_change_on_every_renderer(tmp_path, t
     work = str(tmp_path / "w")
     rows = generalisation("stress", str(model), "--count", "2", "--work", work)
     assert list(rows)[0] == "as drawn" and len(rows) == 6
-    assert all(set(r) == {"sticker", "marker", "crate"} for r in rows.values())
+    assert all(set(r) == {"sticker", "marker", "crate", "plate"} for r in rows.values())
     plain = generalisation("eval", str(model), "--count", "2", "--work", work)
     for name, accuracy in rows["as drawn"].items():  # the same images, the same engine
         assert accuracy == plain["renderer " + name]["accuracy"]

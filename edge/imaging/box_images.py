@@ -10,7 +10,7 @@ up to 20 degrees, the binary nets did not learn the codes within the demo's budg
 class is belt alone, sometimes with a blank box edge entering the view, so the line can tell
 "no box" from "unknown box". That is the first generator (render_classic, what the conveyor
 simulator draws). The styled frames that training sets use (render with `styles`,
-binsort-synth-8) go much further: codes in the named styles of edge.imaging.code_styles, 8-35% of
+binsort-synth-9) go much further: codes in the named styles of edge.imaging.code_styles, 8-35% of
 the frame high (as many per octave of size), on boxes of any size anywhere in the central area,
 turned up to 15 degrees and some to 25, some in light print on a dark box, some boxes ribbed or
 striped, on dark rubber or light PVC belts, with distractor print, glare, defocus and a camera's
@@ -21,7 +21,9 @@ draws synth-6's scenes with bilinear instead of bicubic interpolation where the 
 turned and the view tilted on the twice-size canvas, which the final area resize smooths anyway:
 a frame takes 0.7 times as long, and models trained on either read both alike; binsort-synth-8
 draws synth-7's scenes with the code's height log-uniform over 8-35% of the frame, not uniform
-over 10-35%: see CODE_HEIGHT.)
+over 10-35%: see CODE_HEIGHT; binsort-synth-9 draws synth-8's scenes with the 14-segment faces
+of Debian's fonts-dseg among the fonts, and without TeX Gyre Adventor, which
+tools/renderers/plate.py holds out: edge.imaging.code_styles.SKIP_FONTS and HELD_OUT_FONTS.)
 Every image is a pure function of (seed, split, label, index) and the styles.
 
 It lives on the edge side because both sides use it: the host writes training sets with it
@@ -378,7 +380,7 @@ PLAIN_SCENE = {"invert": False, "belt": None, "turn": None, "defocus": 0.0, "rib
 # The name of what render draws with styles, in labels.json and beside reused test sets: a data
 # set drawn by another version is not this one's. (synth-7: bilinear turns on the large canvas,
 # synth-6's bicubic took 1.4 times as long; training notes, section 5, fourteenth round.)
-STYLED_GENERATOR = "binsort-synth-8"
+STYLED_GENERATOR = "binsort-synth-9"
 CLASSIC_GENERATOR = "binsort-synth-1"
 # the interpolation of the styled frames' turns and tilt, drawn at twice the output's side
 STYLED_RESAMPLE = Image.BILINEAR

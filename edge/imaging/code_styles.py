@@ -31,11 +31,34 @@ FONT_DIRS = (
     "/usr/share/texmf/fonts/opentype",  # Debian's TeX Gyre faces live here
     os.path.expanduser("~/.fonts"),
 )
-# Faces never drawn here: symbol and math faces whose letters are not letters, and the faces
-# tools/renderers/sticker.py draws its codes in, so that it measures reading a typeface the
-# generator never showed (see tools/renderers/README.md).
-SKIP_FONTS = ("cmex10", "cmsy10", "cmmi10", "LastResort", "STIXSiz", "STIXNonUni")
-HELD_OUT_FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "cmr10.ttf", "cmb10.ttf")
+# Faces never drawn here: symbol and math faces whose letters are not letters (DSEGWeather's
+# are icons; a 7-segment display has no K or V, and DSEG7 draws them as other letters), DSEG14's
+# Mini cuts (the same segments again: DSEG14 Classic and Modern, 12 of some 190 faces, are the
+# 14-segment print of label printers and case coders, binsort-synth-9), and the faces
+# tools/renderers/sticker.py and plate.py draw their codes in, so that they measure reading a
+# typeface the generator never showed (see tools/renderers/README.md).
+SKIP_FONTS = (
+    "cmex10",
+    "cmsy10",
+    "cmmi10",
+    "LastResort",
+    "STIXSiz",
+    "STIXNonUni",
+    "DSEG7",
+    "DSEGWeather",
+    "DSEG14ClassicMini",
+    "DSEG14ModernMini",
+)
+HELD_OUT_FONTS = (
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "cmr10.ttf",
+    "cmb10.ttf",
+    "texgyreadventor-regular.otf",
+    "texgyreadventor-bold.otf",
+    "texgyreadventor-italic.otf",
+    "texgyreadventor-bolditalic.otf",
+)
 
 # 5x7 dot-matrix glyphs (industrial inkjet and dot printers), rows top to bottom
 DOT_GLYPHS = {
