@@ -202,12 +202,3 @@ def _own_state_home(tmp_path_factory, monkeypatch):
     """`binsort ship` appends to a deployment history under $XDG_STATE_HOME: the tests' own,
     never the home folder of whoever runs them (child processes inherit it)."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.getbasetemp() / "state"))
-
-
-def pytest_collection_modifyitems(items):
-    """The slow end-to-end tests first, the default demo's before all. The README's test
-    command runs the suite on two workers (pytest-xdist, `-n 2 --dist worksteal`): the demo,
-    over half of the suite's time, starts at once on one of them while the other works through
-    the rest, and a worker left idle takes tests from the other's queue."""
-    order = {"test_default_demo_reads_the_styled_codes_and_sorts_the_line": 0}
-    items.sort(key=lambda item: order.get(item.name, 1 if item.get_closest_marker("slow") else 2))
