@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from host.archs import synth_size
+from host.archs import synth_code_height, synth_size
 from host.config import BNN, FINE_TUNE, PRANC, PRECISIONS
 from protocol.errors import BinsortError, run_cli
 from protocol.sender import GIVE_UP_S
@@ -86,9 +86,10 @@ def check_codes(text: str) -> list:
 def _synth(args) -> int:
     from tqdm import tqdm
 
-    from host.synth import parse_styles, synthesise
+    from host.synth import parse_code_height, parse_styles, synthesise
 
     styles = parse_styles(args.styles)
+    code_height = parse_code_height(args.code_height)
     codes = check_codes(args.codes)
     if args.count < 2 or args.size < 16:
         raise BinsortError("--count must be at least 2 and --size at least 16")
@@ -97,7 +98,14 @@ def _synth(args) -> int:
     bars = not args.quiet and sys.stderr.isatty()  # a log gets the result, not every step
     with tqdm(total=total, desc="synthesising", unit="img", disable=not bars) as bar:
         info = synthesise(
-            args.out, args.count, args.size, codes, args.seed, progress=bar.update, styles=styles
+            args.out,
+            args.count,
+            args.size,
+            codes,
+            args.seed,
+            progress=bar.update,
+            styles=styles,
+            code_height=code_height,
         )
     print(
         "wrote %d images of %s to %s (styles: %s)"
@@ -108,6 +116,7 @@ def _synth(args) -> int:
         "images": total,
         "labels": info["labels"],
         "styles": list(styles or ["classic"]),
+        "code_height": info.get("code_height"),
     }
     return 0
 
@@ -165,6 +174,7 @@ def _train_sources(args, parts: list, arch: str) -> list:
     folders = []
     for part in parts:
         if part == "synth":
+            from edge.imaging.box_images import CODE_HEIGHT
             from host.synth import parse_styles, synthesise
 
             part = os.path.join(args.out, "data")
@@ -176,6 +186,7 @@ def _train_sources(args, parts: list, arch: str) -> list:
                     size=synth_size(arch),
                     seed=args.seed,
                     styles=parse_styles(args.styles),
+                    code_height=synth_code_height(arch) or CODE_HEIGHT,
                 )
         folders.append(part)
     return folders
@@ -937,6 +948,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw codes in these styles on boxes of any size and place: all (default), a list "
         "(label,stamp) or all but some (-stencil); `binsort data styles` lists them. classic: "
         "the first generator's carton-printed codes near the centre, which read no other boxes",
+    )
+    p.add_argument(
+        "--code-height",
+        default=None,
+        metavar="LOW-HIGH",
+        help="styled codes' heights, as shares of the frame's, drawn per octave from this band "
+        "(default 8-35; 10-35 for a 96x96 net, which cannot read smaller ones); in labels.json",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

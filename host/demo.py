@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from edge.engine import load_engine
+from edge.imaging.box_images import CODE_HEIGHT
 from edge.imaging.code_styles import STYLES
-from host.archs import arch_spec, synth_size
+from host.archs import arch_spec, synth_code_height, synth_size
 from host.config import resolve
 from host.evaluate import format_report, load_labelled, summarise
 from host.line_demo import run_line
@@ -44,7 +45,14 @@ def run_demo(
 
     data_dir = os.path.join(out_dir, "data")
     say("1/5 synthesising %d images per label into %s" % (count, data_dir))
-    synthesise(data_dir, count=count, size=synth_size(arch), seed=seed, styles=tuple(STYLES))
+    synthesise(
+        data_dir,
+        count=count,
+        size=synth_size(arch),
+        seed=seed,
+        styles=tuple(STYLES),
+        code_height=synth_code_height(arch) or CODE_HEIGHT,
+    )
     timings["synth_s"] = round(time.time() - started, 1)
 
     run_dir = os.path.join(out_dir, "run")

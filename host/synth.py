@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from edge.imaging.box_images import (
     CLASSIC_GENERATOR,
+    CODE_HEIGHT,
     DEFAULT_CODES,
     EMPTY_LABEL,
     STYLED_GENERATOR,
@@ -37,8 +38,28 @@ TEST_FRACTION = 0.2
 
 
 def _write_one(job):
-    seed, split, label, index, size, styles, path = job
-    render(seed, split, label, index, size, styles).save(path)
+    seed, split, label, index, size, styles, code_height, path = job
+    render(seed, split, label, index, size, styles, code_height).save(path)
+
+
+def parse_code_height(text: "str | None") -> tuple:
+    """'10-35' or '0.10-0.35' (shares of the frame's height, as percentages or fractions) ->
+    (0.10, 0.35); None -> CODE_HEIGHT."""
+    if text is None:
+        return CODE_HEIGHT
+    try:
+        low, high = (float(v) for v in text.replace("%", "").split("-"))
+    except ValueError:
+        raise BinsortError(
+            "--code-height %r: give LOW-HIGH shares of the frame's height, e.g. 10-35" % text
+        ) from None
+    if high > 1:  # percentages
+        low, high = low / 100, high / 100
+    if not 0.03 <= low < high <= 0.6:
+        raise BinsortError(
+            "--code-height %s: the band must lie within 3-60%% of the frame, low below high" % text
+        )
+    return (low, high)
 
 
 def parse_styles(text: "str | None") -> "tuple | None":
@@ -71,10 +92,13 @@ def synthesise(
     workers: int | None = None,
     progress=None,
     styles: "tuple | None" = None,
+    code_height: tuple = CODE_HEIGHT,
 ) -> dict:
     """Write out_dir/{train,test}/<label>/*.png and out_dir/labels.json; `count` images per label.
 
-    Returns the contents of labels.json. `progress(n)` is called as images are written.
+    `code_height`: the band (shares of the frame's height) the styled codes' heights are drawn
+    from, per octave (box_images.render). Returns the contents of labels.json. `progress(n)` is
+    called as images are written.
     """
     labels = [*codes, EMPTY_LABEL]
     styles = tuple(styles) if styles else None
@@ -85,7 +109,16 @@ def synthesise(
             folder = os.path.join(out_dir, split, label)
             os.makedirs(folder, exist_ok=True)
             jobs.extend(
-                (seed, split, label, i, size, styles, os.path.join(folder, "%05d.png" % i))
+                (
+                    seed,
+                    split,
+                    label,
+                    i,
+                    size,
+                    styles,
+                    code_height,
+                    os.path.join(folder, "%05d.png" % i),
+                )
                 for i in range(n)
             )
     workers = workers or min(4, os.cpu_count() or 1)
@@ -107,6 +140,8 @@ def synthesise(
         "generator": STYLED_GENERATOR if styles else CLASSIC_GENERATOR,
         "styles": list(styles) if styles else None,
     }
+    if styles:
+        info["code_height"] = list(code_height)
     with open(os.path.join(out_dir, "labels.json"), "w") as f:
         json.dump(info, f, indent=1)
     return info

@@ -44,3 +44,46 @@ def test_folder_without_class_folders_is_a_clean_error(tmp_path):
     (tmp_path / "loose.png").write_bytes(b"")
     with pytest.raises(BinsortError, match="no class folders"):
         labelled_images(str(tmp_path))
+
+
+def test_a_code_height_band_draws_the_set_and_is_recorded_and_a_96_net_gets_its_own(tmp_path):
+    """`data synth --code-height` draws every styled frame from the band and says so in
+    labels.json; `train --data synth` draws first96s's set with its band (10-35%), the
+    default's with the generator's (8-35%); a band out of range is one line and exit 2."""
+    import subprocess
+    import sys
+    import types
+
+    from edge.imaging.box_images import CODE_HEIGHT
+    from edge.imaging.code_styles import STYLES
+    from host.cli import _train_sources
+
+    out = tmp_path / "band"
+    cli = [sys.executable, "-m", "host.cli", "data", "synth", "--count", "2", "--size", "64"]
+    done = subprocess.run([*cli, "--out", str(out), "--code-height", "12-20", "--quiet"])
+    assert done.returncode == 0
+    assert json.loads((out / "labels.json").read_text())["code_height"] == [0.12, 0.2]
+    drawn = np.asarray(render(0, "train", "S19", 0, 64, tuple(STYLES), (0.12, 0.2)))
+    assert np.array_equal(np.asarray(render_file(out / "train" / "S19" / "00000.png")), drawn)
+    assert not np.array_equal(np.asarray(render(0, "train", "S19", 0, 64, tuple(STYLES))), drawn)
+    for bad in ("20-12", "1-20", "ten-35"):
+        err = subprocess.run(
+            [*cli, "--out", str(tmp_path / bad), "--code-height", bad],
+            capture_output=True,
+            text=True,
+        )
+        assert err.returncode == 2 and len(err.stderr.strip().splitlines()) == 1, err.stderr
+        assert "--code-height" in err.stderr and not (tmp_path / bad).exists()
+
+    for arch, band in (("first96s", [0.1, 0.35]), ("tiny", list(CODE_HEIGHT))):
+        args = types.SimpleNamespace(out=str(tmp_path / arch), synth_count=2, seed=0, styles="all")
+        (folder,) = _train_sources(args, ["synth"], arch)
+        info = json.loads((tmp_path / arch / "data" / "labels.json").read_text())
+        assert folder == str(tmp_path / arch / "data") and info["code_height"] == band
+
+
+def render_file(path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.copy()
