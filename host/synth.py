@@ -2,11 +2,12 @@
 
 Each image is rendered by edge.imaging.box_images (what it looks like and why is described there):
 with `styles`, its code drawn in one of the named styles of edge.imaging.code_styles on a box of any
-size and place, every code at least 3 noise sigmas out of the frame, some in light print on dark
+size and place, every code at least 3 noise sigmas out of the frame, a third in light print on dark
 boxes, on light belts, turned past 15 degrees, further out of focus or on ribbed faces, codes
 8-35% of the frame high, as many per octave of size, in every font the machine has but the
 held-out ones, 14-segment faces among them
-(binsort-synth-9, what `binsort data synth`, `train --data synth` and the demo draw;
+(binsort-synth-10, what `binsort data synth`, `train --data synth` and the demo draw;
+binsort-synth-9 drew 15% of the frames light on dark, not 35%;
 binsort-synth-8 drew them without the 14-segment faces and with TeX Gyre Adventor;
 binsort-synth-7 drew the same scenes with codes 10-35% high, uniformly; binsort-synth-6 drew
 them with bicubic, not bilinear, turns on its large canvas, in 1.4 times the time;
