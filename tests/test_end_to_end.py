@@ -52,10 +52,10 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     """The main job on its built-in defaults: bcnn144 on the styled synthetic set, 24 epochs.
 
     Measured on 2 cores (docs/training-notes.md section 5, eighteenth and nineteenth rounds):
-    0.920 of the styled test images (binsort-synth-9; synth-8 0.923, codes 8-35% of the frame
-    high; synth-7's 10-35% read 0.969), all 300 boxes on the line right and none late,
-    training 415 s, the demo 10 min 48 s (the fifteenth round's test took 16 min 21 s on a
-    machine 1.6 times slower). Issue
+    0.903 of the styled test images (binsort-synth-10, a third of them light print on dark;
+    synth-9 0.920, synth-8 0.923; synth-7's codes 10-35% high read 0.969), all 300 boxes on
+    the line right and none late, training 418 s, this test 689 s in a fresh-clone CI run
+    (the fifteenth round's took 16 min 21 s on a machine 1.6 times slower). Issue
     15's target for the default model, 0.995 on its own test set, is not met; the floors here
     catch a regression, they claim nothing."""
     from host.models import DEFAULT_ARCH
@@ -69,7 +69,7 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["arch"] == DEFAULT_ARCH and report["n"] == 3000
-    assert report["image_accuracy"] >= 0.89
+    assert report["image_accuracy"] >= 0.87  # 3 points under the measured, as before
     # on the simulated line: one decision per box, and per box at least as good as per image
     assert report["boxes"] == 300 and report["missed"] == 0 and report["double"] == 0
     assert report["accuracy"] >= max(0.98, report["image_accuracy"])
@@ -89,7 +89,7 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     # short in two runs (docs/training-notes.md section 6), so the floor here is 2.5; the
     # bcnn144 demo model: 0.967, washed out 0.871, recalibrated 0.969 (thirteenth round); on
     # synth-8: 0.926, washed out 0.771, recalibrated 0.910 (section 5, eighteenth round); on
-    # synth-9: 0.921, 0.801, 0.917 (nineteenth round)
+    # synth-9: 0.921, 0.801, 0.917; on synth-10: 0.905, 0.784, 0.895 (nineteenth round)
     plain, washed, recalibrated = washed_out_and_recalibrated(tmp_path)
     assert plain - washed >= 0.05 and recalibrated >= plain - 0.025, (plain, washed, recalibrated)
 
