@@ -134,10 +134,12 @@ def synth_size(name: str) -> int:
     return arch_spec(name).get("synth_size", SYNTH_SIZE)
 
 
-def synth_code_height(name: str) -> "tuple | None":
-    """The band of code heights the architecture's `train --data synth` set is drawn with;
-    None: the generator's own (box_images.CODE_HEIGHT)."""
-    return arch_spec(name).get("synth_code_height")
+def synth_code_height(name: str) -> tuple:
+    """The band of code heights the architecture's `train --data synth` set and its demo are
+    drawn with: its own, or the generator's (box_images.CODE_HEIGHT)."""
+    from edge.imaging.box_images import CODE_HEIGHT
+
+    return arch_spec(name).get("synth_code_height", CODE_HEIGHT)
 
 
 def arch_spec(name: str) -> dict:

@@ -174,7 +174,6 @@ def _train_sources(args, parts: list, arch: str) -> list:
     folders = []
     for part in parts:
         if part == "synth":
-            from edge.imaging.box_images import CODE_HEIGHT
             from host.synth import parse_styles, synthesise
 
             part = os.path.join(args.out, "data")
@@ -186,7 +185,7 @@ def _train_sources(args, parts: list, arch: str) -> list:
                     size=synth_size(arch),
                     seed=args.seed,
                     styles=parse_styles(args.styles),
-                    code_height=synth_code_height(arch) or CODE_HEIGHT,
+                    code_height=synth_code_height(arch),
                 )
         folders.append(part)
     return folders

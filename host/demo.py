@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from edge.engine import load_engine
-from edge.imaging.box_images import CODE_HEIGHT
 from edge.imaging.code_styles import STYLES
 from host.archs import arch_spec, synth_code_height, synth_size
 from host.config import resolve
@@ -51,7 +50,7 @@ def run_demo(
         size=synth_size(arch),
         seed=seed,
         styles=tuple(STYLES),
-        code_height=synth_code_height(arch) or CODE_HEIGHT,
+        code_height=synth_code_height(arch),
     )
     timings["synth_s"] = round(time.time() - started, 1)
 
