@@ -162,3 +162,41 @@ def test_bfloat16_steps_are_another_arithmetic_than_float32_steps(trained_run, t
         assert states[precision]["convs.0.weight"].dtype == torch.float32
     a, b = states["fp32"], states["bf16"]
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_epochs_before_the_last_score_a_stride_of_the_test_set_and_the_last_scores_all(
+    trained_run, tmp_path, monkeypatch
+):
+    import host.train as train_module
+
+    labels = torch.arange(3).repeat_interleave(6)  # stored label by label, as loaded
+    pixels, some = train_module.epoch_test(labels * 10, labels, final=False)
+    assert len(some) <= train_module.EPOCH_TEST and torch.equal(pixels, some * 10)
+    monkeypatch.setattr(train_module, "EPOCH_TEST", 6)
+    assert train_module.epoch_test(labels, labels, final=False)[1].tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(train_module.epoch_test(labels, labels, final=True)[1], labels)
+
+    monkeypatch.setattr(train_module, "EPOCH_TEST", 4)
+    lines = []
+    metrics = train(
+        str(trained_run / "data"),
+        str(tmp_path / "run"),
+        arch="tiny",
+        epochs=2,
+        progress=False,
+        log=lines.append,
+    )
+    first, last = metrics["epochs"]
+    assert first["test_images"] == 4 and last["test_images"] == 15  # 3 test images a label
+    assert metrics["bn_settled"]["test_accuracy_before"] == last["test_accuracy"]
+    assert any(line.startswith("epoch 1:") and "(4 images)" in line for line in lines)
+    assert not any("images)" in line for line in lines if line.startswith("epoch 2:"))
+
+    # what an epoch is scored on changes nothing in the model it trains
+    monkeypatch.setattr(train_module, "EPOCH_TEST", 10**9)
+    options = {"arch": "tiny", "epochs": 2, "progress": False, "log": lambda s: None}
+    everything = train(str(trained_run / "data"), str(tmp_path / "all"), **options)
+    assert everything["epochs"][0]["test_images"] == 15
+    a = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "all" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
