@@ -43,6 +43,31 @@ def test_each_style_paints_the_code_inside_its_box(style):
         assert ys.min() >= 70 - 38 and ys.max() <= 110 + 48, (style, ys.min(), ys.max())
 
 
+def test_a_carton_code_may_carry_a_barcode_in_its_clear_room_below(monkeypatch):
+    import edge.imaging.code_styles as cs
+
+    rect = (60, 70, 180, 110)  # the code's box; the generator keeps a code's height clear below
+    below = {}
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(cs, "CARTON_BARCODE", share)
+        below[share] = []
+        for i in range(6):
+            face = Image.new("RGB", (240, 180), (190, 150, 110))
+            cs.carton(random.Random(i), np.random.default_rng(i), face, "K11", rect)
+            changed = np.abs(np.asarray(face, np.int32) - (190, 150, 110)).sum(axis=2) > 40
+            assert changed[70:110].mean() > 0.05  # the code is there either way
+            ys, xs = np.nonzero(changed[110:])
+            assert len(ys) == 0 or ys.max() < 40  # nothing past the clear room
+            below[share].append(changed[110:150])
+    assert not any(b.any() for b in below[0.0])
+    for strip in below[1.0]:
+        columns = strip.any(axis=0)[60:180]
+        assert columns.mean() > 0.2  # bars across the code's width ...
+        assert np.count_nonzero(np.diff(columns.astype(int))) >= 6  # ... with gaps between
+        rows = strip.any(axis=1)
+        assert rows.sum() >= 8  # and as tall as a bar code, not a line
+
+
 def test_the_dot_matrix_font_has_every_letter_and_digit_on_a_5x7_grid(monkeypatch):
     for ch in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
         rows = DOT_GLYPHS[ch].split()
@@ -202,7 +227,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-10"
+    assert info["generator"] == "binsort-synth-11"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(

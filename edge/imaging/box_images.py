@@ -10,11 +10,11 @@ up to 20 degrees, the binary nets did not learn the codes within the demo's budg
 class is belt alone, sometimes with a blank box edge entering the view, so the line can tell
 "no box" from "unknown box". That is the first generator (render_classic, what the conveyor
 simulator draws). The styled frames that training sets use (render with `styles`,
-binsort-synth-10) go much further: codes in the named styles of edge.imaging.code_styles, 8-35% of
+binsort-synth-11) go much further: codes in the named styles of edge.imaging.code_styles, 8-35% of
 the frame high (as many per octave of size), on boxes of any size anywhere in the central area,
 turned up to 15 degrees and some to 25, some in light print on a dark box, some boxes ribbed or
-striped, on dark rubber or light PVC belts, with distractor print, glare, defocus and a camera's
-limited-range luma.
+striped, on dark rubber or light PVC belts, with barcodes beside codes, distractor print,
+glare, defocus and a camera's limited-range luma.
 (binsort-synth-5 is synth-4 without the reverse-video faces, whose codes printed as blocks:
 edge.imaging.code_styles.reverse_video; binsort-synth-6 adds the ribbed faces; binsort-synth-7
 draws synth-6's scenes with bilinear instead of bicubic interpolation where the box face is
@@ -24,7 +24,9 @@ draws synth-7's scenes with the code's height log-uniform over 8-35% of the fram
 over 10-35%: see CODE_HEIGHT; binsort-synth-9 draws synth-8's scenes with the 14-segment faces
 of Debian's fonts-dseg among the fonts, and without TeX Gyre Adventor, which
 tools/renderers/plate.py holds out: edge.imaging.code_styles.SKIP_FONTS and HELD_OUT_FONTS;
-binsort-synth-10 draws 35% of synth-9's frames light on dark, not 15%: LIGHT_ON_DARK.)
+binsort-synth-10 draws 35% of synth-9's frames light on dark, not 15%: LIGHT_ON_DARK;
+binsort-synth-11 puts a barcode under more of its labels' codes and under a quarter of the codes
+printed on cartons, its bars coarse or fine: edge.imaging.code_styles.CARTON_BARCODE.)
 Every image is a pure function of (seed, split, label, index) and the styles.
 
 It lives on the edge side because both sides use it: the host writes training sets with it
@@ -384,7 +386,7 @@ PLAIN_SCENE = {"invert": False, "belt": None, "turn": None, "defocus": 0.0, "rib
 # The name of what render draws with styles, in labels.json and beside reused test sets: a data
 # set drawn by another version is not this one's. (synth-7: bilinear turns on the large canvas,
 # synth-6's bicubic took 1.4 times as long; training notes, section 5, fourteenth round.)
-STYLED_GENERATOR = "binsort-synth-10"
+STYLED_GENERATOR = "binsort-synth-11"
 CLASSIC_GENERATOR = "binsort-synth-1"
 # the interpolation of the styled frames' turns and tilt, drawn at twice the output's side
 STYLED_RESAMPLE = Image.BILINEAR

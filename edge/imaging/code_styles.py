@@ -3,7 +3,8 @@
 Each style paints one code onto a box face (an RGB Pillow image) inside a given box in face
 pixels and returns nothing; `STYLES` maps the names `binsort data synth --styles` takes to them:
 
-- `carton`: printed straight on the carton (flexo ink, dark or coloured), any font;
+- `carton`: printed straight on the carton (flexo ink, dark or coloured), any font, sometimes
+  with a barcode in the same ink under it;
 - `label`: a paper sticker (white or coloured, with or without a printed border) carrying the
   code, often with a barcode strip and lines of small print beside it;
 - `stamp`: a hand ink stamp: patchy, faded ink in blue, red, violet or black, often framed;
@@ -18,6 +19,7 @@ mono, OCR-A/B). numpy and Pillow only; every choice comes from the `rng` given.
 """
 
 import glob
+import math
 import os
 import random
 from functools import cache, lru_cache
@@ -298,16 +300,35 @@ def _code_ink(rng: random.Random) -> tuple:
     return rng.choice([(20, 40, 110), (110, 20, 25), (20, 80, 40), (60, 30, 90)])
 
 
+# Barcodes beside a code (binsort-synth-11): of the label stickers the sticker renderer draws,
+# 60% carry a barcode under the code, and 23 of the default model's 24 errors on them were such
+# stickers; drawn without their barcodes the same renderer's frames read 0.999, not 0.976
+# (docs/training-notes.md section 5, twentieth round). synth-10 put one under a code on 30% of
+# its labels (6% of the coded frames) and never on a carton.
+LABEL_BELOW = 0.65  # a label with a strip under its code (synth-10: 0.5)
+LABEL_BARCODE = 0.75  # ... that strip a barcode, not small print (synth-10: 0.6)
+CARTON_BARCODE = 0.25  # a code printed on the carton with a barcode in the same ink under it
+
+
 def carton(rng, nrng, face, code, box):
-    """Printed straight on the carton: flexo ink, dark or coloured, sometimes faded."""
+    """Printed straight on the carton: flexo ink, dark or coloured, sometimes faded, sometimes
+    with a barcode under it (the same print: the same ink, fading and blur)."""
     x0, y0, x1, y1 = box
     mask = text_mask(rng, code, y1 - y0)
     mask = _fit(mask, x1 - x0)
+    at = _centred(mask, box)
+    if rng.random() < CARTON_BARCODE:  # in the room the code keeps clear below it
+        mh = mask.height
+        gap, tall = int(mh * rng.uniform(0.15, 0.35)), max(2, int(mh * rng.uniform(0.35, 0.6)))
+        both = Image.new("L", (mask.width, mh + gap + tall), 0)
+        both.paste(mask, (0, 0))
+        _barcode(ImageDraw.Draw(both), rng, (0, mh + gap, mask.width - 1, mh + gap + tall), 255)
+        mask = both
     if rng.random() < 0.4:  # faded or smudged flexo print
         mask = _patchy(mask, nrng, rng.uniform(0.6, 0.95), rng.uniform(2, 6))
     if rng.random() < 0.3:
         mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
-    _ink(face, mask, _centred(mask, box), _code_ink(rng), rng.uniform(0.75, 1.0))
+    _ink(face, mask, at, _code_ink(rng), rng.uniform(0.75, 1.0))
 
 
 def label(rng, nrng, face, code, box):
@@ -316,7 +337,7 @@ def label(rng, nrng, face, code, box):
     mask = _fit(text_mask(rng, code, y1 - y0), x1 - x0)
     mw, mh = mask.size
     pad = int(mh * rng.uniform(0.2, 0.45))
-    below = int(mh * rng.uniform(0.45, 0.7)) if rng.random() < 0.5 else 0  # barcode or print
+    below = int(mh * rng.uniform(0.45, 0.7)) if rng.random() < LABEL_BELOW else 0  # bars, print
     above = int(mh * rng.uniform(0.25, 0.45)) if rng.random() < 0.4 else 0  # a line of print
     cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
     lx0, ly0 = cx - mw // 2 - pad, cy - mh // 2 - pad - above
@@ -333,7 +354,7 @@ def label(rng, nrng, face, code, box):
         width = max(1, int(mh * rng.uniform(0.03, 0.08)))
         draw.rectangle([lx0 + m, ly0 + m, lx1 - m, ly1 - m], outline=dark_ink(rng), width=width)
     if below:
-        if rng.random() < 0.6:
+        if rng.random() < LABEL_BARCODE:
             _barcode(draw, rng, (lx0 + pad, cy + mh // 2 + pad // 2, lx1 - pad, ly1 - pad // 2))
         else:
             _small_print(rng, face, (lx0 + pad, cy + mh // 2 + pad // 2, lx1 - pad, ly1 - pad // 2))
@@ -406,14 +427,20 @@ def _centred(mask: Image.Image, box: tuple) -> tuple:
     return ((x0 + x1 - mask.width) // 2, (y0 + y1 - mask.height) // 2)
 
 
-def _barcode(draw, rng, box) -> None:
+def _barcode(draw, rng, box, fill=None) -> None:
+    """Bars of one to three units across `box`; each in a dark ink of its own, or `fill`. The
+    unit (the narrowest bar) is a fourth to a fourteenth of the bars' height, log-uniformly: a
+    barcode printed coarse or fine for the size of the code beside it (synth-10 drew a twelfth
+    only, and the sticker renderer's coarser bars still cost 1.5 points; training notes,
+    section 5, twentieth round)."""
     x0, y0, x1, y1 = (int(v) for v in box)
-    unit = max(1, (y1 - y0) // 12)
+    unit = max(1, int(round((y1 - y0) / math.exp(rng.uniform(math.log(4), math.log(14))))))
     x = x0
     while x < x1 and y1 > y0:
         w = rng.choice((1, 1, 2, 3)) * unit
         if rng.random() < 0.55:
-            draw.rectangle([x, y0, min(x + w - 1, x1), y1], fill=dark_ink(rng))
+            colour = dark_ink(rng) if fill is None else fill
+            draw.rectangle([x, y0, min(x + w - 1, x1), y1], fill=colour)
         x += w
 
 
