@@ -135,8 +135,8 @@ def calibrate_bn(
 # (docs/training-notes.md section 5, sixteenth round).
 SETTLE_BATCHES = 100
 # the test images an epoch before the last is scored on (the last epoch scores them all): on 2
-# cores scoring bcnn144's 5,000 took about 4 s an epoch, an eighth of the training step's time,
-# for a progress line that 1,000 draw to within about a point
+# cores scoring 3,000 of bcnn144's took 2.3-3.9 s against an epoch's 16-19 s of steps, for a
+# progress line that 1,000 draw to within about a point (training notes, section 5, twentieth)
 EPOCH_TEST = 1000
 
 
@@ -652,7 +652,7 @@ def run_epochs(
                     row["loss"],
                     row["train_accuracy"],
                     row["test_accuracy"],
-                    "" if final else " (%d images)" % row["test_images"],
+                    "" if len(test[1]) == len(data.test_y) else " (%d images)" % len(test[1]),
                     max(saturation.values()),
                     max(saturation, key=saturation.get),
                 )

@@ -430,9 +430,9 @@ def _centred(mask: Image.Image, box: tuple) -> tuple:
 def _barcode(draw, rng, box, fill=None) -> None:
     """Bars of one to three units across `box`; each in a dark ink of its own, or `fill`. The
     unit (the narrowest bar) is a fourth to a fourteenth of the bars' height, log-uniformly: a
-    barcode printed coarse or fine for the size of the code beside it (synth-10 drew a twelfth
-    only, and the sticker renderer's coarser bars still cost 1.5 points; training notes,
-    section 5, twentieth round)."""
+    barcode printed coarse or fine for the size of the code beside it (with a twelfth only, as
+    synth-10 drew, the sticker renderer's bars cost a model 0.8 points more than the same bars
+    drawn thin; training notes, section 5, twentieth round)."""
     x0, y0, x1, y1 = (int(v) for v in box)
     unit = max(1, int(round((y1 - y0) / math.exp(rng.uniform(math.log(4), math.log(14))))))
     x = x0
