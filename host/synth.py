@@ -6,7 +6,8 @@ size and place, every code at least 3 noise sigmas out of the frame, a third in 
 boxes, on light belts, turned past 15 degrees, further out of focus or on ribbed faces, codes
 8-35% of the frame high, as many per octave of size, in every font the machine has but the
 held-out ones, 14-segment faces among them
-(binsort-synth-11, what `binsort data synth`, `train --data synth` and the demo draw;
+(binsort-synth-12, what `binsort data synth`, `train --data synth` and the demo draw;
+binsort-synth-11 drew the same scenes in colour up to the camera, each code frame twice;
 binsort-synth-10 drew barcodes under fewer codes, all of them fine;
 binsort-synth-9 drew 15% of the frames light on dark, not 35%;
 binsort-synth-8 drew them without the 14-segment faces and with TeX Gyre Adventor;

@@ -227,7 +227,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-11"
+    assert info["generator"] == "binsort-synth-12"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(

@@ -10,7 +10,7 @@ up to 20 degrees, the binary nets did not learn the codes within the demo's budg
 class is belt alone, sometimes with a blank box edge entering the view, so the line can tell
 "no box" from "unknown box". That is the first generator (render_classic, what the conveyor
 simulator draws). The styled frames that training sets use (render with `styles`,
-binsort-synth-11) go much further: codes in the named styles of edge.imaging.code_styles, 8-35% of
+binsort-synth-12) go much further: codes in the named styles of edge.imaging.code_styles, 8-35% of
 the frame high (as many per octave of size), on boxes of any size anywhere in the central area,
 turned up to 15 degrees and some to 25, some in light print on a dark box, some boxes ribbed or
 striped, on dark rubber or light PVC belts, with barcodes beside codes, distractor print,
@@ -26,7 +26,10 @@ of Debian's fonts-dseg among the fonts, and without TeX Gyre Adventor, which
 tools/renderers/plate.py holds out: edge.imaging.code_styles.SKIP_FONTS and HELD_OUT_FONTS;
 binsort-synth-10 draws 35% of synth-9's frames light on dark, not 15%: LIGHT_ON_DARK;
 binsort-synth-11 puts a barcode under more of its labels' codes and under a quarter of the codes
-printed on cartons, its bars coarse or fine: edge.imaging.code_styles.CARTON_BARCODE.)
+printed on cartons, its bars coarse or fine: edge.imaging.code_styles.CARTON_BARCODE;
+binsort-synth-12 draws synth-11's scenes in grey from the moment the box face is laid on the
+belt, the frame and its code-less twin as two bands of one canvas, turned and tilted once: a
+frame differs from synth-11's by rounding, and takes about three quarters of the time.)
 Every image is a pure function of (seed, split, label, index) and the styles.
 
 It lives on the edge side because both sides use it: the host writes training sets with it
@@ -225,7 +228,11 @@ def _unit_grid(size: int) -> np.ndarray:
 def _lit(rng, img, size: int, slope: float, dimmest: float) -> np.ndarray:
     """The grey of an RGBA drawing under light that falls off along a random direction (by up to
     `slope` across the frame) at an overall level from `dimmest` to 1.25, as float64."""
-    arr = np.asarray(img.convert("L"), dtype=np.float64)
+    return _light(rng, np.asarray(img.convert("L"), dtype=np.float64), size, slope, dimmest)
+
+
+def _light(rng, arr: np.ndarray, size: int, slope: float, dimmest: float) -> np.ndarray:
+    """_lit's light on a grey frame already in float."""
     yy, xx = _unit_grid(size)
     angle = rng.uniform(0, 2 * math.pi)
     tilt = (xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle)
@@ -251,9 +258,15 @@ def _camera(
     code_px: float,
     info=None,
     defocus: float = 0.0,
-) -> Image.Image:
-    """Light, optics and sensor: gradient, shadows, glare, motion blur along the belt, defocus,
+    bands: int = 1,
+) -> list:
+    """Light, optics and sensor: shadows, gradient, glare, motion blur along the belt, defocus,
     noise, JPEG, and (when `light_range`) the camera's limited-range luma 16-235.
+
+    `img`: an RGB canvas whose bands are grey frames of the same view, drawn together so that
+    each is turned and tilted once: band 0 the frame, band 1 (where `bands` is 2) the same frame
+    without its code. The shadows fall on both alike, and each band then gets the same light,
+    blur and noise (the same random numbers); returns the finished L frames, one a band.
 
     `code_px`: the code's height in output pixels. Blur is bounded by it, so that a code stays
     legible: a small code is not smeared more than a quarter of its height (a code a person
@@ -272,7 +285,21 @@ def _camera(
         draw.polygon(pts + [(x0, big)], fill=(0, 0, 0, rng.randint(40, 110)))
     if rng.random() < 0.25:
         _border_strip(rng, draw, big, (0.03, 0.08))
-    arr = _lit(rng, img, big, 0.5, 0.65)
+    canvas = np.asarray(img)
+    state = (rng.getstate(), nrng.bit_generator.state)
+    shots = []
+    for band in range(bands):
+        rng.setstate(state[0])
+        nrng.bit_generator.state = state[1]
+        grey = canvas[:, :, band].astype(np.float64)
+        shots.append(_sensor(rng, nrng, grey, size, light_range, code_px, info, defocus))
+    return shots
+
+
+def _sensor(rng, nrng, grey, size, light_range, code_px, info, defocus) -> Image.Image:
+    """_camera's light, optics and sensor for one grey frame (float, twice the output's side)."""
+    big = grey.shape[0]
+    arr = _light(rng, grey, big, 0.5, 0.65)
     yy, xx = _unit_grid(big)
     if rng.random() < 0.25:  # glare: a bright specular spot
         gx, gy, r = rng.random(), rng.random(), rng.uniform(0.08, 0.3)
@@ -386,7 +413,7 @@ PLAIN_SCENE = {"invert": False, "belt": None, "turn": None, "defocus": 0.0, "rib
 # The name of what render draws with styles, in labels.json and beside reused test sets: a data
 # set drawn by another version is not this one's. (synth-7: bilinear turns on the large canvas,
 # synth-6's bicubic took 1.4 times as long; training notes, section 5, fourteenth round.)
-STYLED_GENERATOR = "binsort-synth-11"
+STYLED_GENERATOR = "binsort-synth-12"
 CLASSIC_GENERATOR = "binsort-synth-1"
 # the interpolation of the styled frames' turns and tilt, drawn at twice the output's side
 STYLED_RESAMPLE = Image.BILINEAR
@@ -550,23 +577,22 @@ def _render_styled(
         face = ImageOps.invert(face)
         plain = None if plain is None else ImageOps.invert(plain)
     code_px = code_h * size / big if label != EMPTY_LABEL else size
-    # the rest draws the same random numbers whatever the face: the frame without its code
-    # comes out with the very same light, blur and noise
-    state = (rng.getstate(), nrng.bit_generator.state)
-
-    def finish(f):
-        rng.setstate(state[0])
-        nrng.bit_generator.state = state[1]
-        out = img.copy()
-        if f is not None:
-            _paste_face(out, f, *placed)
-        out = _tilted(rng, out, big, belt_colour, STYLED_RESAMPLE)
-        info = {}
-        shot = _camera(rng, nrng, out, size, rng.random() < 0.4, code_px, info, scene["defocus"])
-        return shot, info["noise"]
-
-    frame, noise = finish(face)
+    # the frame and the same frame without its code, each in grey, as two bands of one canvas:
+    # turned, tilted and shaded once, then given the same light, blur and noise (_camera)
+    canvas = Image.merge("RGB", (img.convert("L"),) * 3)
+    if face is not None:
+        grey = face.convert("L")
+        twin = grey if plain is None else plain.convert("L")
+        opaque = Image.new("L", face.size, 255)
+        _paste_face(canvas, Image.merge("RGBA", (grey, twin, grey, opaque)), *placed)
+    fill = (Image.new("RGB", (1, 1), belt_colour).convert("L").getpixel((0, 0)),) * 3
+    canvas = _tilted(rng, canvas, big, fill, STYLED_RESAMPLE)
+    info = {}
+    light_range = rng.random() < 0.4
+    bands = 1 if plain is None else 2
+    shots = _camera(rng, nrng, canvas, size, light_range, code_px, info, scene["defocus"], bands)
     if plain is None:
-        return frame, None, noise
-    without, _ = finish(plain)
-    return frame, stroke_contrast(np.asarray(frame), np.asarray(without), code_px), noise
+        return shots[0], None, info["noise"]
+    frame, without = shots
+    contrast = stroke_contrast(np.asarray(frame), np.asarray(without), code_px)
+    return frame, contrast, info["noise"]
