@@ -22,7 +22,7 @@ from host.line_demo import run_line
 from host.pack import float_state_bytes, pack_model
 from host.reference import reference_scores
 from host.synth import synthesise
-from host.train import load_checkpoint, to_input, train
+from host.train import load_checkpoint, predictions, train
 
 
 def run_demo(
@@ -80,13 +80,7 @@ def run_demo(
     # parity on the whole test set: edge engine == host reference of the deployed model, and
     # label agreement with the trained float model
     exact = bool(np.array_equal(edge_scores, reference_scores(engine.model, images)))
-    with torch.no_grad():  # in batches: all 3,000 at once held gigabytes
-        float_pred = np.concatenate(
-            [
-                model(to_input(torch.from_numpy(images[i : i + 64]))).argmax(1).numpy()
-                for i in range(0, len(images), 64)
-            ]
-        )
+    float_pred = predictions(model, torch.from_numpy(images)).numpy()
     agreement = float((float_pred == edge_scores.argmax(1)).mean())
 
     say("5/5 shipping the model to an edge daemon on the conveyor simulator (%d boxes)" % boxes)

@@ -79,18 +79,25 @@ def augment(pixels: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch
 
 
 @torch.no_grad()
-def accuracy(model, pixels, labels, batch=64, keep=None) -> float:
-    """Test accuracy in eval mode; `keep` evaluates a PRANC model's first `keep` chunks.
-    Batches of 64, as training's: on 2 cores `bcnn96h`'s 5,000 test images take 2.5 s in them
-    against 3.4 s in batches of 512, which outgrow the caches (a sixth of each epoch's time)."""
+def predictions(model, pixels, batch=64, keep=None) -> torch.Tensor:
+    """The labels (argmax) a model gives uint8 (N, H, W) pixels in eval mode, `batch` at a time;
+    `keep` evaluates a PRANC model's first `keep` chunks. Batches of 64, as training's: on 2
+    cores `bcnn96h`'s 5,000 test images take 2.5 s in them against 3.4 s in batches of 512,
+    which outgrow the caches, and the demo's 3,000 in one batch held gigabytes."""
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
     extra = {} if keep is None else {"keep": keep}
-    for i in range(0, len(labels), batch):
+    out = [torch.empty(0, dtype=torch.long)]
+    for i in range(0, len(pixels), batch):
         x = to_input(pixels[i : i + batch]).to(device)
         logits = model(x.contiguous(memory_format=torch.channels_last), **extra)
-        correct += int((logits.argmax(1).cpu() == labels[i : i + batch]).sum())
+        out.append(logits.argmax(1).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model, pixels, labels, batch=64, keep=None) -> float:
+    """Test accuracy in eval mode (predictions)."""
+    correct = int((predictions(model, pixels, batch, keep) == labels).sum())
     return correct / max(len(labels), 1)
 
 

@@ -29,7 +29,7 @@ binsort-synth-11 puts a barcode under more of its labels' codes and under a quar
 printed on cartons, its bars coarse or fine: edge.imaging.code_styles.CARTON_BARCODE;
 binsort-synth-12 draws synth-11's scenes in grey from the moment the box face is laid on the
 belt, the frame and its code-less twin as two bands of one canvas, turned and tilted once: a
-frame differs from synth-11's by rounding, and takes about three quarters of the time.)
+frame differs from synth-11's by rounding, and takes 0.7-0.8 times as long.)
 Every image is a pure function of (seed, split, label, index) and the styles.
 
 It lives on the edge side because both sides use it: the host writes training sets with it
@@ -584,6 +584,7 @@ def _render_styled(
         grey = face.convert("L")
         twin = grey if plain is None else plain.convert("L")
         opaque = Image.new("L", face.size, 255)
+        # (Pillow has no two-band colour mode: the third band only rides along)
         _paste_face(canvas, Image.merge("RGBA", (grey, twin, grey, opaque)), *placed)
     fill = (Image.new("RGB", (1, 1), belt_colour).convert("L").getpixel((0, 0)),) * 3
     canvas = _tilted(rng, canvas, big, fill, STYLED_RESAMPLE)
