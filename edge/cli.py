@@ -118,8 +118,11 @@ def _log(quiet: bool):
 
 
 def _receive(args) -> int:
-    from edge.install.receiver import serve_link, serve_listener
+    from edge.install.receiver import FIRST_FRAME, serve_link, serve_listener
 
+    first_frame = FIRST_FRAME if args.first_frame is None else args.first_frame
+    if not first_frame > 0:
+        raise BinsortError("--first-frame must be a positive number of seconds")
     store = _open_store(args)
     log = _log(args.quiet)
     store.on_refusal = log  # refusals on the console too (at most 20 lines a minute)
@@ -142,7 +145,14 @@ def _receive(args) -> int:
     listener = tcp.listen(args.listen)
     log("listening on %s (port %d) into %s" % (args.listen, listener.port, args.store))
     try:
-        serve_listener(listener, store, args.pranc_min_accuracy, log, once=args.once)
+        serve_listener(
+            listener,
+            store,
+            args.pranc_min_accuracy,
+            log,
+            once=args.once,
+            first_frame=first_frame,
+        )
         return 0
     finally:
         listener.close()
@@ -352,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="install each .pranc prefix whose host-measured accuracy is at least this "
         "(default: only the complete stream)",
+    )
+    p.add_argument(
+        "--first-frame",
+        type=float,
+        metavar="SECONDS",
+        help="a new TCP peer that sends no valid frame within this is let go (default 10)",
     )
     p.add_argument("--once", action="store_true", help="exit after one model is installed")
     p.add_argument("--quiet", action="store_true")

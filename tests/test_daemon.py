@@ -368,6 +368,10 @@ def test_run_notifies_systemd_pings_the_watchdog_and_stops_cleanly_on_sigterm(st
         ({"decide": {"min_confidence": 3}}, "between 0 and 1"),
         ({"bogus": {"x": 1}}, "unknown section [bogus]"),
         (
+            {"receiver": {"listen": "tcp://127.0.0.1:0", "first_frame_s": 0}},
+            "[receiver] first_frame_s must be positive",
+        ),
+        (
             {
                 "photo_eye": {"pin": 17},
                 "gpio": {"pin_factory": "mock"},

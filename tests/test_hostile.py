@@ -20,8 +20,15 @@ from tests.shipkit import EDGE, ROOT, keys, signed_manifest
 SESSION = 77
 
 
+@pytest.fixture
+def first_frame():
+    """The station's first-frame budget in seconds (None: the receiver's default); a test
+    parametrizes it to wait less."""
+    return None
+
+
 @pytest.fixture(params=["receive", "run"])
-def station(request, tmp_path, tiny_model):
+def station(request, tmp_path, tiny_model, first_frame):
     """`binsort-edge receive`, or the daemon `binsort-edge run` with its TCP receiver (on the
     conveyor simulator), on 127.0.0.1 with a store that trusts one key."""
     from tests.conftest import free_port
@@ -34,12 +41,16 @@ def station(request, tmp_path, tiny_model):
     log = open(log_path, "w")  # noqa: SIM115 (closed below)
     if request.param == "receive":
         cmd = EDGE + ["receive", "--listen", "tcp://127.0.0.1:0", "--store", store]
+        cmd += [] if first_frame is None else ["--first-frame", str(first_frame)]
     else:
         port = free_port()
+        receiver = {"listen": "tcp://127.0.0.1:%d" % port}
+        if first_frame is not None:
+            receiver["first_frame_s"] = first_frame
         _write_config(
             tmp_path / "edge.toml",
             store,
-            receiver={"listen": "tcp://127.0.0.1:%d" % port},
+            receiver=receiver,
             source={"url": "sim:?size=32&speed=6&fps=50"},
         )
         cmd = EDGE + ["run", "--config", str(tmp_path / "edge.toml")]
@@ -88,12 +99,18 @@ def frame(kind, payload=b"", offset=0) -> bytes:
     return fr.encode_frame(fr.Frame(kind, SESSION, offset, payload))
 
 
-def replies(sock, wait=1.0, until=None) -> list:
+def replies(sock, wait=1.0, until=None, grace=0.0) -> list:
     """The frames the receiver sent within `wait` seconds, or up to the first of kind `until`
-    (a reply that ends the exchange: no need to wait out the rest of the time)."""
+    (a reply that ends the exchange: no need to wait out the rest of the time) and whatever
+    follows it within `grace` seconds (so a second frame after it is still seen)."""
     decoder, out, end = fr.FrameDecoder(), [], time.monotonic() + wait
-    sock.settimeout(0.1)
-    while time.monotonic() < end and not (until and any(f.kind == until for f in out)):
+    sock.settimeout(0.05)
+    ended = False
+    while time.monotonic() < end:
+        if until and not ended and any(f.kind == until for f in out):
+            ended, end = True, min(end, time.monotonic() + grace)
+            if grace <= 0:
+                break
         try:
             data = sock.recv(65536)
         except TimeoutError:
@@ -106,15 +123,15 @@ def replies(sock, wait=1.0, until=None) -> list:
 
 def hello(sock) -> None:
     sock.sendall(frame(fr.HELLO, json.dumps({"proto": [1]}).encode()))
-    assert [f.kind for f in replies(sock)] == [fr.HELLO]
+    assert [f.kind for f in replies(sock, until=fr.HELLO, grace=0.2)] == [fr.HELLO]
 
 
-def offer(sock, manifest: bytes, until=None) -> list:
+def offer(sock, manifest: bytes, until=None, grace=0.0) -> list:
     """Send a manifest in OFFER pieces; the receiver's replies (see replies)."""
     head = struct.pack(OFFER_HEAD, len(manifest))
     for at in range(0, len(manifest), 1000):
         sock.sendall(frame(fr.OFFER, head + manifest[at : at + 1000], at))
-    return replies(sock, until=until)
+    return replies(sock, until=until, grace=grace)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +148,7 @@ def offer(sock, manifest: bytes, until=None) -> list:
 def test_a_malformed_hello_is_refused_in_one_bounded_frame(station, payload):
     with connect(station) as s:
         s.sendall(frame(fr.HELLO, payload))
-        got = replies(s)
+        got = replies(s, until=fr.ERROR, grace=0.3)
     assert [f.kind for f in got] == [fr.ERROR] and len(got[0].payload) <= 300
     still_serves(station)
 
@@ -149,7 +166,7 @@ def test_a_malformed_hello_is_refused_in_one_bounded_frame(station, payload):
 def test_a_hostile_manifest_is_refused_and_the_refusal_never_echoes_it(station, manifest):
     with connect(station) as s:
         hello(s)
-        got = offer(s, manifest)
+        got = offer(s, manifest, until=fr.ERROR, grace=0.3)
     assert [f.kind for f in got] == [fr.ERROR] and len(got[0].payload) <= 300, got
     still_serves(station)
 
@@ -224,7 +241,7 @@ def test_a_symlink_planted_at_the_partial_file_is_never_written_through(station,
     os.symlink(victim, os.path.join(station["store"], "partial", sha + ".partial"))
     with connect(station) as s:
         hello(s)
-        got = offer(s, manifest)
+        got = offer(s, manifest, until=fr.ERROR, grace=0.3)
     assert [f.kind for f in got] == [fr.ERROR]
     assert victim.read_bytes() == b"precious"
     os.remove(os.path.join(station["store"], "partial", sha + ".partial"))
@@ -263,7 +280,7 @@ def test_data_at_every_odd_offset_in_the_window_holds_no_memory(station):
     manifest = signed_manifest(payload, station["key"], station["version"])
     with connect(station) as s:
         hello(s)
-        assert [f.kind for f in offer(s, manifest)] == [fr.ACCEPT]
+        assert [f.kind for f in offer(s, manifest, until=fr.ACCEPT, grace=0.2)] == [fr.ACCEPT]
         before = rss_mib(station["proc"].pid)  # with the signature check's code loaded
         chunk = os.urandom(1024)
         for offset in range(1, 8 * 1024, 2):
@@ -275,14 +292,15 @@ def test_data_at_every_odd_offset_in_the_window_holds_no_memory(station):
     still_serves(station)
 
 
-def test_a_connection_that_never_speaks_is_let_go(station):
-    from edge.install.receiver import FIRST_FRAME
-
+@pytest.mark.parametrize("first_frame", [2.0])
+def test_a_connection_that_never_speaks_is_let_go(station, first_frame):
+    """Let go after the configured first-frame budget (the default's 10 s, shortened here by
+    the option a user has: `--first-frame`, `[receiver] first_frame_s`), not before it."""
     with connect(station) as s:
-        s.settimeout(FIRST_FRAME + 5)
+        s.settimeout(first_frame + 5)
         t = time.monotonic()
         assert s.recv(1) == b""  # closed by the receiver
-        assert time.monotonic() - t < FIRST_FRAME + 3
+        assert first_frame - 0.5 < time.monotonic() - t < first_frame + 3
     still_serves(station)
 
 

@@ -182,6 +182,7 @@ def serve_listener(
     max_sessions: int = MAX_SESSIONS,
     on_health=None,
     on_beat=None,
+    first_frame: float = FIRST_FRAME,
 ):
     """Accept connections on a listening transport (protocol.transports.tcp) until `stop()`
     says so or the listener is closed (or, with `once`, a model is installed), serving up to
@@ -192,6 +193,7 @@ def serve_listener(
     connection raises is logged (in one bounded line) and ends that connection only.
     `on_health(dict)` hears the counts after every change, and `on_beat()` is called at least
     twice a second while the accept loop runs (a watchdog can tell it from a wedged one).
+    A new peer that sends no valid frame within `first_frame` seconds is let go.
     Returns the RESULTs of the session that installed a model with `once`, else []."""
     log = log or (lambda line: None)
     stop = stop or (lambda: False)
@@ -217,7 +219,7 @@ def serve_listener(
                 min_accuracy,
                 log,
                 deadline=SESSION_DEADLINE,
-                first_frame=FIRST_FRAME,
+                first_frame=first_frame,
                 on_receiver=seen,
             )
             if results:

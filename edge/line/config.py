@@ -5,6 +5,7 @@ completely before anything starts. Every mistake is one line naming the key and 
 import math
 import tomllib
 
+from edge.install.receiver import FIRST_FRAME
 from protocol.errors import BinsortError
 from protocol.transports import serialport, tcp
 
@@ -52,6 +53,7 @@ SCHEMA = {
         "listen": (str, None),
         "serial": (str, None),
         "pranc_min_accuracy": (float, None),
+        "first_frame_s": (float, FIRST_FRAME),
     },
     "capture": {
         "dir": (str, None),
@@ -202,6 +204,8 @@ def _check_values(cfg) -> None:
     rx = cfg["receiver"]
     if rx is not None and not (rx["listen"] or rx["serial"]):
         raise BinsortError('config [receiver] needs listen = "tcp://0.0.0.0:7600" and/or serial')
+    if rx is not None:
+        _positive(cfg, "receiver", "first_frame_s")
     _check_address(rx and rx["listen"], "receiver", "listen", tcp.parse)
     _check_address(rx and rx["serial"], "receiver", "serial", serialport.parse)
     _check_address(act["kind"] == "plc" and act["url"], "actuator", "url", serialport.parse)

@@ -646,6 +646,7 @@ class Daemon:
                 self.stop_event.is_set,
                 on_health=lambda h: setattr(self, "receiver_health", h),
                 on_beat=lambda: setattr(self, "receiver_beat", time.monotonic()),
+                first_frame=self.cfg["receiver"]["first_frame_s"],
             )
         finally:
             self.receiver_beat = None  # ended, not wedged: the thread's end says so
