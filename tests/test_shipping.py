@@ -500,6 +500,18 @@ def test_receiver_with_a_missing_store_or_port_in_use_fails_cleanly(tmp_path, de
         cwd=ROOT,
     )
     assert out.returncode == 2 and "in use" in out.stderr
+    for bad in ("0", "-3", "nan"):
+        out = subprocess.run(
+            EDGE
+            + ["receive", "--listen", "tcp://127.0.0.1:0", "--store", device["store"]]
+            + ["--first-frame", bad],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=15,
+        )
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.count("\n") == 1 and "--first-frame must be a positive" in out.stderr
 
 
 def test_store_reports_its_state_as_json(device):
