@@ -114,3 +114,17 @@ def test_bench_synth_times_the_generator_against_bicubic_turns_side_by_side():
         assert abs(r["ratio"] - want) <= 0.01 * want + 0.002
     bad = tool("bench-synth", "--sizes", "big", timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--sizes" in bad.stderr
+
+
+def test_bench_train_step_times_table_and_arithmetic_batches_side_by_side():
+    out = tool("bench-train-step", "--arch", "tiny", "--steps", "2", "--rounds", "1", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["arch"] == "tiny" and report["batch"] == 64 and report["same_numbers"]
+    assert [r["part"] for r in report["rows"]] == ["batch", "step"]
+    for r in report["rows"]:
+        assert r["arithmetic"] > 0 and r["tables"] > 0
+        want = r["tables"] / r["arithmetic"]
+        assert abs(r["ratio"] - want) <= 0.001 + 0.001 * want
+    bad = tool("bench-train-step", "--arch", "huge", timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "huge" in bad.stderr
