@@ -91,3 +91,26 @@ def test_engine_package_never_imports_torch():
     for name in sources:
         with open(os.path.join(folder, name)) as f:
             assert "import torch" not in f.read(), name
+
+
+def test_reference_is_exact_at_the_largest_input_conv_sums(lively_default_model):
+    """The reference adds the 7x7 input conv's products in float32 (host.reference): with
+    every weight 127 and frames all white or all black, an inner position sums to
+    +-49 * 255 * 127; a threshold at that sum and one past it turn the channel the other
+    way, and the reference still gives the engine's scores to the unit."""
+    model = read_bnn(lively_default_model[1])
+    stem = model.layers[0]
+    assert stem.k == 7 and stem.cin == 1
+    top = 49 * 255 * 127
+    frames = np.stack([np.full((144, 144), v, np.uint8) for v in (255, 0, 255, 0)])
+    frames[2:, 60:80, 60:80] = 128  # a patch one grey level above the centre
+    scores = []
+    for past in (0, 1):
+        t = np.array([top + past, -top + past] * (stem.cout // 2), dtype="<i4")
+        model.layers[0] = stem.replaced(
+            weights=np.full(stem.cout * 49, 127, np.int8).tobytes(), thresholds=t.tobytes()
+        )
+        want = reference_scores(model, frames)
+        assert np.array_equal(NumpyEngine(model).scores(frames), want), past
+        scores.append(want)
+    assert not np.array_equal(scores[0], scores[1])  # the sums really sit on the thresholds
