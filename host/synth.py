@@ -35,6 +35,7 @@ from edge.imaging.box_images import (
     render,
 )
 from edge.imaging.code_styles import STYLES
+from host.allocator import keep_freed_memory
 from protocol.errors import BinsortError
 
 TEST_FRACTION = 0.2
@@ -103,6 +104,7 @@ def synthesise(
     from, per octave (box_images.render). Returns the contents of labels.json. `progress(n)` is
     called as images are written.
     """
+    keep_freed_memory()  # for the workers this process forks
     labels = [*codes, EMPTY_LABEL]
     styles = tuple(styles) if styles else None
     n_test = max(1, int(round(count * TEST_FRACTION)))

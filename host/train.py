@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from edge.imaging.imagefolder import dataset_splits, relabel
 from edge.imaging.preprocess import load_inputs
+from host.allocator import keep_freed_memory
 from host.config import TrainConfig, resolve
 from host.models import BinaryNet, arch_spec
 from host.pranc import PrancNet
@@ -277,6 +278,7 @@ def train(
     dict) goes on from it, to the same result as a run that was never stopped. The finished
     run removes it.
     """
+    keep_freed_memory()
     folders = [data_dir] if isinstance(data_dir, str) else list(data_dir)
     start = None
     if config is None:
