@@ -3,10 +3,12 @@
 A training step frees and allocates maps of megabytes each (bcnn144's first binary layer:
 64 x 32 x 48 x 48 values); glibc serves each from fresh pages of the kernel (mmap above its
 threshold) and gives freed memory back at once, so every step pays page faults for memory it
-had a moment ago: 2.7 million minor faults in a 3-epoch demo-sized run. Heap allocations up
-to 32 MiB, and up to 2 GiB of freed memory kept, take that to 0.2 million, the run 4-8%
-faster and drawing 3-5% (training notes, section 5, twenty-third round). The host commands
-that train or draw call this; the edge never does (a Pi Zero has 512 MB).
+had a moment ago: 2.7 million minor faults in a 3-epoch run on the demo's data. Heap
+allocations up to 32 MiB, and up to 2 GiB of freed memory kept, take that to 0.2 million,
+the run 4-8% faster and drawing 3-5%; on the default run's larger set glibc's own moving
+threshold already kept the maps, and the settings changed nothing measurable (training
+notes, section 5, twenty-third round). The host commands that train or draw call this; the
+edge never does (a Pi Zero has 512 MB).
 """
 
 import ctypes
