@@ -8,7 +8,7 @@ integer scores.
 
 Every product and partial sum is an integer, so a layer is exact in float32 when the sum of
 its terms' magnitudes stays below 2**24, whatever order the matrix product adds them in:
-a binary layer's fan-in (576 for 64 channels of 3x3), an input conv's k*k*255*127 (1.6
+a binary layer's fan-in (576 for 64 channels of 3x3), an input conv's k*k*255*128 (1.6
 million at 7x7). A layer whose bound is not below 2**24 (none of the architectures here)
 runs in float64, exact below 2**53; so does the output layer, whose int32 bias can pass
 2**24. A convolution is not left to the backend: oneDNN may pick a Winograd-style
