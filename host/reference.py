@@ -25,7 +25,7 @@ from protocol.bnn import BCONV, BDENSE, CONV_U8, BnnModel
 EXACT_FLOAT32 = 2**24
 
 
-def _signs(layer, shape, dtype=torch.float64) -> torch.Tensor:
+def _signs(layer, shape, dtype: torch.dtype) -> torch.Tensor:
     per_row = layer.weight_bytes() // layer.cout
     packed = np.frombuffer(layer.weights, dtype=np.uint8).reshape(layer.cout, per_row)
     signs = unpack_signs(packed, per_row * 8).astype(np.float32)

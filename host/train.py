@@ -65,10 +65,10 @@ def to_input(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def _augmentation(pixels: torch.Tensor, gen: torch.Generator, shift: int):
-    """One batch's random shift, contrast and brightness, drawn in that order: (where each
-    output pixel is read in its image's flattened pixels, (N, H*W); each image's table from
-    grey level to augmented grey level, uint8 (N, 256)). A shift reads past the edge as the
-    edge's own pixel (replicate padding)."""
+    """One batch's random shift, contrast and brightness, drawn in that order: (each image's
+    shifted grey levels, int64 (N, H*W); each image's table from grey level to augmented grey
+    level, uint8 (N, 256)). A shift reads past the edge as the edge's own pixel (replicate
+    padding)."""
     n, h, w = pixels.shape
     dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
@@ -79,24 +79,22 @@ def _augmentation(pixels: torch.Tensor, gen: torch.Generator, shift: int):
     where = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, h * w)
     levels = torch.arange(256, dtype=torch.float32)[None, :]
     table = ((levels - 128) * contrast + 128 + bright).round().clamp(0, 255).to(torch.uint8)
-    return where, table
+    return torch.gather(pixels.reshape(n, h * w), 1, where).long(), table
 
 
 def augment(pixels: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
     """Random shift, contrast and brightness on uint8 images; the result is uint8 again so the
     model only ever sees pixels the camera could deliver."""
-    where, table = _augmentation(pixels, gen, shift)
-    shifted = torch.gather(pixels.reshape(len(pixels), -1), 1, where).long()
+    shifted, table = _augmentation(pixels, gen, shift)
     return torch.gather(table, 1, shifted).view(pixels.shape)
 
 
 def augmented_input(pixels: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
     """to_input(augment(pixels, gen, shift)), the same numbers from the same draws, in two
-    table look-ups a pixel: on 2 cores a fifth of the time of shifting, scaling and centring
-    a batch of 64 bcnn144 frames arithmetically (training notes, section 5, twenty-third
-    round)."""
-    where, table = _augmentation(pixels, gen, shift)
-    shifted = torch.gather(pixels.reshape(len(pixels), -1), 1, where).long()
+    table look-ups a pixel: on 2 cores a third of the time of shifting, scaling and centring
+    a batch of 64 bcnn144 frames arithmetically (tools/bench-train-step; training notes,
+    section 5, twenty-third round)."""
+    shifted, table = _augmentation(pixels, gen, shift)
     centred = to_input(table)[:, 0]
     return torch.gather(centred, 1, shifted).view(len(pixels), 1, *pixels.shape[1:])
 

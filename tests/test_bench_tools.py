@@ -128,3 +128,5 @@ def test_bench_train_step_times_table_and_arithmetic_batches_side_by_side():
         assert abs(r["ratio"] - want) <= 0.001 + 0.001 * want
     bad = tool("bench-train-step", "--arch", "huge", timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "huge" in bad.stderr
+    bad = tool("bench-train-step", "--steps", "0", timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--steps" in bad.stderr
