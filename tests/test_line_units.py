@@ -292,6 +292,22 @@ def test_bare_addresses_are_taken_as_they_are():
     assert tcp.parse("tcp://[::1]:7600") == ("::1", 7600, {})
 
 
+def test_a_folder_source_reads_frames_as_training_and_eval_do(tmp_path):
+    from PIL import Image
+
+    from edge.line.sources import open_source
+
+    # a 16-bit frame at mid grey, and a phone frame stored on its side
+    Image.fromarray(np.full((6, 6), 32896, dtype=np.uint16)).save(tmp_path / "a.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 degrees counter-clockwise to display"
+    Image.new("L", (12, 4), 200).save(tmp_path / "b.png", exif=exif)
+    source = open_source("folder:%s" % tmp_path)
+    deep, phone = source.read().image, source.read().image
+    assert deep.dtype == np.uint8 and deep.shape == (6, 6) and (deep == 128).all()
+    assert phone.shape == (12, 4) and (phone == 200).all()
+
+
 def test_a_folder_source_skips_an_unreadable_image_and_counts_it(tmp_path):
     from PIL import Image
 

@@ -51,3 +51,63 @@ def test_unreadable_image_is_a_clean_error(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(BinsortError, match="cannot read image"):
         load_image(str(bad))
+
+
+def test_a_sixteen_bit_frame_is_scaled_to_eight_bits_not_clipped(tmp_path):
+    from PIL import Image
+
+    levels = np.array([[0, 257, 32896, 40000, 65280, 65535]], dtype=np.uint16)
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    # 16-bit PNGs are what scanners, machine-vision cameras and OpenCV pipelines write;
+    # Pillow's convert("L") clips them at 255, which made every such frame nearly white
+    assert load_image(str(tmp_path / "deep.png")).tolist() == [[0, 1, 128, 156, 254, 255]]
+
+
+def test_a_phone_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    from PIL import Image
+
+    stored = np.full((20, 40), 255, dtype=np.uint8)
+    stored[:, :10] = 0  # the left quarter dark as stored; a phone held upright shows it on top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    shown = load_image(str(tmp_path / "phone.png"))
+    assert np.array_equal(shown, np.rot90(stored, k=-1))
+    assert shown.shape == (40, 20) and shown[:10].max() == 0 and shown[10:].min() == 255
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_are_laid_on_white(tmp_path, mode):
+    from PIL import Image
+
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)  # transparent black, as most programs store it
+    rgba[2:6, 2:6] = (0, 0, 0, 255)  # an opaque black mark
+    rgba[0, 0] = (0, 0, 0, 128)  # half covered: half way to white
+    image = Image.fromarray(rgba, "RGBA")
+    if mode == "P":  # a palette image with one transparent index (GIF-style)
+        image = Image.fromarray(np.where(rgba[:, :, 3] == 255, 1, 0).astype(np.uint8), "P")
+        image.putpalette([0, 0, 0, 0, 0, 0])
+        image.info["transparency"] = 0
+    elif mode == "LA":
+        image = image.convert("LA")
+    image.save(tmp_path / "clear.png")
+    grey = to_grey(load_image(str(tmp_path / "clear.png")))
+    assert grey[2:6, 2:6].max() == 0 and grey[7, 7] == 255
+    assert grey[0, 0] == (127 if mode != "P" else 255)
+
+
+def test_a_floating_point_image_is_refused_in_one_line(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(BinsortError, match="floating-point image has no stated range"):
+        load_image(str(tmp_path / "float.tiff"))
+
+
+def test_an_oversized_image_is_a_clean_error_not_a_traceback(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (30, 30)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 900 pixels: past twice the limit
+    with pytest.raises(BinsortError, match="cannot read image .*huge.png.*decompression bomb"):
+        load_image(str(tmp_path / "huge.png"))

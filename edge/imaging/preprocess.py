@@ -89,15 +89,52 @@ def preprocess(
 
 
 def load_image(path) -> np.ndarray:
-    """Read an image file into a uint8 array (grey stays grey, anything else becomes RGB)."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file into a uint8 array as an image viewer shows it: grey stays grey
+    (H, W), anything else becomes RGB (H, W, 3). What cameras, phones and other renderers
+    write is read for what it means, not for its bytes: the EXIF orientation a phone records
+    is applied (its pixels are stored on their side), 16-bit samples are scaled to 8 bits
+    (Pillow's own conversion clips them, which turns a 16-bit frame white), and transparent
+    pixels are laid on white (their stored colour is often black). Floating-point images,
+    whose range no file states, are refused. Any file Pillow cannot parse is one BinsortError."""
+    import struct
 
+    from PIL import Image, ImageOps
+
+    # what Pillow's parsers raise for damaged, truncated or oversized files
+    damaged = (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        struct.error,
+        Image.DecompressionBombError,
+    )
     try:
         with Image.open(path) as im:
-            im = im.convert("L") if im.mode in ("L", "I;16", "I", "F", "1") else im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise BinsortError("cannot read image %s: %s" % (path, e)) from None
+            im.load()
+            return _pixels(ImageOps.exif_transpose(im))
+    except (BinsortError, *damaged) as e:
+        raise BinsortError(
+            "cannot read image %s: %s" % (path, str(e) or type(e).__name__)
+        ) from None
+
+
+def _pixels(im) -> np.ndarray:
+    """A loaded, upright Pillow image -> uint8 grey or RGB (see load_image)."""
+    from PIL import Image
+
+    if im.mode == "F":
+        raise BinsortError("a floating-point image has no stated range: save it as 8 or 16 bits")
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grey; Pillow < 11 says "I"
+        wide = np.asarray(im, dtype=np.int64)
+        return ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+    if im.mode in ("1", "L"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    if "A" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def load_inputs(paths, height: int, width: int) -> np.ndarray:

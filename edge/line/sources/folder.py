@@ -4,9 +4,8 @@ order, as grey frames; `fps` paces them (0: as fast as they are read), `loop` st
 import os
 import time
 
-import numpy as np
-
 from edge.imaging.imagefolder import image_files
+from edge.imaging.preprocess import load_image, to_grey
 from edge.line.sources import Frame, number
 from protocol.errors import BinsortError
 
@@ -29,8 +28,6 @@ class FolderSource:
         """The next readable image; one that cannot be read is skipped and counted
         (`skipped`, `last_skipped`), so a bad file never stops a replay. BinsortError only
         when a whole pass over the folder found nothing readable."""
-        from PIL import Image
-
         for _ in range(len(self.paths)):
             if self.index >= len(self.paths) and not self.loop:
                 return None
@@ -40,9 +37,8 @@ class FolderSource:
                 self.next_at += 1.0 / self.fps
                 time.sleep(max(0.0, self.next_at - time.monotonic()))
             try:
-                with Image.open(path) as img:
-                    grey = np.asarray(img.convert("L"), dtype=np.uint8)
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                grey = to_grey(load_image(path))
+            except BinsortError as e:
                 self.skipped += 1
                 self.last_skipped = "%s: %s" % (os.path.basename(path), e)
                 continue
