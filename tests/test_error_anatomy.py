@@ -1,0 +1,73 @@
+"""tools/error-anatomy: what it records of each frame is what the generator drew, and watching
+the generator changes none of its frames."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from importlib.machinery import SourceFileLoader
+
+import numpy as np
+
+from edge.imaging.box_images import render
+from edge.imaging.code_styles import STYLES
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+TOOL = os.path.join(ROOT, "tools", "error-anatomy")
+
+
+def _tool():
+    loader = SourceFileLoader("error_anatomy", TOOL)
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("error_anatomy", loader)
+    )
+    loader.exec_module(module)
+    return module
+
+
+def test_watching_the_generator_leaves_its_frames_bit_for_bit_and_records_what_it_drew():
+    tool = _tool()
+    labels = ["F06", "K11", "empty"]
+    frames, records = tool.draw(labels, 6, 64, 99, "all")
+    for frame, r in zip(frames, records, strict=True):
+        plain = np.asarray(render(99, "anatomy", r["label"], r["index"], 64, "all"))
+        assert np.array_equal(frame, plain)
+        if r["label"] == "empty":
+            assert r["style"] is None and "height" not in r and "contrast" not in r
+        else:
+            assert r["style"] in STYLES and 0.07 < r["height"] < 0.36 and r["contrast"] > 0
+            assert r["sigmas"] >= 3  # render draws a code again when it is fainter than that
+    assert STYLES["carton"].__name__ == "carton"  # the generator is left as it was
+
+
+def test_the_record_reads_back_a_forced_code_height_style_and_typeface():
+    tool = _tool()
+    record = {}
+    with tool.watching(record):
+        render(7, "anatomy", "S19", 0, 64, "all", code_height=(0.08, 0.09))
+        seen = dict(record)
+    assert 0.075 < seen["code_px"] / 64 < 0.095
+    _, records = tool.draw(["S19"], 8, 64, 7, ("label",))
+    assert {r["style"] for r in records} == {"label"}
+    assert all(r["font"] for r in records)  # the typeface the code's text took, not small print
+    assert len({r["font"] for r in records}) > 1
+
+
+def test_the_tool_scores_a_model_and_says_a_bad_argument_in_one_line(tiny_model, tmp_path):
+    path = tmp_path / "tiny.bnn"
+    path.write_bytes(tiny_model[1])
+    run = [sys.executable, TOOL, str(path), "--count", "3", "--json"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    records = report["records"]
+    assert report["frames"] == len(records) == 3 * 5
+    right = [r["decided"] == r["label"] for r in records]
+    assert report["accuracy"] == round(sum(right) / len(right), 4)
+    style_rows = report["factors"]["style"]
+    assert sum(r["n"] for r in style_rows.values()) == report["codes"]["n"] == 12
+    bands = list(report["factors"]["code height (share of the frame)"])
+    assert bands == sorted(bands, key=lambda b: float(b.split("-")[0]))
+    bad = subprocess.run(run[:3] + ["--count", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--count" in bad.stderr
