@@ -304,7 +304,7 @@ def test_a_connection_that_never_speaks_is_let_go(station, first_frame):
     still_serves(station)
 
 
-def test_bench_hostile_ships_through_a_crowd_of_peers_without_a_key():
+def test_bench_hostile_ships_through_a_crowd_of_peers_without_a_key(tmp_path):
     import sys
 
     out = subprocess.run(
@@ -313,8 +313,10 @@ def test_bench_hostile_ships_through_a_crowd_of_peers_without_a_key():
         text=True,
         cwd=ROOT,
         timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["ships_ok"] == 2 and report["receiver_alive"]
     assert sum(report["hostile_connects"].values()) >= 12 and report["receiver_peak_rss_mib"] > 0
+    assert os.listdir(tmp_path) == []  # its work folder, signing key and all, is gone
