@@ -1,6 +1,7 @@
 """Synthesise -> train -> pack -> classify on the edge engine, through the real CLI."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -140,6 +141,8 @@ def test_training_runs_under_torchrun_with_two_gloo_processes(tmp_path):
     from host.synth import synthesise
 
     synthesise(str(tmp_path / "data"), count=20, seed=2, workers=1)
+    scratch = tmp_path / "tmp"  # torchrun's own folder, which it leaves behind, goes here
+    scratch.mkdir()
     proc = subprocess.run(
         [
             sys.executable,
@@ -162,6 +165,7 @@ def test_training_runs_under_torchrun_with_two_gloo_processes(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
