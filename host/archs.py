@@ -149,6 +149,13 @@ def synth_size(name: str) -> int:
     return arch_spec(name).get("synth_size", SYNTH_SIZE)
 
 
+def drawn_side(arch: "str | None") -> int:
+    """The side the generator draws frames at for a packed model whose metadata names `arch`:
+    the architecture's, as `binsort train --data synth` drew them, or SYNTH_SIZE for a model
+    of an architecture this version does not know."""
+    return synth_size(arch) if arch in ARCHS else SYNTH_SIZE
+
+
 def synth_code_height(name: str) -> tuple:
     """The band of code heights the architecture's `train --data synth` set and its demo are
     drawn with: its own, or the generator's (box_images.CODE_HEIGHT)."""

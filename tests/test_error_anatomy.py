@@ -71,3 +71,9 @@ def test_the_tool_scores_a_model_and_says_a_bad_argument_in_one_line(tiny_model,
     assert bands == sorted(bands, key=lambda b: float(b.split("-")[0]))
     bad = subprocess.run(run[:3] + ["--count", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--count" in bad.stderr
+    for args, said in (
+        ([str(tmp_path / "gone.bnn")], "no such model"),
+        ([str(path), "--styles", "label,emboss"], "unknown style 'emboss'"),
+    ):
+        bad = subprocess.run(run[:2] + args, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and said in bad.stderr
