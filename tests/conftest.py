@@ -17,6 +17,24 @@ from tests.shipkit import keys
 LABELS = ["F06", "K11", "S19", "V22", "empty"]
 
 
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end tests first, but a test marked `slow(alone=True)` last of all.
+
+    The README's suite runs in two processes (`-n 2`): the short tests share the two cores
+    well, but the demo's test trains with two threads, and beside another process each of its
+    steps waits on the slower thread (the demo took 961 s in a two-process run where it takes
+    about 500 s alone, and the suite was no faster). Last, it starts when the other process
+    has little or nothing left to do."""
+
+    def order(item):
+        mark = item.get_closest_marker("slow")
+        if mark is None:
+            return 1
+        return 2 if mark.kwargs.get("alone") else 0
+
+    items.sort(key=order)  # stable: otherwise in the order collected
+
+
 def random_bn_model(arch: str, seed: int = 1) -> BinaryNet:
     """An untrained net whose BatchNorms have random statistics, including negative and zero
     gamma, so packing exercises flipped and constant thresholds."""

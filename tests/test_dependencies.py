@@ -88,7 +88,7 @@ def undeclared(imports: dict, extras: list) -> list:
 def test_the_readme_starts_with_the_demo_and_the_test_command():
     demo, tests = readme_commands()
     assert demo.endswith("&& binsort demo") and "pip install -e" in demo
-    assert tests.endswith("&& tools/setup-system && python3 -m pytest")
+    assert tests.endswith("&& tools/setup-system && python3 -m pytest -n 2")
 
 
 def test_what_the_edge_imports_is_in_the_extra_a_pi_installs():

@@ -48,7 +48,7 @@ def test_demo_trains_packs_and_the_edge_engine_computes_exactly_the_host_referen
     ).exists()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(alone=True)
 def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     """The main job on its built-in defaults: bcnn144 on the styled synthetic set, 24 epochs.
 
