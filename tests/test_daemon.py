@@ -20,7 +20,7 @@ from edge.line.sources.conveyor import decision_boxes
 from protocol.transports import tcp
 from tests.conftest import checkpoint_for, random_bn_model
 from tests.hidden_packages import env_without
-from tests.shipkit import EDGE, ROOT, signed_manifest, snapshot
+from tests.shipkit import EDGE, ROOT, Proxy, signed_manifest, snapshot
 
 LANES = {"F06": "left", "K11": "left", "S19": "right", "V22": "right"}
 
@@ -575,7 +575,11 @@ def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
     )
     daemon = Daemon(cfg, record_truth=True)
     daemon.start_services()
-    url = "tcp://127.0.0.1:%d" % daemon.receiver_port
+    # at 9,600 baud the 4 KB stream takes about 5 s, so its prefixes land while the belt runs;
+    # unthrottled, a busy machine once had all of it in before the belt's first frame, and the
+    # daemon rightly swapped in the whole model at once
+    proxy = Proxy("tcp", "--to", "127.0.0.1:%d" % daemon.receiver_port, "--baud", "9600")
+    url = "tcp://" + proxy.endpoints["listen"]
     threading.Thread(target=tcp.ship, args=(url, manifest, payload, {}), daemon=True).start()
 
     def stop_when_complete():  # the belt runs until the whole stream is in, 30 s at most
@@ -588,7 +592,10 @@ def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
         daemon.stop()
 
     threading.Thread(target=stop_when_complete, daemon=True).start()
-    decisions, _ = run_sim(daemon)
+    try:
+        decisions, _ = run_sim(daemon)
+    finally:
+        proxy.stop()
     swaps = [e["event"] for e in daemon.events if e["event"].startswith("swapped in")]
     assert len(swaps) >= 2 and all("pranc" in s for s in swaps)
     sizes = [int(s.split(", ")[2].split()[0]) for s in swaps]
