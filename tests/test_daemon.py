@@ -580,13 +580,15 @@ def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
     # daemon rightly swapped in the whole model at once
     proxy = Proxy("tcp", "--to", "127.0.0.1:%d" % daemon.receiver_port, "--baud", "9600")
     url = "tcp://" + proxy.endpoints["listen"]
-    threading.Thread(target=tcp.ship, args=(url, manifest, payload, {}), daemon=True).start()
+    shipper = threading.Thread(target=tcp.ship, args=(url, manifest, payload, {}), daemon=True)
+    shipper.start()
 
     def stop_when_complete():  # the belt runs until the whole stream is in, 30 s at most
         end = time.monotonic() + 30
         while time.monotonic() < end:
             m = daemon.model
-            if m is not None and m.record["complete"] and len(daemon.decisions) > 3:
+            done = m is not None and m.record["complete"] and not shipper.is_alive()
+            if done and len(daemon.decisions) > 3:  # and the sender has its last answer
                 break
             time.sleep(0.05)
         daemon.stop()
@@ -596,6 +598,7 @@ def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
         decisions, _ = run_sim(daemon)
     finally:
         proxy.stop()
+    assert not shipper.is_alive()
     swaps = [e["event"] for e in daemon.events if e["event"].startswith("swapped in")]
     assert len(swaps) >= 2 and all("pranc" in s for s in swaps)
     sizes = [int(s.split(", ")[2].split()[0]) for s in swaps]
