@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(items):
     The README's suite runs in two processes (`-n 2`): the short tests share the two cores
     well, but the demo's test trains with two threads, and beside another process each of its
     steps waits on the slower thread (the demo took 961 s in a two-process run where it takes
-    about 500 s alone, and the suite was no faster). Last, it starts when the other process
+    about 530 s alone, and the suite was no faster). Last, it starts when the other process
     has little or nothing left to do."""
 
     def order(item):

@@ -587,8 +587,9 @@ def test_pranc_prefixes_upgrade_the_running_model_as_they_arrive(station):
         end = time.monotonic() + 30
         while time.monotonic() < end:
             m = daemon.model
+            # the whole stream in, and the sender has its last answer
             done = m is not None and m.record["complete"] and not shipper.is_alive()
-            if done and len(daemon.decisions) > 3:  # and the sender has its last answer
+            if done and len(daemon.decisions) > 3:
                 break
             time.sleep(0.05)
         daemon.stop()

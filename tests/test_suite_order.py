@@ -1,11 +1,10 @@
 """The suite's own order (tests/conftest.py): in the README's two processes, the demo's test
 must start when the other process is nearly done, or both slow down (README, the test command)."""
 
-import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.shipkit import ROOT
 
 
 def collected() -> list:
