@@ -14,6 +14,7 @@ def _classify(args) -> int:
     from edge.engine import load_engine
     from edge.imaging.imagefolder import image_files
     from edge.imaging.preprocess import load_inputs
+    from edge.imaging.views import view_probabilities
 
     engine = load_engine(args.model)
     if args.verbose:
@@ -25,14 +26,15 @@ def _classify(args) -> int:
     h, w = engine.model.input_shape
     for start in range(0, len(paths), 256):
         batch = paths[start : start + 256]
-        inputs = load_inputs(batch, h, w)
-        int_scores = engine.scores(inputs)
-        best, conf, scores = engine.decide(int_scores)
-        for path, b, c, s, ints in zip(batch, best, conf, scores, int_scores, strict=True):
+        probs, int_scores = view_probabilities(engine, load_inputs(batch, h, w), args.views)
+        _, _, scores = engine.decide(int_scores)
+        for path, p, s, ints in zip(batch, probs, scores, int_scores, strict=True):
+            best = int(p.argmax())
             row = {
                 "path": path,
-                "label": labels[b],
-                "confidence": round(float(c), 6),
+                "label": labels[best],
+                "confidence": round(float(p[best]), 6),
+                "views": args.views,
                 "scores": {lb: round(float(v), 6) for lb, v in zip(labels, s, strict=True)},
                 "int_scores": [int(v) for v in ints],
             }
@@ -295,6 +297,8 @@ def _pgm(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge.imaging.views import add_views_option
+
     parser = argparse.ArgumentParser(prog="binsort-edge", description=__doc__)
     parser.add_argument("--version", action="version", version=version_line("binsort-edge"))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -332,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a .bnn model or a .pranc stream")
     p.add_argument("paths", nargs="+", help="image files or folders of images")
     p.add_argument("--verbose", action="store_true", help="say which engine runs (stderr)")
+    add_views_option(p)
     p.set_defaults(run=_classify)
 
     p = sub.add_parser(

@@ -618,7 +618,7 @@ def _eval(args) -> int:
             "%s holds a data set's train/ and test/ splits: evaluate on the images no model was "
             "trained on with --data %s" % (args.data, test)
         )
-    result = evaluate(args.model, args.data, args.prefix_bytes)
+    result = evaluate(args.model, args.data, args.prefix_bytes, args.views)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 
@@ -929,6 +929,8 @@ def _reports(p, run) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edge.imaging.views import add_views_option
+
     parser = argparse.ArgumentParser(prog="binsort", description=__doc__)
     parser.add_argument("--version", action="version", version=version_line("binsort"))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1170,6 +1172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a .pranc stream: its longest prefix of at most N bytes that ends on a chunk; "
         "for a .bsc cascade: its first N bytes, which must end on a stage",
     )
+    add_views_option(p)
     p.set_defaults(run=_eval)
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(

@@ -5,6 +5,7 @@ import numpy as np
 from edge.engine import load_engine
 from edge.imaging.imagefolder import labelled_images, relabel
 from edge.imaging.preprocess import load_inputs
+from edge.imaging.views import DEFAULT_VIEWS, view_probabilities
 
 
 def load_labelled(engine, data_dir: str) -> "tuple[np.ndarray, np.ndarray]":
@@ -17,7 +18,8 @@ def load_labelled(engine, data_dir: str) -> "tuple[np.ndarray, np.ndarray]":
 
 
 def summarise(labels: list, truth: np.ndarray, scores: np.ndarray) -> dict:
-    """n, accuracy and confusion (rows: true label, columns: predicted) from integer scores."""
+    """n, accuracy and confusion (rows: true label, columns: predicted) from scores or
+    probabilities, (N, classes): the decision is each row's largest."""
     predicted = scores.argmax(axis=1)
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)
@@ -29,13 +31,18 @@ def summarise(labels: list, truth: np.ndarray, scores: np.ndarray) -> dict:
     }
 
 
-def evaluate(model_path: str, data_dir: str, prefix_bytes=None) -> dict:
-    """Run every image of a folder of label sub-folders through the edge engine. For a
-    `.pranc` stream, `prefix_bytes` evaluates its longest prefix within that many bytes."""
+def evaluate(model_path: str, data_dir: str, prefix_bytes=None, views=DEFAULT_VIEWS) -> dict:
+    """Run every image of a folder of label sub-folders through the edge engine, each read as
+    `views` shifted views (edge.imaging.views; 1: the image once, as one camera frame). The
+    accuracy and confusion are the views' decisions; `one_view_accuracy` is the image's own.
+    For a `.pranc` stream, `prefix_bytes` evaluates its longest prefix within that many bytes."""
     engine = load_engine(model_path, prefix_bytes)
     images, truth = load_labelled(engine, data_dir)
-    result = summarise(engine.model.labels, truth, engine.scores(images))
+    probs, given = view_probabilities(engine, images, views)
+    result = summarise(engine.model.labels, truth, probs)
+    one_view = float((given.argmax(axis=1) == truth).mean()) if len(truth) else 0.0
     out = {"model": model_path, "data": data_dir, "engine": engine.name, **result}
+    out.update(views=views, one_view_accuracy=one_view)
     stream = engine.source
     if stream is not None:
         out["stream"] = stream_summary(stream)
@@ -57,9 +64,16 @@ def format_report(result: dict) -> str:
     """Accuracy line and a confusion matrix (rows: true label, columns: predicted)."""
     labels = result["labels"]
     width = max(8, *(len(lb) + 1 for lb in labels))
+    views = result.get("views", 1)
+    head = "accuracy %.4f on %d images (%s engine" % (
+        result["accuracy"],
+        result["n"],
+        result["engine"],
+    )
+    if views > 1:
+        head += ", %d views of each; one view: %.4f" % (views, result["one_view_accuracy"])
     lines = [
-        "accuracy %.4f on %d images (%s engine)"
-        % (result["accuracy"], result["n"], result["engine"]),
+        head + ")",
         "true \\ predicted".ljust(width + 2) + "".join(lb.rjust(width) for lb in labels),
     ]
     for lb, row in zip(labels, result["confusion"], strict=True):

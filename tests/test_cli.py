@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,9 +53,44 @@ def test_classify_prints_one_json_object_per_image(packed, trained_run):
     assert code == 0 and len(rows) == 15  # 3 test images for each of 5 labels
     labels = ["F06", "K11", "S19", "V22", "empty"]
     for row in rows:
-        assert set(row) == {"path", "label", "confidence", "scores", "int_scores"}
+        assert set(row) == {"path", "label", "confidence", "views", "scores", "int_scores"}
         assert row["label"] in labels and set(row["scores"]) == set(labels)
-        assert 0 < row["confidence"] <= 1
+        assert 0 < row["confidence"] <= 1 and row["views"] == 5
+
+
+def test_classify_decides_from_the_mean_probabilities_of_five_shifted_views(packed, tmp_path):
+    """The label and confidence are those of the mean softmax over the image and its four
+    copies moved 4 pixels left, right, up and down (edge pixels repeated), each scored once;
+    with --views 1 they are the image's own. Computed here with np.pad, not the edge's code."""
+    from edge.engine import load_engine
+    from edge.imaging.preprocess import load_inputs
+
+    paths = []
+    for i, label in enumerate(["F06", "K11", "S19", "V22", "empty"] * 4):
+        paths.append(str(tmp_path / ("%02d.png" % i)))
+        render(11, "views", label, i, 100).save(paths[-1])
+    engine = load_engine(str(packed))
+    x = load_inputs(paths, *engine.model.input_shape)
+    h, w = x.shape[1:]
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4)), mode="edge")
+    probs = []
+    for dy, dx in ((0, 0), (0, 4), (0, -4), (4, 0), (-4, 0)):
+        view = padded[:, 4 - dy : 4 - dy + h, 4 - dx : 4 - dx + w]
+        real = engine.scores(view) * engine.out_scale
+        e = np.exp(real - real.max(axis=1, keepdims=True))
+        probs.append(e / e.sum(axis=1, keepdims=True))
+    mean = np.mean(probs, axis=0)
+    labels = engine.model.labels
+    for views, want in ((5, mean), (1, probs[0])):
+        code, out, err = run(
+            "classify", "--views", str(views), "--model", str(packed), *paths, module="edge.cli"
+        )
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert code == 0, err
+        assert [r["label"] for r in rows] == [labels[i] for i in want.argmax(axis=1)]
+        assert np.allclose([r["confidence"] for r in rows], want.max(axis=1), atol=2e-6)
+        assert [r["int_scores"] for r in rows] == engine.scores(x).tolist()
+    assert not np.array_equal(mean, probs[0])  # the views change the numbers on these images
 
 
 def test_eval_json_reports_accuracy_n_and_confusion(packed, trained_run):
@@ -64,6 +100,20 @@ def test_eval_json_reports_accuracy_n_and_confusion(packed, trained_run):
     result = json.loads(out)
     assert code == 0 and result["n"] == 15 and 0 <= result["accuracy"] <= 1
     assert sum(map(sum, result["confusion"])) == 15
+    assert result["views"] == 5 and 0 <= result["one_view_accuracy"] <= 1
+    code, out, _ = run(
+        "eval",
+        "--model",
+        str(packed),
+        "--data",
+        str(trained_run / "data" / "test"),
+        "--json",
+        "--views",
+        "1",
+    )
+    once = json.loads(out)
+    assert code == 0 and once["views"] == 1
+    assert once["accuracy"] == once["one_view_accuracy"] == result["one_view_accuracy"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "magic", "flip"])

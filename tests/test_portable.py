@@ -108,7 +108,8 @@ def test_micropython_engine_gives_the_numpy_scores_on_50_images(tmp_path, lively
     assert np.array_equal(np.array([r["int_scores"] for r in rows]), want)
     # and the same lines as binsort-edge classify, but for the path
     edge_rows = subprocess.run(
-        EDGE + ["classify", "--model", str(model_path), *[r["path"] for r in rows[:5]]],
+        EDGE
+        + ["classify", "--views", "1", "--model", str(model_path), *[r["path"] for r in rows[:5]]],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -45,11 +45,15 @@ class Engine:
 
     def decide(self, ints: np.ndarray) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
         """(label indices, confidences, real-valued scores) of integer scores."""
-        real = ints.astype(np.float64) * self.out_scale
-        shifted = real - real.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        probs = self.probabilities(ints)
         best = ints.argmax(axis=1)
-        return best, probs[np.arange(len(best)), best], real
+        return best, probs[np.arange(len(best)), best], ints.astype(np.float64) * self.out_scale
+
+    def probabilities(self, ints: np.ndarray) -> np.ndarray:
+        """Class probabilities, float64 (N, classes): the softmax of the real-valued scores."""
+        real = ints.astype(np.float64) * self.out_scale
+        e = np.exp(real - real.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
 
     def self_test(self) -> "list[int]":
         """Indices of golden inputs whose scores differ from those stored with the model."""

@@ -99,6 +99,7 @@ def main(argv: list) -> int:
             "path": path,
             "label": labels[best],
             "confidence": round(conf, 6),
+            "views": 1,  # each image once; binsort-edge classify --views 1 prints the same
             "scores": {labels[i]: round(real[i], 6) for i in range(len(labels))},
             "int_scores": ints,
         }
