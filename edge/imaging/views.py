@@ -50,12 +50,22 @@ def add_views_option(parser) -> None:
 def shifted(images: "np.ndarray", dx: int, dy: int) -> "np.ndarray":
     """uint8 (N, H, W) inputs moved right by dx and down by dy pixels (negative: left, up); the
     pixels that come in from outside repeat the edge: out[y, x] = in[clip(y - dy), clip(x - dx)]."""
+    pad = max(abs(dx), abs(dy))
+    return _window(_edge_padded(images, pad), pad, dx, dy)
+
+
+def _edge_padded(images: "np.ndarray", pad: int) -> "np.ndarray":
     import numpy as np
 
-    _, h, w = images.shape
-    rows = np.clip(np.arange(h) - dy, 0, h - 1)
-    cols = np.clip(np.arange(w) - dx, 0, w - 1)
-    return images[:, rows[:, None], cols[None, :]]
+    return np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+
+
+def _window(padded: "np.ndarray", pad: int, dx: int, dy: int) -> "np.ndarray":
+    """The view moved by (dx, dy) out of inputs padded by `pad` >= |dx|, |dy| on every side."""
+    import numpy as np
+
+    h, w = padded.shape[1] - 2 * pad, padded.shape[2] - 2 * pad
+    return np.ascontiguousarray(padded[:, pad - dy : pad - dy + h, pad - dx : pad - dx + w])
 
 
 def view_probabilities(engine, images: "np.ndarray", views: int = DEFAULT_VIEWS) -> tuple:
@@ -70,6 +80,8 @@ def view_probabilities(engine, images: "np.ndarray", views: int = DEFAULT_VIEWS)
         images = images[None]
     given = engine.scores(images)
     total = engine.probabilities(given)
-    for dx, dy in VIEW_SETS[views][1:]:
-        total += engine.probabilities(engine.scores(shifted(images, dx, dy)))
+    if views > 1:
+        padded = _edge_padded(images, VIEW_SHIFT)  # once for every view: each is a window of it
+        for dx, dy in VIEW_SETS[views][1:]:
+            total += engine.probabilities(engine.scores(_window(padded, VIEW_SHIFT, dx, dy)))
     return total / views, given
