@@ -8,7 +8,7 @@ probabilities; a still image is one frame. Its views are the same input shifted 
 VIEW_SHIFT pixels (the edge pixel repeated, as the trainer's augmentation shifts frames: its
 largest shift), so each view is a frame the model was trained on; the decision is the best
 label of their mean probabilities. The default model reads its own synthetic test set at
-0.946 from one view and 0.967 from five (docs/training-notes.md, section 5, twenty-sixth
+0.947 from one view and 0.967 from five (docs/training-notes.md, section 5, twenty-sixth
 round). The scores of each view are the engine's exact integers; only the averaging is float.
 
 The command lines read VIEW_SETS to build their parsers, so numpy is imported by the functions
