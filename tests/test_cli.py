@@ -51,26 +51,19 @@ def test_classify_prints_one_json_object_per_image(packed, trained_run):
     code, out, _ = run("classify", "--model", str(packed), str(folder), module="edge.cli")
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(rows) == 15  # 3 test images for each of 5 labels
-    labels = ["F06", "K11", "S19", "V22", "empty"]
     for row in rows:
         assert set(row) == {"path", "label", "confidence", "views", "scores", "int_scores"}
-        assert row["label"] in labels and set(row["scores"]) == set(labels)
+        assert row["label"] in LABELS and set(row["scores"]) == set(LABELS)
         assert 0 < row["confidence"] <= 1 and row["views"] == 5
 
 
-def test_classify_decides_from_the_mean_probabilities_of_five_shifted_views(packed, tmp_path):
-    """The label and confidence are those of the mean softmax over the image and its four
-    copies moved 4 pixels left, right, up and down (edge pixels repeated), each scored once;
-    with --views 1 they are the image's own. Computed here with np.pad, not the edge's code."""
-    from edge.engine import load_engine
-    from edge.imaging.preprocess import load_inputs
+LABELS = ["F06", "K11", "S19", "V22", "empty"]
 
-    paths = []
-    for i, label in enumerate(["F06", "K11", "S19", "V22", "empty"] * 4):
-        paths.append(str(tmp_path / ("%02d.png" % i)))
-        render(11, "views", label, i, 100).save(paths[-1])
-    engine = load_engine(str(packed))
-    x = load_inputs(paths, *engine.model.input_shape)
+
+def five_views(engine, x) -> list:
+    """The class probabilities of the inputs and of their four copies moved 4 pixels left,
+    right, up and down (edge pixels repeated), each scored once: written out here with np.pad,
+    not with the edge's code."""
     h, w = x.shape[1:]
     padded = np.pad(x, ((0, 0), (4, 4), (4, 4)), mode="edge")
     probs = []
@@ -79,7 +72,33 @@ def test_classify_decides_from_the_mean_probabilities_of_five_shifted_views(pack
         real = engine.scores(view) * engine.out_scale
         e = np.exp(real - real.max(axis=1, keepdims=True))
         probs.append(e / e.sum(axis=1, keepdims=True))
+    return probs
+
+
+@pytest.fixture(scope="module")
+def view_folder(tmp_path_factory):
+    """8 rendered frames a label, in label folders: on these the trained tiny model's five
+    views decide some frames otherwise than one view does (the tests check it)."""
+    root = tmp_path_factory.mktemp("views")
+    for label in LABELS:
+        (root / label).mkdir()
+        for i in range(8):
+            render(11, "views", label, i, 100).save(root / label / ("%02d.png" % i))
+    return root
+
+
+def test_classify_decides_from_the_mean_probabilities_of_five_shifted_views(packed, view_folder):
+    """The label and confidence are those of the mean softmax of the five views; with --views
+    1 they are the image's own; the scores printed are always the image's own."""
+    from edge.engine import load_engine
+    from edge.imaging.preprocess import load_inputs
+
+    paths = sorted(str(p) for p in view_folder.glob("*/*.png"))
+    engine = load_engine(str(packed))
+    x = load_inputs(paths, *engine.model.input_shape)
+    probs = five_views(engine, x)
     mean = np.mean(probs, axis=0)
+    assert (mean.argmax(1) != probs[0].argmax(1)).any()  # the views decide some differently
     labels = engine.model.labels
     for views, want in ((5, mean), (1, probs[0])):
         code, out, err = run(
@@ -90,7 +109,33 @@ def test_classify_decides_from_the_mean_probabilities_of_five_shifted_views(pack
         assert [r["label"] for r in rows] == [labels[i] for i in want.argmax(axis=1)]
         assert np.allclose([r["confidence"] for r in rows], want.max(axis=1), atol=2e-6)
         assert [r["int_scores"] for r in rows] == engine.scores(x).tolist()
-    assert not np.array_equal(mean, probs[0])  # the views change the numbers on these images
+
+
+def test_eval_scores_the_five_views_and_keeps_the_one_view_accuracy(packed, view_folder):
+    from edge.engine import load_engine
+    from host.evaluate import load_labelled
+
+    engine = load_engine(str(packed))
+    images, truth = load_labelled(engine, str(view_folder))
+    probs = five_views(engine, images)
+    five = float((np.mean(probs, axis=0).argmax(1) == truth).mean())
+    one = float((probs[0].argmax(1) == truth).mean())
+    assert five != one  # on these images the views change the accuracy
+    for views, want in ((5, five), (1, one)):
+        code, out, err = run(
+            "eval",
+            "--model",
+            str(packed),
+            "--data",
+            str(view_folder),
+            "--json",
+            "--views",
+            str(views),
+        )
+        result = json.loads(out)
+        assert code == 0, err
+        assert result["views"] == views and result["n"] == 40
+        assert result["accuracy"] == want and result["one_view_accuracy"] == one
 
 
 def test_eval_json_reports_accuracy_n_and_confusion(packed, trained_run):
