@@ -65,15 +65,11 @@ def format_report(result: dict) -> str:
     labels = result["labels"]
     width = max(8, *(len(lb) + 1 for lb in labels))
     views = result.get("views", 1)
-    head = "accuracy %.4f on %d images (%s engine" % (
-        result["accuracy"],
-        result["n"],
-        result["engine"],
-    )
+    how = result["engine"] + " engine"
     if views > 1:
-        head += ", %d views of each; one view: %.4f" % (views, result["one_view_accuracy"])
+        how += ", %d views of each; one view: %.4f" % (views, result["one_view_accuracy"])
     lines = [
-        head + ")",
+        "accuracy %.4f on %d images (%s)" % (result["accuracy"], result["n"], how),
         "true \\ predicted".ljust(width + 2) + "".join(lb.rjust(width) for lb in labels),
     ]
     for lb, row in zip(labels, result["confusion"], strict=True):

@@ -413,3 +413,19 @@ def test_train_on_synth_draws_the_frames_at_the_architectures_side(tmp_path, mon
 
     assert Image.open(frame).size == (48, 48)
     assert torch.load(out / "checkpoint.pt", weights_only=False)["input"] == 32
+
+
+@pytest.mark.parametrize("command", ["eval", "classify"])
+def test_a_views_count_without_a_view_set_is_refused(packed, tmp_path, command):
+    img = tmp_path / "a.png"
+    render(0, "t", "F06", 0).save(img)
+    if command == "eval":
+        code, out, err = run(
+            "eval", "--model", str(packed), "--data", str(tmp_path), "--views", "4"
+        )
+    else:
+        code, out, err = run(
+            "classify", "--model", str(packed), str(img), "--views", "4", module="edge.cli"
+        )
+    assert code == 2 and not out and "Traceback" not in err
+    assert "--views: invalid choice: 4 (choose from 1, 3, 5, 9)" in err.splitlines()[-1]

@@ -7,6 +7,12 @@ import numpy as np
 from protocol.bnn import BnnModel
 
 
+def softmax(real: np.ndarray) -> np.ndarray:
+    """Class probabilities of real-valued scores, over the last axis (one frame's or a batch's)."""
+    e = np.exp(real - real.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 class Engine:
     """Runs a parsed BnnModel. `scores` gives the exact integer class scores.
 
@@ -51,9 +57,7 @@ class Engine:
 
     def probabilities(self, ints: np.ndarray) -> np.ndarray:
         """Class probabilities, float64 (N, classes): the softmax of the real-valued scores."""
-        real = ints.astype(np.float64) * self.out_scale
-        e = np.exp(real - real.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(ints.astype(np.float64) * self.out_scale)
 
     def self_test(self) -> "list[int]":
         """Indices of golden inputs whose scores differ from those stored with the model."""

@@ -24,10 +24,11 @@ import time
 
 import numpy as np
 
+from edge.engine.base import softmax
 from edge.imaging.preprocess import preprocess
 from edge.install.store import SlotStore, file_sha256
 from edge.line.actuators import make_actuator
-from edge.line.decide import BoxTracker, LaneMap, softmax
+from edge.line.decide import BoxTracker, LaneMap
 from edge.line.notify import Watchdog, notify
 from edge.line.pixel_eye import PixelEye
 from edge.line.sources import open_source, parse_url

@@ -17,14 +17,9 @@ time the diverters from it (edge.line.actuators), not from when the decision was
 
 import numpy as np
 
+from edge.engine.base import softmax
 from edge.line.pixel_eye import NOT_YET
 from protocol.errors import BinsortError
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max()
-    e = np.exp(shifted)
-    return e / e.sum()
 
 
 class Decision:
