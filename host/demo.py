@@ -129,8 +129,8 @@ def run_demo(
     say("")
     say(format_report(result))
     say(
-        "each test image read as %d shifted views (binsort eval's default): accuracy %.4f"
-        % (DEFAULT_VIEWS, views_accuracy)
+        "each test image read as %d shifted and turned views (binsort eval's default): "
+        "accuracy %.4f" % (DEFAULT_VIEWS, views_accuracy)
     )
     say(
         "model %s: %d bytes, float32 state dict %d bytes (%.1fx smaller)"

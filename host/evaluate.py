@@ -33,9 +33,10 @@ def summarise(labels: list, truth: np.ndarray, scores: np.ndarray) -> dict:
 
 def evaluate(model_path: str, data_dir: str, prefix_bytes=None, views=DEFAULT_VIEWS) -> dict:
     """Run every image of a folder of label sub-folders through the edge engine, each read as
-    `views` shifted views (edge.imaging.views; 1: the image once, as one camera frame). The
-    accuracy and confusion are the views' decisions; `one_view_accuracy` is the image's own.
-    For a `.pranc` stream, `prefix_bytes` evaluates its longest prefix within that many bytes."""
+    `views` shifted and turned views (edge.imaging.views; 1: the image once, as one camera
+    frame). The accuracy and confusion are the views' decisions; `one_view_accuracy` is the
+    image's own. For a `.pranc` stream, `prefix_bytes` evaluates its longest prefix within that
+    many bytes."""
     engine = load_engine(model_path, prefix_bytes)
     images, truth = load_labelled(engine, data_dir)
     probs, given = view_probabilities(engine, images, views)

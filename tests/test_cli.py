@@ -54,21 +54,28 @@ def test_classify_prints_one_json_object_per_image(packed, trained_run):
     for row in rows:
         assert set(row) == {"path", "label", "confidence", "views", "scores", "int_scores"}
         assert row["label"] in LABELS and set(row["scores"]) == set(LABELS)
-        assert 0 < row["confidence"] <= 1 and row["views"] == 5
+        assert 0 < row["confidence"] <= 1 and row["views"] == 9
 
 
 LABELS = ["F06", "K11", "S19", "V22", "empty"]
 
 
-def five_views(engine, x) -> list:
-    """The class probabilities of the inputs and of their four copies moved 4 pixels left,
-    right, up and down (edge pixels repeated), each scored once: written out here with np.pad,
-    not with the edge's code."""
+def written_views(engine, x) -> list:
+    """The class probabilities of the default views, each scored once: the inputs, their four
+    copies moved 4 pixels right, left, down and up (edge pixels repeated), written out here with
+    np.pad, not with the edge's code, then the inputs turned 6 and 10 degrees each way
+    (edge.imaging.views.turned, which tests/test_views.py checks against Pillow's turn)."""
+    from edge.imaging.views import turned
+
     h, w = x.shape[1:]
     padded = np.pad(x, ((0, 0), (4, 4), (4, 4)), mode="edge")
+    views = [
+        padded[:, 4 - dy : 4 - dy + h, 4 - dx : 4 - dx + w]
+        for dy, dx in ((0, 0), (0, 4), (0, -4), (4, 0), (-4, 0))
+    ]
+    views += [turned(x, degrees) for degrees in (6, -6, 10, -10)]
     probs = []
-    for dy, dx in ((0, 0), (0, 4), (0, -4), (4, 0), (-4, 0)):
-        view = padded[:, 4 - dy : 4 - dy + h, 4 - dx : 4 - dx + w]
+    for view in views:
         real = engine.scores(view) * engine.out_scale
         e = np.exp(real - real.max(axis=1, keepdims=True))
         probs.append(e / e.sum(axis=1, keepdims=True))
@@ -77,8 +84,8 @@ def five_views(engine, x) -> list:
 
 @pytest.fixture(scope="module")
 def view_folder(tmp_path_factory):
-    """8 rendered frames a label, in label folders: on these the trained tiny model's five
-    views decide some frames otherwise than one view does (the tests check it)."""
+    """8 rendered frames a label, in label folders: on these the trained tiny model's views
+    decide some frames otherwise than one view does (the tests check it)."""
     root = tmp_path_factory.mktemp("views")
     for label in LABELS:
         (root / label).mkdir()
@@ -87,54 +94,51 @@ def view_folder(tmp_path_factory):
     return root
 
 
-def test_classify_decides_from_the_mean_probabilities_of_five_shifted_views(packed, view_folder):
-    """The label and confidence are those of the mean softmax of the five views; with --views
-    1 they are the image's own; the scores printed are always the image's own."""
+def test_classify_decides_from_the_mean_probabilities_of_its_views(packed, view_folder):
+    """The label and confidence are those of the mean softmax of the nine views (five with
+    --views 5, the shifts alone); with --views 1 they are the image's own; the scores printed
+    are always the image's own."""
     from edge.engine import load_engine
     from edge.imaging.preprocess import load_inputs
 
     paths = sorted(str(p) for p in view_folder.glob("*/*.png"))
     engine = load_engine(str(packed))
     x = load_inputs(paths, *engine.model.input_shape)
-    probs = five_views(engine, x)
-    mean = np.mean(probs, axis=0)
-    assert (mean.argmax(1) != probs[0].argmax(1)).any()  # the views decide some differently
+    probs = written_views(engine, x)
+    nine, five = np.mean(probs, axis=0), np.mean(probs[:5], axis=0)
+    assert (nine.argmax(1) != probs[0].argmax(1)).any()  # the views decide some differently
+    assert (nine.argmax(1) != five.argmax(1)).any()  # and the turned views count
     labels = engine.model.labels
-    for views, want in ((5, mean), (1, probs[0])):
-        code, out, err = run(
-            "classify", "--views", str(views), "--model", str(packed), *paths, module="edge.cli"
-        )
+    for views, want in ((None, nine), (5, five), (1, probs[0])):
+        choice = [] if views is None else ["--views", str(views)]
+        code, out, err = run("classify", *choice, "--model", str(packed), *paths, module="edge.cli")
         rows = [json.loads(line) for line in out.splitlines()]
         assert code == 0, err
+        assert [r["views"] for r in rows] == [views or 9] * len(paths)
         assert [r["label"] for r in rows] == [labels[i] for i in want.argmax(axis=1)]
         assert np.allclose([r["confidence"] for r in rows], want.max(axis=1), atol=2e-6)
         assert [r["int_scores"] for r in rows] == engine.scores(x).tolist()
 
 
-def test_eval_scores_the_five_views_and_keeps_the_one_view_accuracy(packed, view_folder):
+def test_eval_scores_the_views_and_keeps_the_one_view_accuracy(packed, view_folder):
     from edge.engine import load_engine
     from host.evaluate import load_labelled
 
     engine = load_engine(str(packed))
     images, truth = load_labelled(engine, str(view_folder))
-    probs = five_views(engine, images)
-    five = float((np.mean(probs, axis=0).argmax(1) == truth).mean())
+    probs = written_views(engine, images)
+    nine = float((np.mean(probs, axis=0).argmax(1) == truth).mean())
+    five = float((np.mean(probs[:5], axis=0).argmax(1) == truth).mean())
     one = float((probs[0].argmax(1) == truth).mean())
-    assert five != one  # on these images the views change the accuracy
-    for views, want in ((5, five), (1, one)):
+    assert len({nine, five, one}) == 3  # on these images each view set reads differently
+    for views, want in ((None, nine), (5, five), (1, one)):
+        choice = [] if views is None else ["--views", str(views)]
         code, out, err = run(
-            "eval",
-            "--model",
-            str(packed),
-            "--data",
-            str(view_folder),
-            "--json",
-            "--views",
-            str(views),
+            "eval", "--model", str(packed), "--data", str(view_folder), "--json", *choice
         )
         result = json.loads(out)
         assert code == 0, err
-        assert result["views"] == views and result["n"] == 40
+        assert result["views"] == (views or 9) and result["n"] == 40
         assert result["accuracy"] == want and result["one_view_accuracy"] == one
 
 
@@ -145,7 +149,7 @@ def test_eval_json_reports_accuracy_n_and_confusion(packed, trained_run):
     result = json.loads(out)
     assert code == 0 and result["n"] == 15 and 0 <= result["accuracy"] <= 1
     assert sum(map(sum, result["confusion"])) == 15
-    assert result["views"] == 5 and 0 <= result["one_view_accuracy"] <= 1
+    assert result["views"] == 9 and 0 <= result["one_view_accuracy"] <= 1
     code, out, _ = run(
         "eval",
         "--model",
@@ -428,4 +432,4 @@ def test_a_views_count_without_a_view_set_is_refused(packed, tmp_path, command):
             "classify", "--model", str(packed), str(img), "--views", "4", module="edge.cli"
         )
     assert code == 2 and not out and "Traceback" not in err
-    assert "--views: invalid choice: 4 (choose from 1, 3, 5, 9)" in err.splitlines()[-1]
+    assert "--views: invalid choice: 4 (choose from 1, 3, 5, 7, 9)" in err.splitlines()[-1]

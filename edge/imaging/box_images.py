@@ -403,6 +403,7 @@ LEGIBLE_TRIES = 4
 # codes +2.4 points, stickers 1.1 points lower at both seeds (section 5, nineteenth round)
 LIGHT_ON_DARK = 0.35  # the box face's colours inverted: white or light print on a dark box
 LIGHT_BELT = 0.25  # a light grey or coloured PVC belt, not dark rubber
+TURN = 15  # degrees: every box is turned up to this much either way
 WIDE_TURN = 0.15  # the box turned 15-25 degrees, past the rails' 15
 EXTRA_DEFOCUS = 0.15  # a further defocus, up to an eighth of the code's height
 # (binsort-synth-6) A crate renderer frame drawn without its ribs was read 0.991, with them
@@ -533,7 +534,7 @@ def _render_styled(
     if scene["belt"] is not None:
         belt, belt_colour = _light_belt(belt, *scene["belt"])
     img = Image.fromarray(belt.astype(np.uint8), "RGB")
-    angle = rng.uniform(-15, 15)
+    angle = rng.uniform(-TURN, TURN)
     if scene["turn"] is not None:
         angle = scene["turn"]
     plain = None
