@@ -58,7 +58,8 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     0.969), all 300 boxes on the line right and none late; the demo alone 7 min 18 s with
     synth-12 and table look-ups for its batches (8 min 25-57 s before), this test 476-558 s in
     fresh-clone CI runs with synth-12 (631 s with synth-11) (the fifteenth round's took 16 min
-    21 s on a machine 1.6 times slower). Issue
+    21 s on a machine 1.6 times slower; 1,292 s on a CPU without AVX-512, training in float32,
+    twenty-seventh round). Issue
     15's target for the default model, 0.995 on its own test set, is not met; the floors here
     catch a regression, they claim nothing."""
     from host.models import DEFAULT_ARCH
