@@ -20,6 +20,7 @@ The command lines read VIEW_SETS to build their parsers, so numpy is imported by
 that use it, not by the module: a parser on a Pi Zero does not wait for it.
 """
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -89,12 +90,13 @@ _FRACTION = 8  # bits of a source position's fraction: positions in 1/256 pixel
 _TRIG = 14  # bits of the turn's cosine and sine
 
 
+@lru_cache(maxsize=16)
 def _turn_taps(h: int, w: int, degrees: int) -> tuple:
     """For each output pixel of an (h, w) image turned `degrees` anticlockwise about its
     centre: the four source pixels' flat indices (row-major, clipped to the image: the edge
-    repeats) and their bilinear weights in 1/2**16, all integers. The source position is
-    worked out in integers from the cosine and sine rounded to 1/2**14, so it is the same on
-    every machine."""
+    repeats) and their bilinear weights in 1/2**16 (int32), all integers. The source position
+    is worked out in integers from the cosine and sine rounded to 1/2**14, so it is the same on
+    every machine. Cached: classify and eval turn every batch by the same few angles."""
     import math
 
     import numpy as np
@@ -116,7 +118,7 @@ def _turn_taps(h: int, w: int, degrees: int) -> tuple:
     rows = [np.clip(y0 + k, 0, h - 1) for k in (0, 1)]
     taps = [(rows[i] * w + cols[j]).ravel() for i in (0, 1) for j in (0, 1)]
     wy, wx = (one - fy, fy), (one - fx, fx)
-    weights = [(wy[i] * wx[j]).ravel() for i in (0, 1) for j in (0, 1)]
+    weights = [(wy[i] * wx[j]).ravel().astype(np.int32) for i in (0, 1) for j in (0, 1)]
     return taps, weights
 
 
@@ -133,7 +135,6 @@ def turned(images: "np.ndarray", degrees: int) -> "np.ndarray":
     if degrees == 0:
         return images.copy()
     taps, weights = _turn_taps(h, w, int(degrees))
-    weights = [wt.astype(np.int32) for wt in weights]
     flat = images.reshape(n, h * w)
     out = np.empty_like(flat)
     half = 1 << (2 * _FRACTION - 1)
