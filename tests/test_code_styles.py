@@ -323,6 +323,46 @@ def test_the_sticker_and_plate_renderers_typefaces_are_never_drawn_by_the_genera
     assert dseg == {"DSEG14Classic", "DSEG14Modern"}
 
 
+RENDERERS = ("sticker", "marker", "crate", "plate", "pallet")
+
+
+def test_the_pallet_renderer_bridges_counters_as_a_stencil_must():
+    """A stencil cannot hold an island: the counter of a 0 hangs from two bridges (its ink falls
+    into two pieces), a letter without a counter is not cut; frames are 4:3 RGB, and
+    the frame is drawn again the same from its seed."""
+    from PIL import ImageFont
+
+    sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
+    import pallet
+
+    assert len(pallet.FONT_FILES) == 4  # tools/setup-system installs all four faces' packages
+    font = ImageFont.truetype(pallet.FONT_FILES[0], 60)
+
+    def glyph(ch):
+        img = Image.new("L", (60, 70))
+        ImageDraw.Draw(img).text((5, -5), ch, font=font, fill=255)
+        return np.asarray(img) > 127
+
+    def pieces(mask):
+        img = Image.fromarray(mask.astype(np.uint8) * 255).copy()
+        count = 0
+        for y, x in zip(*np.nonzero(np.asarray(img) == 255), strict=True):
+            if img.getpixel((int(x), int(y))) == 255:
+                ImageDraw.floodfill(img, (int(x), int(y)), 100 + count)
+                count += 1
+        return count
+
+    zero = glyph("0")
+    assert pieces(zero) == 1 and pieces(pallet.bridged(zero, 6)) == 2
+    cut = zero & ~pallet.bridged(zero, 6)
+    assert 0 < cut.sum() < 0.2 * zero.sum()
+    assert np.array_equal(pallet.bridged(glyph("K"), 6), glyph("K"))
+    frame = np.asarray(pallet.render("S19", 4))
+    assert frame.shape == (pallet.H, pallet.W, 3)
+    assert np.array_equal(frame, np.asarray(pallet.render("S19", 4)))
+    assert not np.array_equal(frame, np.asarray(pallet.render("S19", 5)))
+
+
 def generalisation(*args) -> dict:
     """tools/generalisation with --json; its rows."""
     out = subprocess.run(
@@ -340,7 +380,7 @@ def test_generalisation_tool_scores_a_model_on_every_renderer_and_style(tmp_path
     model = tmp_path / "m.bnn"
     model.write_bytes(tiny_model[1])
     rows = generalisation("eval", str(model), "--count", "2", "--work", str(tmp_path / "w"))
-    assert set(rows) == {"renderer " + n for n in ("sticker", "marker", "crate", "plate")} | {
+    assert set(rows) == {"renderer " + n for n in RENDERERS} | {
         "generator, " + s for s in tuple(STYLES) + ("classic",)
     }
     assert all(r["n"] == 10 and 0 <= r["accuracy"] <= 1 for r in rows.values())
@@ -355,7 +395,7 @@ def test_generalisation_stress_scores_every_change_on_every_renderer(tmp_path, t
     work = str(tmp_path / "w")
     rows = generalisation("stress", str(model), "--count", "2", "--work", work)
     assert list(rows)[0] == "as drawn" and len(rows) == 6
-    assert all(set(r) == {"sticker", "marker", "crate", "plate"} for r in rows.values())
+    assert all(set(r) == set(RENDERERS) for r in rows.values())
     plain = generalisation("eval", str(model), "--count", "2", "--work", work)
     for name, accuracy in rows["as drawn"].items():  # the same images, the same engine
         assert accuracy == plain["renderer " + name]["accuracy"]
