@@ -5,8 +5,9 @@ with `styles`, its code drawn in one of the named styles of edge.imaging.code_st
 size and place, every code at least 3 noise sigmas out of the frame, a third in light print on dark
 boxes, on light belts, turned past 15 degrees, further out of focus or on ribbed faces, codes
 8-35% of the frame high, as many per octave of size, in every font the machine has but the
-held-out ones, 14-segment faces among them
-(binsort-synth-12, what `binsort data synth`, `train --data synth` and the demo draw;
+held-out ones, 14-segment faces among them, and boxes without a code that carry other print
+(binsort-synth-13, what `binsort data synth`, `train --data synth` and the demo draw;
+binsort-synth-12 drew the same code frames, and no print where a code would be on an empty box;
 binsort-synth-11 drew the same scenes in colour up to the camera, each code frame twice;
 binsort-synth-10 drew barcodes under fewer codes, all of them fine;
 binsort-synth-9 drew 15% of the frames light on dark, not 35%;

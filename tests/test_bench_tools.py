@@ -106,7 +106,7 @@ def test_bench_synth_times_the_generator_against_bicubic_turns_side_by_side():
     out = tool("bench-synth", "--sizes", "32,40", "--frames", "2", "--rounds", "1", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
-    assert report["generator"] == "binsort-synth-12"
+    assert report["generator"] == "binsort-synth-13"
     assert [r["size"] for r in report["rows"]] == [32, 40]
     for r in report["rows"]:
         assert r["frames"] == 2 and r["ms_per_frame"] > 0 and r["bicubic_ms_per_frame"] > 0

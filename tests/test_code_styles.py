@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from edge.imaging.box_images import render
+from edge.imaging.box_images import DEFAULT_CODES, render
 from edge.imaging.code_styles import (
     DOT_GLYPHS,
     HELD_OUT_FONTS,
@@ -217,6 +217,42 @@ def test_rendering_depends_on_the_styles_drawn_from():
     assert not np.array_equal(a, np.asarray(render(1, "train", "S19", 4, 100, ("dotmatrix",))))
 
 
+def test_some_empty_boxes_carry_print_that_is_not_a_code_where_a_code_would_be(monkeypatch):
+    """binsort-synth-13: of the empty frames with a box in them, PRINTED_EMPTY carry a lot
+    number, date or quantity laid by a font-set style (carton, label, stamp) in the central
+    area, as a code would be; never a code, and never in a style held out of the set."""
+    import edge.imaging.box_images as bi
+
+    laid = []
+
+    def recorder(name):
+        def lay(rng, nrng, face, text, rect):
+            laid.append((name, text, rect, face.size))
+
+        return lay
+
+    monkeypatch.setattr(bi, "STYLES", {n: recorder(n) for n in STYLES})
+    count = 120
+    for i in range(count):
+        render(3, "train", "empty", i, 48, tuple(STYLES))
+    assert 0.15 * count < len(laid) < 0.4 * count  # about 0.55 * 0.5 of them
+    assert {name for name, *_ in laid} == set(bi.PRINTED_STYLES)
+    for _, text, (x0, y0, x1, y1), (fw, fh) in laid:
+        assert text not in DEFAULT_CODES and len(text) > 3
+        assert 0 <= x0 < x1 <= fw and 0 <= y0 < y1 <= fh
+    laid.clear()
+    for i in range(40):  # only styles that draw their own glyphs: no printed empties
+        render(3, "train", "empty", i, 48, ("dotmatrix", "stencil"))
+    for i in range(40):
+        render(3, "train", "K11", i, 48, ("label",))
+    assert laid and all(text == "K11" for _, text, *_ in laid)
+    monkeypatch.setattr(bi, "PRINTED_EMPTY", 0.0)
+    laid.clear()
+    for i in range(count):
+        render(3, "train", "empty", i, 48, tuple(STYLES))
+    assert not laid
+
+
 def test_styles_are_chosen_listed_and_held_out(tmp_path):
     assert parse_styles(None) is None and parse_styles("all") == tuple(STYLES)
     assert parse_styles("-stencil,-stamp") == ("carton", "label", "dotmatrix")
@@ -227,7 +263,7 @@ def test_styles_are_chosen_listed_and_held_out(tmp_path):
         parse_styles("stamp,-stamp")
     info = synthesise(str(tmp_path), count=2, size=48, seed=1, workers=1, styles=("stencil",))
     assert json.loads((tmp_path / "labels.json").read_text())["styles"] == ["stencil"]
-    assert info["generator"] == "binsort-synth-12"
+    assert info["generator"] == "binsort-synth-13"
     out = subprocess.run(HOST + ["data", "styles"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == list(STYLES)
     out = subprocess.run(

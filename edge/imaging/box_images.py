@@ -10,11 +10,11 @@ up to 20 degrees, the binary nets did not learn the codes within the demo's budg
 class is belt alone, sometimes with a blank box edge entering the view, so the line can tell
 "no box" from "unknown box". That is the first generator (render_classic, what the conveyor
 simulator draws). The styled frames that training sets use (render with `styles`,
-binsort-synth-12) go much further: codes in the named styles of edge.imaging.code_styles, 8-35% of
+binsort-synth-13) go much further: codes in the named styles of edge.imaging.code_styles, 8-35% of
 the frame high (as many per octave of size), on boxes of any size anywhere in the central area,
 turned up to 15 degrees and some to 25, some in light print on a dark box, some boxes ribbed or
 striped, on dark rubber or light PVC belts, with barcodes beside codes, distractor print,
-glare, defocus and a camera's limited-range luma.
+glare, defocus and a camera's limited-range luma; and boxes without a code that carry other print.
 (binsort-synth-5 is synth-4 without the reverse-video faces, whose codes printed as blocks:
 edge.imaging.code_styles.reverse_video; binsort-synth-6 adds the ribbed faces; binsort-synth-7
 draws synth-6's scenes with bilinear instead of bicubic interpolation where the box face is
@@ -29,7 +29,9 @@ binsort-synth-11 puts a barcode under more of its labels' codes and under a quar
 printed on cartons, its bars coarse or fine: edge.imaging.code_styles.CARTON_BARCODE;
 binsort-synth-12 draws synth-11's scenes in grey from the moment the box face is laid on the
 belt, the frame and its code-less twin as two bands of one canvas, turned and tilted once: a
-frame differs from synth-11's by rounding, and takes 0.7-0.8 times as long.)
+frame differs from synth-11's by rounding, and takes 0.7-0.8 times as long; binsort-synth-13
+draws synth-12's code frames bit for bit, and half the empty frames with a box in view carry
+print that is not a code where a code would be: PRINTED_EMPTY.)
 Every image is a pure function of (seed, split, label, index) and the styles.
 
 It lives on the edge side because both sides use it: the host writes training sets with it
@@ -47,7 +49,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from edge.imaging.code_styles import STYLES, distractor, lay_distractor
+from edge.imaging.code_styles import STYLES, distractor, lay_distractor, small_print_text
 
 DEFAULT_CODES = ("F06", "K11", "S19", "V22")
 EMPTY_LABEL = "empty"
@@ -410,11 +412,18 @@ EXTRA_DEFOCUS = 0.15  # a further defocus, up to an eighth of the code's height
 # 0.850 (training notes, section 5, twelfth round): the generator's faces had only a faint
 # corrugation, so bands as strong as a stroke were new to the model.
 RIBBED = 0.2  # the face in bands: ribbed plastic, slats, stripes
+# (binsort-synth-13) Boxes in view that carry print but no code: a lot number, a date or a
+# quantity set where a code would be, in a code's style (a label sticker, print on the carton, an
+# ink stamp), and read `empty`. Until synth-12 a box without a code was mostly out of the centre
+# and only its small distractor print could be in view, and the demo's model called 47 of the
+# 100 framed stamps on the pallet renderer's empty pallets a code.
+PRINTED_EMPTY = 0.5  # of the empty frames with a box in them
+PRINTED_STYLES = ("carton", "label", "stamp")  # the styles that set their print in fonts
 PLAIN_SCENE = {"invert": False, "belt": None, "turn": None, "defocus": 0.0, "ribs": None}
 # The name of what render draws with styles, in labels.json and beside reused test sets: a data
 # set drawn by another version is not this one's. (synth-7: bilinear turns on the large canvas,
 # synth-6's bicubic took 1.4 times as long; training notes, section 5, fourteenth round.)
-STYLED_GENERATOR = "binsort-synth-12"
+STYLED_GENERATOR = "binsort-synth-13"
 CLASSIC_GENERATOR = "binsort-synth-1"
 # the interpolation of the styled frames' turns and tilt, drawn at twice the output's side
 STYLED_RESAMPLE = Image.BILINEAR
@@ -517,6 +526,36 @@ def _light_belt(belt: np.ndarray, tone: float, tint: list) -> tuple:
     return img, tuple(int(v) for v in tone * np.array(tint))
 
 
+def _face_for_print(rng, nrng, scene, big: int, code_height: tuple) -> tuple:
+    """A box face with room for a code's print, its size drawn from `code_height`, tape and
+    distractor print kept clear of it: (face, the print's rectangle on it, the rectangle's
+    centre, (width, height) of the print)."""
+    code_h = int(math.exp(rng.uniform(*map(math.log, code_height))) * big)
+    code_w = int(min(0.88 * big, code_h * rng.uniform(2.4, 3.4)))
+    fw = int(max(code_w + 1.3 * code_h, rng.uniform(0.4, 1.4) * big))
+    fh = int(max(2.8 * code_h, rng.uniform(0.4, 1.4) * big))
+    face = _ribbed(_carton_face(rng, nrng, fw, fh), scene["ribs"], big)
+    px = rng.uniform(code_w / 2 + 0.6 * code_h, fw - code_w / 2 - 0.6 * code_h)
+    py = rng.uniform(1.4 * code_h, fh - 1.4 * code_h)
+    rect = (
+        int(px - code_w / 2),
+        int(py - code_h / 2),
+        int(px + code_w / 2),
+        int(py + code_h / 2),
+    )
+    clear = (rect[0] - code_h // 2, rect[1] - code_h, rect[2] + code_h // 2, rect[3] + code_h)
+    if rng.random() < 0.35:
+        _tape(rng, face, clear)
+    _distractors(rng, face, code_h, clear)
+    return face, rect, (px, py), (code_w, code_h)
+
+
+def _central(rng, big: int, w: int, h: int) -> tuple:
+    """Where print w x h lands in the frame: anywhere in the central area, wholly inside."""
+    reach = max(0.0, min(0.15 * big, (big - w) / 2 - 4, (big - h) / 2 - 4))
+    return (big / 2 + rng.uniform(-reach, reach), big / 2 + rng.uniform(-reach, reach))
+
+
 def _render_styled(
     rng: random.Random,
     label: str,
@@ -538,40 +577,29 @@ def _render_styled(
     if scene["turn"] is not None:
         angle = scene["turn"]
     plain = None
+    printed = tuple(s for s in PRINTED_STYLES if s in styles)
     if label != EMPTY_LABEL:
         style = STYLES[rng.choice(tuple(styles))]
-        code_h = int(math.exp(rng.uniform(*map(math.log, code_height))) * big)
-        code_w = int(min(0.88 * big, code_h * rng.uniform(2.4, 3.4)))
-        fw = int(max(code_w + 1.3 * code_h, rng.uniform(0.4, 1.4) * big))
-        fh = int(max(2.8 * code_h, rng.uniform(0.4, 1.4) * big))
-        face = _ribbed(_carton_face(rng, nrng, fw, fh), scene["ribs"], big)
-        px = rng.uniform(code_w / 2 + 0.6 * code_h, fw - code_w / 2 - 0.6 * code_h)
-        py = rng.uniform(1.4 * code_h, fh - 1.4 * code_h)
-        rect = (
-            int(px - code_w / 2),
-            int(py - code_h / 2),
-            int(px + code_w / 2),
-            int(py + code_h / 2),
-        )
-        clear = (rect[0] - code_h // 2, rect[1] - code_h, rect[2] + code_h // 2, rect[3] + code_h)
-        if rng.random() < 0.35:
-            _tape(rng, face, clear)
-        _distractors(rng, face, code_h, clear)
+        face, rect, centre, (code_w, code_h) = _face_for_print(rng, nrng, scene, big, code_height)
         plain = face.copy()
         style(rng, nrng, face, label, rect)
-        # the code anywhere in the central area, wholly inside the frame
-        reach = max(0.0, min(0.15 * big, (big - code_w) / 2 - 4, (big - code_h) / 2 - 4))
-        at = (big / 2 + rng.uniform(-reach, reach), big / 2 + rng.uniform(-reach, reach))
-        placed = (angle, (px, py), at)
+        placed = (angle, centre, _central(rng, big, code_w, code_h))
     elif rng.random() < 0.55:  # a box with no code on it: entering, leaving, or in view
-        fw, fh = int(rng.uniform(0.4, 1.4) * big), int(rng.uniform(0.4, 1.4) * big)
-        face = _ribbed(_carton_face(rng, nrng, fw, fh), scene["ribs"], big)
-        if rng.random() < 0.35:
-            _tape(rng, face)
-        _distractors(rng, face, rng.uniform(0.1, 0.3) * big, None)
-        shift = rng.uniform(0, 0.9) * big * rng.choice((-1, 1))
-        at = (big / 2 + shift, big / 2 + rng.uniform(-0.15, 0.15) * big)
-        placed = (angle, (fw / 2, fh / 2), at)
+        if printed and rng.random() < PRINTED_EMPTY:
+            # a box in view whose print is not a code: where a code would be, in a code's style
+            style = STYLES[rng.choice(printed)]
+            face, rect, centre, (w, h) = _face_for_print(rng, nrng, scene, big, code_height)
+            style(rng, nrng, face, small_print_text(rng), rect)
+            placed = (angle, centre, _central(rng, big, w, h))
+        else:
+            fw, fh = int(rng.uniform(0.4, 1.4) * big), int(rng.uniform(0.4, 1.4) * big)
+            face = _ribbed(_carton_face(rng, nrng, fw, fh), scene["ribs"], big)
+            if rng.random() < 0.35:
+                _tape(rng, face)
+            _distractors(rng, face, rng.uniform(0.1, 0.3) * big, None)
+            shift = rng.uniform(0, 0.9) * big * rng.choice((-1, 1))
+            at = (big / 2 + shift, big / 2 + rng.uniform(-0.15, 0.15) * big)
+            placed = (angle, (fw / 2, fh / 2), at)
     else:
         face = None
     if face is not None and scene["invert"]:  # light print on a dark box
