@@ -416,7 +416,8 @@ RIBBED = 0.2  # the face in bands: ribbed plastic, slats, stripes
 # quantity set where a code would be, in a code's style (a label sticker, print on the carton, an
 # ink stamp), and read `empty`. Until synth-12 a box without a code was mostly out of the centre
 # and only its small distractor print could be in view, and the demo's model called 47 of the
-# 100 framed stamps on the pallet renderer's empty pallets a code.
+# 105 stamped empty pallets of the pallet renderer a code (training notes, section 5,
+# twenty-eighth round).
 PRINTED_EMPTY = 0.5  # of the empty frames with a box in them
 PRINTED_STYLES = ("carton", "label", "stamp")  # the styles that set their print in fonts
 PLAIN_SCENE = {"invert": False, "belt": None, "turn": None, "defocus": 0.0, "ribs": None}
@@ -577,7 +578,6 @@ def _render_styled(
     if scene["turn"] is not None:
         angle = scene["turn"]
     plain = None
-    printed = tuple(s for s in PRINTED_STYLES if s in styles)
     if label != EMPTY_LABEL:
         style = STYLES[rng.choice(tuple(styles))]
         face, rect, centre, (code_w, code_h) = _face_for_print(rng, nrng, scene, big, code_height)
@@ -585,6 +585,7 @@ def _render_styled(
         style(rng, nrng, face, label, rect)
         placed = (angle, centre, _central(rng, big, code_w, code_h))
     elif rng.random() < 0.55:  # a box with no code on it: entering, leaving, or in view
+        printed = tuple(s for s in PRINTED_STYLES if s in styles)
         if printed and rng.random() < PRINTED_EMPTY:
             # a box in view whose print is not a code: where a code would be, in a code's style
             style = STYLES[rng.choice(printed)]
