@@ -359,7 +359,7 @@ def test_the_sticker_and_plate_renderers_typefaces_are_never_drawn_by_the_genera
     assert dseg == {"DSEG14Classic", "DSEG14Modern"}
 
 
-RENDERERS = ("sticker", "marker", "crate", "plate", "pallet")
+RENDERERS = ("sticker", "marker", "crate", "plate", "pallet", "bag")
 
 
 def test_the_pallet_renderer_bridges_counters_as_a_stencil_must():
@@ -397,6 +397,30 @@ def test_the_pallet_renderer_bridges_counters_as_a_stencil_must():
     assert frame.shape == (pallet.H, pallet.W, 3)
     assert np.array_equal(frame, np.asarray(pallet.render("S19", 4)))
     assert not np.array_equal(frame, np.asarray(pallet.render("S19", 5)))
+
+
+def test_the_bag_renderer_bends_the_print_with_the_film():
+    """The film's warp moves pixels by a field that varies across the bag (not one turn or
+    shift for the whole print), within a fraction of the code's height; with no displacement
+    the print is left as drawn, and a whole-pixel shift moves it by that pixel."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
+    import bag
+
+    assert len(bag.FONT_FILES) == len(bag._FACES)  # tools/setup-system installs their packages
+    img = np.random.default_rng(0).random((30, 40, 3))
+    zero = np.zeros((30, 40))
+    assert np.allclose(bag.warp(img, zero, zero), img)
+    assert np.allclose(bag.warp(img, zero + 2, zero)[:, :-3], img[:, 2:-1])
+    for i in range(4):
+        height, dx, dy = bag.wrinkles(random.Random(i), np.random.default_rng(i), 300, 200, 60)
+        assert np.abs(dx).max() < 0.35 * 60 and np.abs(dy).max() < 0.35 * 60
+        # not rigid: the stretch and shear change from place to place
+        assert np.gradient(dx, axis=1).std() > 0.01 and np.gradient(dy, axis=0).std() > 0.01
+        assert height.std() > 1
+    frame = np.asarray(bag.render("K11", 3))
+    assert frame.shape == (bag.H, bag.W, 3)
+    assert np.array_equal(frame, np.asarray(bag.render("K11", 3)))
+    assert not np.array_equal(frame, np.asarray(bag.render("K11", 4)))
 
 
 def generalisation(*args) -> dict:
