@@ -2,6 +2,7 @@
 listed, chosen and held out, and the held-out renderers stay apart from the generator."""
 
 import ast
+import hashlib
 import json
 import os
 import pathlib
@@ -490,6 +491,18 @@ def test_a_reused_work_set_drawn_by_another_generator_is_drawn_again(tmp_path):
     assert drawn[6:] == [("F06", 0)] and sorted(os.listdir(os.path.join(folder, "F06"))) == [
         "00000.png"
     ]
+    # the held-out renderers' sets too, stamped with their source's digest
+    work = str(tmp_path / "work")
+    bags = tool.heldout_sets(work, ["K11"], 1)["bag"]
+    source = pathlib.Path(ROOT, "tools", "renderers", "bag.py").read_bytes()
+    with open(os.path.join(bags, ".generator")) as f:
+        assert f.read().split() == ["bag", hashlib.sha256(source).hexdigest()[:16]]
+    with open(os.path.join(bags, ".generator"), "w") as f:
+        f.write("bag 0000000000000000\n")  # drawn by an older bag.py
+    stale = Image.new("RGB", (4, 4))
+    stale.save(os.path.join(bags, "K11", "00000.png"))
+    tool.heldout_sets(work, ["K11"], 1)
+    assert Image.open(os.path.join(bags, "K11", "00000.png")).size == (128, 96)
 
 
 def test_the_stress_changes_do_what_they_are_named():
