@@ -107,13 +107,14 @@ def warp(img: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
 
 
 def _barcode(rng, draw, box) -> None:
+    """Bars of one to three units across `box`, drawn as print (255) on the ink mask."""
     x0, y0, x1, y1 = box
     unit = max(1, (y1 - y0) // rng.randint(6, 12))
     x = x0
     while x < x1:
         bw = rng.choice((1, 1, 2, 3)) * unit
         if rng.random() < 0.5:
-            draw.rectangle([x, y0, min(x + bw - 1, x1), y1], fill=(20, 20, 20))
+            draw.rectangle([x, y0, min(x + bw - 1, x1), y1], fill=255)
         x += bw
 
 
@@ -149,11 +150,9 @@ def _label(rng, layer: Image.Image, ink: Image.Image, cx, cy, code, ch) -> None:
     else:  # a label without a code: its barcode where the code would be
         bar_y = code_y + ch // 4
     if bar_y + ch // 3 < y0 + lh:
-        bars = Image.new("RGB", ink.size, (0, 0, 0))
         _barcode(
-            rng, ImageDraw.Draw(bars), (x0 + ch // 4, bar_y, x0 + lw - ch // 4, bar_y + ch // 3)
+            rng, ImageDraw.Draw(ink), (x0 + ch // 4, bar_y, x0 + lw - ch // 4, bar_y + ch // 3)
         )
-        ink.paste(255, (0, 0), bars.convert("L").point(lambda v: 255 if v > 0 else 0))
 
 
 def render(label: str, index: int, seed: int = 0) -> Image.Image:
