@@ -581,3 +581,64 @@ def test_generalisation_tool_scores_a_model_against_code_height(tmp_path, tiny_m
     assert list(rows) == ["8-10%", "10-12%", "12-15%", "15-20%", "20-27%", "27-35%"]
     for r in rows.values():  # codes only: no empty frames, and no empty label in the table
         assert r["n"] == 4 and set(r["per_label"]) == {"F06", "K11", "S19", "V22"}
+
+
+def test_foreign_codes_are_the_labels_characters_recombined_and_none_of_the_labels():
+    tool = load_tool()
+    labels = ["F06", "K11", "S19", "V22", "empty"]
+    codes = tool.recombined_codes(labels)
+    assert len(codes) == 4 * 3 * 4 - 4 and len(set(codes)) == len(codes)
+    assert {"F19", "K06", "V11", "S22"} <= set(codes) and not set(codes) & set(labels)
+    assert all(c[0] in "FKSV" and c[1] in "012" and c[2] in "1269" for c in codes)
+    assert tool.recombined_codes(["A1", "B2", "LONG1", "empty"]) == ["A2", "B1"]
+    with pytest.raises(BinsortError, match="make no other code"):
+        tool.recombined_codes(["F06", "empty"])
+
+
+def test_generalisation_foreign_scores_other_codes_on_the_generator_and_every_renderer(
+    tmp_path, tiny_model
+):
+    model = tmp_path / "m.bnn"
+    model.write_bytes(tiny_model[1])
+    work = tmp_path / "w"
+    rows = generalisation("foreign", str(model), "--count", "1", "--work", str(work))
+    assert list(rows) == ["generator", *RENDERERS]
+    for name, r in rows.items():
+        assert r["foreign"] == 44 and r["own"] == 44  # 11 frames of each of the 4 own codes
+        for key in ("foreign_sorted", "own_sorted_right"):
+            shares = list(r[key].values())
+            assert list(r[key]) == ["0.6", "0.8", "0.9", "0.95"]
+            assert all(0 <= a <= 1 for a in shares) and shares == sorted(shares, reverse=True)
+        other = sorted(os.listdir(work / "foreign" / name / "other"))
+        assert [c for c in other if not c.startswith(".")] == sorted(
+            load_tool().recombined_codes(["F06", "K11", "S19", "V22", "empty"])
+        )
+        assert sorted(os.listdir(work / "foreign" / name / "own" / "K11")) == [
+            "%05d.png" % i for i in range(11)
+        ]
+    # the shares are what the engine says of those frames, read as binsort eval reads them
+    from edge.engine import load_engine
+    from edge.imaging.preprocess import load_inputs
+    from edge.imaging.views import view_probabilities
+
+    engine = load_engine(str(model))
+    folder = work / "foreign" / "crate" / "other"
+    paths = sorted(str(p) for p in folder.glob("*/*.png"))
+    p = view_probabilities(engine, load_inputs(paths, *engine.model.input_shape), 9)[0]
+    best = np.delete(p, engine.model.labels.index("empty"), axis=1).max(axis=1)
+    for t in (0.6, 0.8, 0.9, 0.95):
+        assert rows["crate"]["foreign_sorted"][str(t)] == round(float((best >= t).mean()), 4)
+    called = p.argmax(axis=1) == engine.model.labels.index("empty")
+    assert rows["crate"]["foreign_called_empty"] == round(float(called.mean()), 4)
+
+
+def load_tool():
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+
+    loader = SourceFileLoader("generalisation", os.path.join(ROOT, "tools", "generalisation"))
+    tool = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("generalisation", loader)
+    )
+    loader.exec_module(tool)
+    return tool
