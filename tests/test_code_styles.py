@@ -465,15 +465,7 @@ def test_generalisation_stress_scores_every_change_on_every_renderer(tmp_path, t
 def test_a_reused_work_set_drawn_by_another_generator_is_drawn_again(tmp_path):
     """A --work folder outlives the generator that filled it: its sets say which version drew
     them, and one drawn by another (or that does not say) is not scored as this one's."""
-    import importlib.util
-    from importlib.machinery import SourceFileLoader
-
-    path = os.path.join(ROOT, "tools", "generalisation")
-    loader = SourceFileLoader("generalisation", path)
-    tool = importlib.util.module_from_spec(
-        importlib.util.spec_from_loader("generalisation", loader)
-    )
-    loader.exec_module(tool)
+    tool = load_tool()
     drawn = []
 
     def draw(label, i):
@@ -506,15 +498,7 @@ def test_a_reused_work_set_drawn_by_another_generator_is_drawn_again(tmp_path):
 
 
 def test_the_stress_changes_do_what_they_are_named():
-    import importlib.util
-    from importlib.machinery import SourceFileLoader
-
-    path = os.path.join(ROOT, "tools", "generalisation")
-    loader = SourceFileLoader("generalisation", path)
-    tool = importlib.util.module_from_spec(
-        importlib.util.spec_from_loader("generalisation", loader)
-    )
-    loader.exec_module(tool)
+    tool = load_tool()
     changes = tool._stresses()
     sys.path.insert(0, os.path.join(ROOT, "tools", "renderers"))
     import sticker
@@ -642,3 +626,41 @@ def load_tool():
     )
     loader.exec_module(tool)
     return tool
+
+
+def test_generalisation_foreign_refuses_a_model_with_no_other_code_or_no_empty_class(tmp_path):
+    from host.pack import pack_model
+    from host.untrained import untrained_checkpoint
+
+    for labels, why in (
+        (["F06", "empty"], "make no other code"),
+        (["F06", "K11", "S19", "V22"], "no 'empty' class"),
+    ):
+        model = tmp_path / "m.bnn"
+        net = random_bn_model_for("tiny", len(labels))
+        model.write_bytes(pack_model(untrained_checkpoint("tiny", labels), net))
+        out = subprocess.run(
+            [
+                sys.executable,
+                "tools/generalisation",
+                "foreign",
+                str(model),
+                "--work",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+        assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def random_bn_model_for(arch: str, classes: int):
+    import torch
+
+    from host.models import BinaryNet
+
+    torch.manual_seed(1)
+    return BinaryNet(arch, classes).eval()
