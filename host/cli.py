@@ -378,6 +378,11 @@ def _pack_any(args) -> int:
     if args.out.endswith(".bsd") or args.delta_from:
         return _pack_delta(args, path, ckpt, model)
     stream = args.out.endswith(".pranc")
+    if args.data is not None and not stream:  # taken silently, a mistyped folder went unseen
+        raise BinsortError(
+            "--data measures the prefixes of a .pranc, .bsc or .bsd stream; %s is a .bnn, "
+            "which has none (drop --data)" % args.out
+        )
     if ckpt.get("param", "bnn") == "pranc":
         from host.pack_pranc import pack_pranc, pack_pranc_bnn
 

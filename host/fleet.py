@@ -16,6 +16,7 @@ that device's store, and ships it with no payload: the device takes the bytes fr
 """
 
 import concurrent.futures
+import http.client
 import json
 import os
 import threading
@@ -23,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 
-from protocol.errors import BinsortError
+from protocol.errors import BinsortError, bounded
 
 STATUS_TIMEOUT_S = 5.0
 WATCH_POLL_S = 1.0
@@ -79,7 +80,7 @@ def read_history(path: str) -> list:
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(entry, dict):
             out.append(entry)
@@ -111,9 +112,13 @@ def get_json(url: str, timeout: float = STATUS_TIMEOUT_S):
         why = getattr(e, "reason", None) or e
         why = getattr(why, "strerror", None) or why
         raise BinsortError("%s did not answer: %s" % (url, why)) from None
+    except (ValueError, http.client.InvalidURL) as e:  # a control character, a bad port
+        raise BinsortError("%r is not a status URL: %s" % (url, e)) from None
+    except http.client.HTTPException as e:  # a peer that answers, but not in HTTP
+        raise BinsortError("%s did not answer in HTTP: %s" % (url, bounded(e, 80))) from None
     try:
         return json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):  # a device answers what it likes
         raise BinsortError("%s did not answer with JSON" % url) from None
 
 

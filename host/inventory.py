@@ -47,6 +47,8 @@ class Inventory:
     # -- reading ----------------------------------------------------------------------------
 
     def host(self, name: str, variables: dict, group: str) -> None:
+        if not name.isprintable() or any(c.isspace() for c in name):  # a binary file, say
+            raise BinsortError("%s: %r is not a host name" % (self.path, name[:40]))
         self.host_vars.setdefault(name, {}).update(variables)
         hosts = self.group(group)["hosts"]
         if name not in hosts:

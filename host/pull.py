@@ -62,7 +62,7 @@ def _check_sidecar(raw: bytes, name: str) -> dict:
             ok = ok and f["name"].endswith((".pgm", ".ppm")) and "/" not in f["name"]
             ok = ok and isinstance(f["bytes"], int) and 0 < f["bytes"] <= 64 << 20
             ok = ok and isinstance(f["sha256"], str) and len(f["sha256"]) == 64
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     return meta if ok else None
 

@@ -26,7 +26,7 @@ from host.allocator import keep_freed_memory
 from host.config import TrainConfig, resolve
 from host.models import BinaryNet, arch_spec
 from host.pranc import PrancNet
-from protocol.errors import BinsortError
+from protocol.errors import BinsortError, bounded
 
 
 def load_split(items: list, size: int) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -369,7 +369,7 @@ def _teacher_phase(
         except Exception as e:  # the phase's file is gone or damaged: its own error
             raise BinsortError(
                 "--resume %s: its teacher (%s) cannot be read (%s): start the run afresh"
-                % (out_dir, TEACHER_FILE, str(e).splitlines()[0])
+                % (out_dir, TEACHER_FILE, bounded(e))
             ) from None
         taught = saved["metrics"]
     else:
@@ -735,7 +735,7 @@ def read_resume(run: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files
-        raise BinsortError("cannot read %s: %s" % (path, str(e).splitlines()[0])) from None
+        raise BinsortError("cannot read %s: %s" % (path, bounded(e))) from None
     if not isinstance(state, dict) or state.get("format") != "binsort-resume-1":
         raise BinsortError("%s is not a binsort training state" % path)
     return state
@@ -812,6 +812,8 @@ def load_checkpoint(path: str) -> "tuple[dict, BinaryNet]":
         raise BinsortError("no such checkpoint: %s" % path) from None
     except OSError as e:
         raise BinsortError("cannot read checkpoint %s: %s" % (path, e.strerror or e)) from None
+    if not head:
+        raise BinsortError("checkpoint %s is empty (a copy that did not finish?)" % path)
     what = what_it_is(head)
     if what is not None and "PyTorch" not in what:
         raise BinsortError(
@@ -823,9 +825,7 @@ def load_checkpoint(path: str) -> "tuple[dict, BinaryNet]":
     except FileNotFoundError:
         raise BinsortError("no such checkpoint: %s" % path) from None
     except Exception as e:  # torch raises many types for foreign or damaged files
-        raise BinsortError(
-            "cannot read checkpoint %s: %s" % (path, str(e).splitlines()[0])
-        ) from None
+        raise BinsortError("cannot read checkpoint %s: %s" % (path, bounded(e))) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "binsort-checkpoint-1":
         raise BinsortError("%s is not a binsort training checkpoint" % path)
     model = build_model(ckpt)
@@ -833,8 +833,7 @@ def load_checkpoint(path: str) -> "tuple[dict, BinaryNet]":
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise BinsortError(
-            "checkpoint %s does not match architecture %r: %s"
-            % (path, ckpt["arch"], str(e).splitlines()[0])
+            "checkpoint %s does not match architecture %r: %s" % (path, ckpt["arch"], bounded(e))
         ) from None
     model.eval()
     return ckpt, model

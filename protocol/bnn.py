@@ -506,7 +506,7 @@ def read_bnn(data: bytes) -> BnnModel:
     _check(all(t == b"LAYR" for t in tags[1:-2]), "unknown sections between META and GOLD")
     try:
         meta = json.loads(sections[0][2].decode("utf-8"))
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RuntimeError, MemoryError):  # RuntimeError: nested too deep
         raise FormatError("not a valid .bnn model: META is not UTF-8 JSON") from None
     check_meta(meta)
     layers = [_parse_layer(s[2], i) for i, s in enumerate(sections[1:-2])]

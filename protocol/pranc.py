@@ -223,7 +223,7 @@ class StreamReader:
             _check(tag == b"HEAD", "the first record is %r, not HEAD" % (tag,))
             try:
                 head = json.loads(payload.decode("utf-8"))
-            except (ValueError, UnicodeError):
+            except (ValueError, UnicodeError, RuntimeError, MemoryError):  # or nested too deep
                 raise FormatError("not a valid .pranc stream: HEAD is not UTF-8 JSON") from None
             _check_head(head)
             self.head = head

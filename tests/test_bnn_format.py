@@ -187,6 +187,21 @@ def test_random_byte_mutations_give_clean_errors_or_a_valid_model(tiny_model, da
     assert model.layers[-1].kind == bnn.DENSE_OUT  # anything accepted is a whole model
 
 
+def test_meta_nested_past_the_recursion_limit_is_a_format_error(tiny_model):
+    """A file whose sections and hash are whole but whose META nests deeper than the JSON
+    parser's recursion limit (RecursionError, not a ValueError) is refused like any bad META."""
+    data, at, parts = tiny_model[1], struct.calcsize(bnn._HEADER), []
+    while at < len(data):  # each section's tag and payload, as stored
+        tag, length = struct.unpack_from(bnn._SECTION, data, at)
+        start = at + struct.calcsize(bnn._SECTION)
+        parts.append((tag, data[start : start + length]))
+        at = start + length + 4
+    layers = [payload for tag, payload in parts if tag == b"LAYR"]
+    forged = bnn.assemble(b"[" * 5000 + b"]" * 5000, layers, *parts[-2])
+    with pytest.raises(FormatError, match="META is not UTF-8 JSON"):
+        bnn.read_bnn(forged)
+
+
 def test_a_model_without_golden_inputs_is_refused(tiny_model):
     model = bnn.read_bnn(tiny_model[1])
     with pytest.raises(FormatError, match="GOLD holds no inputs"):

@@ -211,6 +211,36 @@ def test_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
     code, _, err = run("pack", str(tmp_path / "x.pt"), "--out", str(tmp_path / "m.bnn"))
     assert_clean_error(code, err, "cannot read checkpoint")
     assert not (tmp_path / "m.bnn").exists()
+    (tmp_path / "x.pt").write_bytes(b"")  # a copy that did not finish
+    for command in (
+        ["pack", str(tmp_path / "x.pt"), "--out", str(tmp_path / "m.bnn")],
+        [
+            "train",
+            "--init",
+            str(tmp_path / "x.pt"),
+            "--data",
+            "synth",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    ):
+        code, _, err = run(*command)
+        assert_clean_error(code, err, "x.pt is empty")
+
+
+def test_pack_refuses_data_it_would_not_use(trained_run, tmp_path):
+    """--data measures a stream's prefixes; for a .bnn it used to be dropped without a word,
+    so a mistyped folder (or one given in the belief it changes the model) went unseen."""
+    code, _, err = run(
+        "pack",
+        str(trained_run / "run"),
+        "--data",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "m.bnn"),
+    )
+    assert_clean_error(code, err, "--data measures the prefixes of a .pranc, .bsc or .bsd")
+    assert not (tmp_path / "m.bnn").exists()
 
 
 def test_unknown_architecture_is_a_one_line_error(tmp_path):

@@ -392,6 +392,25 @@ def test_config_mistakes_are_one_line_errors_at_start(station, edit, message):
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_a_config_that_is_not_utf8_text_is_a_one_line_error(station):
+    """tomllib decodes the whole file before parsing, and its UnicodeDecodeError is not a
+    TOMLDecodeError: a model or a Latin-1 file given as the config."""
+    path = station["tmp"] / "edge.toml"
+    for text in (b'[model]\nstore = "caf\xe9"\n', b"BSNN\x01\x00\x03\x00\xe7\x89"):
+        path.write_bytes(text)
+        for command in (["run"], ["capture", "--dir", str(station["tmp"] / "cap")]):
+            out = subprocess.run(
+                EDGE + command + ["--config", str(path)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=60,
+            )
+            assert out.returncode == 2, out.stderr
+            assert "not valid TOML: not UTF-8 text" in out.stderr, out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 def test_a_daemon_whose_config_uses_no_gpio_runs_without_gpiozero(station):
     install(station, 1)
     env = env_without(station["tmp"], "gpiozero")

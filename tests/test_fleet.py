@@ -316,6 +316,7 @@ def test_inventory_mistakes_name_the_file_and_line(tmp_path):
         "[line]\npi-1 port\n": "line 2: host variables are NAME=VALUE",
         "[line]\npi-[3:1]\n": "is empty",
         "# nothing\n": "lists no hosts",
+        "BSNN\x01\x00\x03META\n": "is not a host name",  # a model given as the inventory
     }
     for text, message in cases.items():
         path = tmp_path / "inv.ini"
@@ -359,7 +360,7 @@ def static_status(document):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps(document).encode()
+            body = document if isinstance(document, bytes) else json.dumps(document).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -419,23 +420,54 @@ def test_a_canary_that_never_starts_the_model_stops_the_rollout(tmp_path, tiny_m
     assert SlotStore(stores[1]).summary()["active"] is None  # the rest did not
 
 
+def babbler():
+    """A TCP server on 127.0.0.1 that answers every connection with a line that is not HTTP
+    (an sshd on the status port, say); .close() when done."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
 def test_fleet_status_shows_a_device_that_does_not_answer_or_answers_nonsense(tmp_path):
     odd = static_status({"model": ["not", "a", "model"], "boxes": "many"})
+    deep = static_status(b"[" * 5000 + b"]" * 5000)  # past the JSON parser's recursion limit
+    ssh = babbler()
     try:
         inv = tmp_path / "inv.ini"
         inv.write_text(
             "gone binsort_status=http://127.0.0.1:%d\nodd binsort_status=http://127.0.0.1:%d\n"
-            % (free_port(), odd.server_address[1])
+            "deep binsort_status=http://127.0.0.1:%d\nctl binsort_status='http://a\x07b:1'\n"
+            "ssh binsort_status=http://127.0.0.1:%d\n"
+            % (free_port(), odd.server_address[1], deep.server_address[1], ssh.getsockname()[1])
         )
         out = subprocess.run(
             HOST + ["fleet", "status", "-i", str(inv)], capture_output=True, text=True, cwd=ROOT
         )
     finally:
         odd.shutdown()
+        deep.shutdown()
+        ssh.close()
     assert out.returncode == 0 and out.stderr == "", out.stderr
-    assert "\ngone    unreachable " in out.stdout and "0 of 2 devices answered" in out.stdout
+    assert "\ngone    unreachable " in out.stdout and "0 of 5 devices answered" in out.stdout
     assert "\nodd     odd answer   " in out.stdout
     assert "is not a binsort status (model)" in out.stdout
+    assert "/status.json did not answer with JSON" in out.stdout  # the deep one
+    assert "is not a status URL" in out.stdout  # a control character in the URL
+    assert "did not answer in HTTP" in out.stdout  # the sshd
 
 
 def test_on_a_terminal_each_device_keeps_one_line_redrawn_in_place():

@@ -162,6 +162,18 @@ def test_bad_headers_give_clean_errors(stream, edit, message):
         read_pranc(_with_head(data, edit))
 
 
+def test_a_head_nested_past_the_recursion_limit_is_a_format_error(stream):
+    """JSON nested deeper than the parser's recursion limit raises RecursionError (a
+    RuntimeError, in MicroPython too), which is not a ValueError: it must not escape."""
+    _, data, _ = stream
+    recs = records(data)
+    deep = fmt.record(b"HEAD", b"[" * 5000 + b"]" * 5000)
+    out = fmt.header() + deep + data[recs[0][2] :]
+    done = records(out)[-1]
+    with pytest.raises(FormatError, match="HEAD is not UTF-8 JSON"):
+        read_pranc(out[: done[1]] + fmt.done_record(out[: done[1]]))
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_a_fixed_part_that_is_not_a_number_is_refused_in_one_line(stream, value):
     """FIXD's floats (BatchNorm statistics, biases) must be finite: a NaN would turn into

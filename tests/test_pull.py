@@ -93,7 +93,7 @@ def edit_sidecar(ring: str, name: str, change) -> None:
 
 
 def test_half_written_damaged_and_hostile_captures_never_land(device):
-    fill_ring(device["ring"], 4)
+    fill_ring(device["ring"], 5)
     ring = device["ring"]
     names = sorted(f[:-5] for f in os.listdir(ring) if f.endswith(".json") and f != "ring.json")
     os.remove(os.path.join(ring, names[0] + ".json"))  # half written: no sidecar yet
@@ -104,8 +104,10 @@ def test_half_written_damaged_and_hostile_captures_never_land(device):
     edit_sidecar(
         ring, names[3], lambda meta: meta["files"]["input"].update(name="../../../outside.pgm")
     )
+    with open(os.path.join(ring, names[4] + ".json"), "wb") as f:  # past JSON's recursion limit
+        f.write(b"[" * 5000 + b"]" * 5000)
     counts = pull(device["url"], device["out"], device["opts"], log=lambda line: None)
-    assert counts["pulled"] == 1 and counts["damaged"] == 2
+    assert counts["pulled"] == 1 and counts["damaged"] == 3
     assert pulled_images(device["out"]) == {"_unlabelled": [names[2] + ".pgm"]}
     assert not os.path.exists(os.path.join(os.path.dirname(device["out"]), "outside.pgm"))
     assert os.listdir(os.path.join(device["out"], ".partial")) == []

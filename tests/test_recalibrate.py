@@ -373,3 +373,13 @@ def test_an_edge_config_checks_the_schedule(tmp_path):
         check_config(dict(base, recalibrate={"every_h": 1, "frames": 10}))
     with pytest.raises(BinsortError, match='keep = "all"'):
         check_config(dict(base, capture={"keep": "doubtful"}, recalibrate={"every_h": 1}))
+
+
+def test_sidecars_that_cannot_be_read_are_skipped(tmp_path):
+    """The ring's sidecars are the device's own, but a card can garble them: one that is not
+    JSON, or JSON nested past the parser's recursion limit, is passed over, not a crash."""
+    good = {"label": "F06"}
+    (tmp_path / "00000001-20261204T010000Z.json").write_text(json.dumps(good))
+    (tmp_path / "00000002-20261204T010001Z.json").write_bytes(b"[" * 5000 + b"]" * 5000)
+    (tmp_path / "00000003-20261204T010002Z.json").write_bytes(b"\x00\xff")
+    assert recalibration._sidecars(str(tmp_path)) == [("00000001-20261204T010000Z", good)]

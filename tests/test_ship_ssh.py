@@ -151,6 +151,24 @@ def test_ssh_errors_are_one_line_with_status_2(device, change, message):
     assert SlotStore(device["store"]).summary()["active"] is None
 
 
+def test_ssh_files_that_are_not_keys_are_one_line_errors(device, tmp_path):
+    """paramiko reads known_hosts and key files as UTF-8 text and lets UnicodeDecodeError
+    (and, for a known_hosts line it cannot parse, InvalidHostKey) out of its own errors."""
+    binary = tmp_path / "binary"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    odd_line = tmp_path / "odd_known_hosts"
+    odd_line.write_text("[127.0.0.1]:22 ssh-rsa AAAA!!!notbase64\n")
+    for over, message in (
+        ({"known_hosts": str(binary)}, "cannot read known_hosts"),
+        ({"known_hosts": str(odd_line)}, "cannot read known_hosts"),
+        ({"ssh_key": str(binary)}, "cannot use ssh key"),
+    ):
+        out = _ship_cli(device, **over)
+        assert out.returncode == 2, out.stderr
+        assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert SlotStore(device["store"]).summary()["active"] is None
+
+
 def test_ssh_closed_port_and_changed_host_key_are_named(device, sshd, tmp_path):
     with pytest.raises(BinsortError, match="cannot connect"):
         ssh.ship("ssh://u@127.0.0.1:%d/x" % free_port(), b"", b"", device["opts"])

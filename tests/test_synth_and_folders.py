@@ -46,6 +46,26 @@ def test_folder_without_class_folders_is_a_clean_error(tmp_path):
         labelled_images(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (b'{"labels": [1, "cat"]}', "labels must be a list of names"),
+        (b'{"labels": NaN}', "labels must be a list of names"),
+        (b"[" * 5000 + b"]" * 5000, "RecursionError"),  # nested past the parser's limit
+        (b"\x89PNG\r\n", "cannot read"),
+        (b'{"labels": ["cat", "cow"]}', "lists labels"),
+    ],
+)
+def test_a_damaged_labels_json_is_a_clean_error(tmp_path, text, message):
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            (tmp_path / split / label).mkdir(parents=True)
+            (tmp_path / split / label / "0.png").write_bytes(b"")
+    (tmp_path / "labels.json").write_bytes(text)
+    with pytest.raises(BinsortError, match=message):
+        dataset_splits(str(tmp_path))
+
+
 def test_a_code_height_band_draws_the_set_and_is_recorded_and_a_96_net_gets_its_own(tmp_path):
     """`data synth --code-height` draws every styled frame from the band and says so in
     labels.json; `train --data synth` draws first96s's set with its band (10-35%), the

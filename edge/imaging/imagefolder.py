@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 
-from protocol.errors import BinsortError
+from protocol.errors import BinsortError, bounded
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 TEST_FRACTION = 0.2
@@ -69,10 +69,12 @@ def dataset_splits(folder: str) -> "tuple[list, list, list]":
         declared = os.path.join(folder, "labels.json")
         if os.path.exists(declared):
             try:
-                with open(declared) as f:
+                with open(declared, encoding="utf-8") as f:
                     order = json.load(f)["labels"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise BinsortError("cannot read %s: %s" % (declared, e)) from None
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+                raise BinsortError("cannot read %s: %s" % (declared, bounded(e))) from None
+            if not isinstance(order, list) or not all(isinstance(x, str) for x in order):
+                raise BinsortError("%s: labels must be a list of names" % declared)
             if sorted(order) != sorted(labels):
                 raise BinsortError(
                     "%s lists labels %s but train/ has %s" % (declared, order, labels)

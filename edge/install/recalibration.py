@@ -37,7 +37,7 @@ def _sidecars(folder: str) -> list:
         try:
             with open(os.path.join(folder, name + ".json")) as f:
                 out.append((name, json.load(f)))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue  # evicted meanwhile, or not a sidecar
     return out
 

@@ -257,4 +257,6 @@ def load_config(path: str) -> dict:
         raise BinsortError("cannot read config %s: %s" % (path, e.strerror)) from None
     except tomllib.TOMLDecodeError as e:
         raise BinsortError("config %s is not valid TOML: %s" % (path, e)) from None
+    except UnicodeError:  # tomllib decodes the whole file first, outside its own errors
+        raise BinsortError("config %s is not valid TOML: not UTF-8 text" % path) from None
     return check_config(raw)

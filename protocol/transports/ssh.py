@@ -14,7 +14,7 @@ is uploaded.
 import os
 import shlex
 
-from protocol.errors import BinsortError
+from protocol.errors import BinsortError, bounded
 from protocol.session import RemoteError
 from protocol.transports import after_scheme
 
@@ -49,10 +49,10 @@ def connect(url: str, options: dict):
     client = paramiko.SSHClient()
     try:
         client.load_host_keys(known)
-    except (OSError, paramiko.SSHException) as e:
+    except Exception as e:  # OSError, text that is not UTF-8, a line paramiko cannot parse
         raise BinsortError(
             "cannot read known_hosts %s (%s): add the device's host key first, after checking "
-            "its fingerprint: ssh-keyscan -p %d %s >> %s" % (known, e, port, host, known)
+            "its fingerprint: ssh-keyscan -p %d %s >> %s" % (known, bounded(e), port, host, known)
         ) from None
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     key = options.get("ssh_key")
@@ -90,6 +90,10 @@ def connect(url: str, options: dict):
                 "ssh-keyscan -p %d %s >> %s" % (target, known, port, host, known)
             ) from None
         raise BinsortError("SSH to %s failed: %s" % (target, e)) from None
+    except ValueError as e:  # a key file that is not text: paramiko lets UnicodeError out
+        client.close()
+        which = "ssh key %s" % key if key else "the ssh keys in ~/.ssh"
+        raise BinsortError("cannot use %s: %s" % (which, bounded(e))) from None
     except OSError as e:
         client.close()
         raise BinsortError(
@@ -121,7 +125,7 @@ def _remote(client, options: dict, args: list) -> dict:
         raise RemoteError("the device refused the model: %s" % last.split("error: ", 1)[-1])
     try:
         return json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         raise BinsortError("unexpected answer from the device: %r" % out[-200:]) from None
 
 
