@@ -269,16 +269,29 @@ BASE_CONFIG = {
         ("actuator", "lead_ms", 200.0, "less than pulse_ms"),
         ("source", "url", "sim:?sped=8", "unknown parameter 'sped' \\(parameters: speed, gap"),
         ("source", "url", "folder:/x?fsp=2", "unknown parameter 'fsp' \\(parameters: fps, loop\\)"),
+        # values, checked at start: a source that fails is retried for ever, as a camera is
+        ("source", "url", "sim:?size=abc", "size='abc' is not a number"),
+        ("source", "url", "sim:?size=100000", "size must be at most 1024"),
+        ("source", "url", "sim:?fps=nan", "not a finite number"),
+        ("source", "url", "picamera2:?size=64", "size must be WIDTHxHEIGHT"),
+        ("source", "url", "picamera2:?hflip=2", "hflip must be 0 or 1"),
+        ("source", "url", "folder:/nonexistent/frames", "no such file or folder"),
+        # past what any timer takes (threading's waits overflow past about 9.2e9 s)
+        ("actuator", "camera_to_diverter_m", 1e300, "camera_to_diverter_m must be at most"),
+        ("actuator", "belt_speed_mps", 1e-300, "belt_speed_mps must be at least"),
+        ("actuator", "pulse_ms", 1e12, "pulse_ms must be at most"),
+        ("status", "save_every_s", 1e300, "save_every_s must be at most"),
+        ("recalibrate", "every_h", 1e12, "every_h must be at most"),
     ],
 )
 def test_config_values_that_are_not_finite_or_in_range_are_refused(section, key, value, message):
     from edge.line.config import check_config
-    from edge.line.sources import parse_url
+    from edge.line.sources import check_url
 
     raw = {k: dict(v) for k, v in BASE_CONFIG.items()}
     raw.setdefault(section, {})[key] = value
     with pytest.raises(BinsortError, match=message):
-        parse_url(check_config(raw)["source"]["url"])  # what the daemon checks at start
+        check_url(check_config(raw)["source"]["url"])  # what the daemon checks at start
 
 
 def test_bare_addresses_are_taken_as_they_are():

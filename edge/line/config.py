@@ -133,7 +133,32 @@ def _positive(cfg, section, key):
         raise BinsortError("config [%s] %s must be positive" % (section, key))
 
 
+# the largest value that is still a setting rather than a slip (and that every timer takes:
+# threading's waits overflow past about 9.2e9 seconds); a key not here is bounded otherwise
+MAXIMA = {
+    ("model", "trial_seconds"): 7 * 86400.0,
+    ("source", "retry_max_s"): 3600.0,
+    ("actuator", "belt_speed_mps"): 100.0,
+    ("actuator", "camera_to_diverter_m"): 1000.0,
+    ("actuator", "pulse_ms"): 60000.0,
+    ("receiver", "first_frame_s"): 3600.0,
+    ("recalibrate", "every_h"): 8760.0,
+    ("status", "save_every_s"): 86400.0,
+    ("status", "summary_every_s"): 86400.0,
+    ("capture", "max_mb"): 1 << 30,
+    ("capture", "min_free_mb"): 1 << 30,
+}
+MINIMA = {("actuator", "belt_speed_mps"): 0.001}  # metres a second; a box's delay divides by it
+
+
 def _check_values(cfg) -> None:
+    for (section, key), high in MAXIMA.items():
+        value = (cfg[section] or {}).get(key)
+        if value is not None and value > high:
+            raise BinsortError("config [%s] %s must be at most %s" % (section, key, high))
+    for (section, key), low in MINIMA.items():
+        if cfg[section][key] < low:
+            raise BinsortError("config [%s] %s must be at least %s" % (section, key, low))
     for section, key in (
         ("model", "trial_boxes"),
         ("model", "trial_seconds"),

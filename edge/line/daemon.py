@@ -31,7 +31,7 @@ from edge.line.actuators import make_actuator
 from edge.line.decide import BoxTracker, LaneMap
 from edge.line.notify import Watchdog, notify
 from edge.line.pixel_eye import PixelEye
-from edge.line.sources import open_source, parse_url
+from edge.line.sources import check_url, open_source
 from edge.line.status import Counters, StatusServer
 from protocol.errors import BinsortError, FormatError, bounded
 
@@ -73,7 +73,7 @@ class Daemon:
         self.events = collections.deque(maxlen=200)  # installs, swaps, rollbacks
         lanes_cfg = cfg["lanes"]
         self.lanes = LaneMap(lanes_cfg["map"], lanes_cfg["reject"], cfg["decide"]["min_confidence"])
-        parse_url(cfg["source"]["url"])  # an unknown scheme fails before any device is opened
+        check_url(cfg["source"]["url"])  # a bad scheme or value fails before a device is opened
         use_factory(cfg["gpio"]["pin_factory"] if cfg["gpio"] else None)
         self.eye = None
         eye_pin = None

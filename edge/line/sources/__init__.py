@@ -50,17 +50,30 @@ def parse_url(url: str) -> "tuple[str, str, dict]":
     return scheme, rest, params
 
 
-def number(params: dict, key: str, default, kind=float, low=None, what="source"):
-    """params[key] as `kind`, or `default`; BinsortError naming the key if it is not one."""
+def number(params: dict, key: str, default, kind=float, low=None, what="source", high=None):
+    """params[key] as `kind`, or `default`; BinsortError naming the key if it is not one (or
+    not a finite one, or outside [low, high])."""
     if key not in params:
         return default
     try:
         value = kind(params[key])
     except ValueError:
         raise BinsortError("%s: %s=%r is not a number" % (what, key, params[key])) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise BinsortError("%s: %s=%r is not a finite number" % (what, key, params[key]))
     if low is not None and value < low:
         raise BinsortError("%s: %s must be at least %s" % (what, key, low))
+    if high is not None and value > high:
+        raise BinsortError("%s: %s must be at most %s" % (what, key, high))
     return value
+
+
+def check_url(url: str) -> None:
+    """Everything about `url` that can be known without opening a camera: the scheme, the
+    parameters' names and their values. The daemon calls it at start, so a mistyped number
+    is a one-line error then, not a source that fails and is retried for ever."""
+    scheme, rest, params = parse_url(url)
+    importlib.import_module("edge.line.sources." + SCHEMES[scheme]).check(rest, params)
 
 
 def open_source(url: str, **kwargs):

@@ -136,5 +136,13 @@ class CameraSource:
             pass
 
 
+def check(rest: str, params: dict) -> None:
+    """The URL's values, checked as opening the camera would, without opening it."""
+    _size(params)
+    camera_controls(params)
+    for key in ("hflip", "vflip"):
+        _choice(params, key, ("0", "1"))
+
+
 def open_source(rest: str, params: dict, **kwargs):
     return CameraSource(params, kwargs.get("picamera2_module"), kwargs.get("libcamera_module"))

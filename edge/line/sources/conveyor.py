@@ -46,21 +46,21 @@ VARY_PERIOD_S = 20.0
 
 class ConveyorSimulator:
     def __init__(self, params: dict, eye_pin=None):
-        self.size = number(params, "size", 100, int, 32, "sim")
+        self.size = number(params, "size", 100, int, 32, "sim", 1024)
         self.seed = number(params, "seed", 0, int, 0, "sim")
         self.limit = number(params, "boxes", 0, int, 0, "sim")
-        self.fps = number(params, "fps", 0.0, float, 0.0, "sim")
-        self.rate = self.fps or number(params, "rate", 30.0, float, 1.0, "sim")
-        self.view_m = number(params, "view", 0.25, float, 0.01, "sim")
+        self.fps = number(params, "fps", 0.0, float, 0.0, "sim", 1000)
+        self.rate = self.fps or number(params, "rate", 30.0, float, 1.0, "sim", 1000)
+        self.view_m = number(params, "view", 0.25, float, 0.01, "sim", 100)
         self.m_per_px = self.view_m / self.size
-        speed = number(params, "speed", 8.0, float, 0.5, "sim")  # pixels a frame
+        speed = number(params, "speed", 8.0, float, 0.5, "sim", 1024)  # pixels a frame
         self.belt_mps = number(
-            params, "belt", speed * self.rate * self.m_per_px, float, 0.01, "sim"
+            params, "belt", speed * self.rate * self.m_per_px, float, 0.01, "sim", 100
         )
         self.vary = number(params, "vary", 0.0, float, 0.0, "sim")
         if self.vary >= 0.9:
             raise BinsortError("sim: vary is a fraction of the belt speed, below 0.9")
-        self.latency = number(params, "latency", 0.0, float, 0.0, "sim") / 1000.0
+        self.latency = number(params, "latency", 0.0, float, 0.0, "sim", 10000) / 1000.0
         self.virtual = not self.fps
         self.t = None  # the time the last frame was taken (sim clock)
         low, _, high = params.get("gap", "0.6-1.6").partition("-")
@@ -221,6 +221,11 @@ class ConveyorSimulator:
 
     def close(self) -> None:
         pass
+
+
+def check(rest: str, params: dict) -> None:
+    """The URL's values: the simulator is cheap to make, so it is made and dropped."""
+    ConveyorSimulator(params)
 
 
 def open_source(rest: str, params: dict, **kwargs):

@@ -17,7 +17,7 @@ class FolderSource:
         self.paths = image_files([path]) if path else []
         if not self.paths:
             raise BinsortError("folder:%s holds no images" % path)
-        self.fps = number(params, "fps", 0.0, float, 0.0, "folder")
+        self.fps = number(params, "fps", 0.0, float, 0.0, "folder", 1000)
         self.loop = params.get("loop", "0") not in ("0", "false", "no")
         self.index = 0  # the next file to read
         self.frames = 0  # frames returned
@@ -50,6 +50,12 @@ class FolderSource:
 
     def close(self) -> None:
         pass
+
+
+def check(rest: str, params: dict) -> None:
+    """The URL's values, and the folder: one that does not exist or holds no images is a
+    mistake in the config, not a camera to wait for."""
+    FolderSource(rest, params)
 
 
 def open_source(rest: str, params: dict, **kwargs):
