@@ -15,6 +15,7 @@ from protocol.version import show_defaults, version_line
 # `binsort train --data synth`: 5,000 images a label for 36 epochs read better than 3,000 for 60
 # at the same time (13 1/3 minutes on 2 cores; docs/training-notes.md section 5, fourth round)
 SYNTH_COUNT = 5000
+MAX_SYNTH_SIDE = 1024  # frames are drawn at twice the side: 2048x2048 in float64 is 32 MB
 
 
 PACK_SUFFIXES = (".bnn", ".pranc", ".bsc", ".bsd")
@@ -91,8 +92,13 @@ def _synth(args) -> int:
     styles = parse_styles(args.styles)
     code_height = parse_code_height(args.code_height)
     codes = check_codes(args.codes)
-    if args.count < 2 or args.size < 16:
-        raise BinsortError("--count must be at least 2 and --size at least 16")
+    if args.count < 2:
+        raise BinsortError("--count must be at least 2")
+    if not 16 <= args.size <= MAX_SYNTH_SIDE:
+        raise BinsortError(
+            "--size must be 16 to %d pixels (the nets read 64 to 144; a frame is drawn at "
+            "twice its side)" % MAX_SYNTH_SIDE
+        )
     check_out_folder(args.out)
     total = args.count * (len(codes) + 1)
     bars = not args.quiet and sys.stderr.isatty()  # a log gets the result, not every step

@@ -75,6 +75,10 @@ def parse_styles(text: "str | None") -> "tuple | None":
     if text.strip() == "all":
         return tuple(STYLES)
     names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise BinsortError(
+            "--styles %r names no style (choose from %s, or all)" % (text, ", ".join(STYLES))
+        )
     unknown = [n.lstrip("-") for n in names if n.lstrip("-") not in STYLES]
     if unknown:
         raise BinsortError(

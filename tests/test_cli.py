@@ -285,6 +285,9 @@ def test_every_bad_host_argument_is_one_line_before_any_work_and_writes_nothing(
         (["data", "synth", "--codes", "empty,B2", "--out", str(out)], "no code"),
         (["data", "synth", "--codes", "a/b", "--out", str(out)], "not a box code"),
         (["data", "synth", "--count", "2", "--out", str(a_file)], "is a file"),
+        # a side past any net's once asked numpy for (2 x side)^2 float64s: 298 GiB
+        (["data", "synth", "--count", "2", "--size", "100000", "--out", str(out)], "16 to 1024"),
+        (["data", "synth", "--styles", ",", "--out", str(out)], "names no style"),
     ]
     if not torch.cuda.is_available():
         cases.append(
