@@ -9,6 +9,8 @@ import sys
 from protocol.errors import BinsortError, run_cli
 from protocol.version import show_defaults, version_line
 
+MAX_BENCH_BATCH = 4096  # images a bench batch classifies at once
+
 
 def _classify(args) -> int:
     from edge.engine import load_engine
@@ -47,6 +49,8 @@ def _bench(args) -> int:
 
     if args.runs < 1 or args.batch < 1:
         raise BinsortError("--runs and --batch must be at least 1")
+    if args.batch > MAX_BENCH_BATCH:  # each image is a model input in memory, several times
+        raise BinsortError("--batch must be at most %d" % MAX_BENCH_BATCH)
     report = bench(args.model, args.runs, args.batch, args.portable)
     print(json.dumps(report) if args.json else format_bench(report))
     return 0
@@ -67,6 +71,8 @@ def _setup(args) -> int:
 def _store(args) -> int:
     from edge.install.store import DEFAULT_MAX_BYTES, SlotStore
 
+    if args.max_bytes is not None and args.max_bytes < 1:  # 0 was taken as the default
+        raise BinsortError("--max-bytes must be at least 1")
     if args.init:
         store = SlotStore.init(args.store, args.trust, args.max_bytes or DEFAULT_MAX_BYTES)
     elif args.trust or args.max_bytes:
@@ -123,8 +129,11 @@ def _receive(args) -> int:
     from edge.install.receiver import FIRST_FRAME, serve_link, serve_listener
 
     first_frame = FIRST_FRAME if args.first_frame is None else args.first_frame
-    if not first_frame > 0:
-        raise BinsortError("--first-frame must be a positive number of seconds")
+    if not 0 < first_frame <= 3600:  # also NaN; past an hour it is a slip (and timers overflow)
+        raise BinsortError("--first-frame must be a positive number of seconds, at most 3600")
+    accuracy = args.pranc_min_accuracy
+    if accuracy is not None and not 0 <= accuracy <= 1:  # also NaN
+        raise BinsortError("--pranc-min-accuracy must be between 0 and 1, not %s" % accuracy)
     store = _open_store(args)
     log = _log(args.quiet)
     store.on_refusal = log  # refusals on the console too (at most 20 lines a minute)
@@ -199,10 +208,16 @@ def _install(args) -> int:
     return 0
 
 
+def _check_max_frames(args) -> None:
+    if args.max_frames is not None and args.max_frames < 1:
+        raise BinsortError("--max-frames must be at least 1")
+
+
 def _run(args) -> int:
     from edge.line.config import load_config
     from edge.line.daemon import run_daemon
 
+    _check_max_frames(args)
     cfg = load_config(args.config)
     daemon = run_daemon(cfg, _log(args.quiet), args.max_frames)
     if args.report:
@@ -217,6 +232,7 @@ def _capture(args) -> int:
     from edge.line.config import check_capture, load_config
     from edge.line.daemon import watch_and_capture
 
+    _check_max_frames(args)
     cfg = load_config(args.config)
     cap = dict(cfg["capture"] or {"dir": None, "doubt_below": 0.9, "min_free_mb": 100.0})
     cap.update(dir=args.dir, max_mb=args.max_mb, keep=args.keep, full_frame=args.full_frame)

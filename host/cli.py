@@ -639,6 +639,8 @@ def _demo(args) -> int:
 
     if args.boxes < 3:
         raise BinsortError("--boxes must be at least 3")
+    if args.count is not None and args.count < 2:  # 0 was taken as "the default" unsaid
+        raise BinsortError("--count must be at least 2")
     report = run_demo(
         args.out, args.arch, args.count, args.epochs, args.seed, quiet=args.json, boxes=args.boxes
     )

@@ -139,8 +139,8 @@ def check(cfg: TrainConfig) -> None:
         raise BinsortError("--epochs must be at least 1: %d" % cfg.epochs)
     if cfg.batch_size < 1:
         raise BinsortError("--batch-size must be at least 1: %d" % cfg.batch_size)
-    if not cfg.lr > 0:
-        raise BinsortError("--lr must be positive: %g" % cfg.lr)
+    if not 0 < cfg.lr < float("inf"):  # inf trained on, a NaN model in the end
+        raise BinsortError("--lr must be a positive number: %g" % cfg.lr)
     if not 0 <= cfg.binarize_ramp <= 1:
         raise BinsortError("--binarize-ramp must be between 0 and 1: %g" % cfg.binarize_ramp)
     if cfg.precision not in PRECISIONS:

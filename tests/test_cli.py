@@ -288,6 +288,10 @@ def test_every_bad_host_argument_is_one_line_before_any_work_and_writes_nothing(
         # a side past any net's once asked numpy for (2 x side)^2 float64s: 298 GiB
         (["data", "synth", "--count", "2", "--size", "100000", "--out", str(out)], "16 to 1024"),
         (["data", "synth", "--styles", ",", "--out", str(out)], "names no style"),
+        (
+            ["demo", "--count", "0", "--out", str(out)],
+            "--count must be at least 2",
+        ),  # not "default"
     ]
     if not torch.cuda.is_available():
         cases.append(

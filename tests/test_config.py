@@ -57,7 +57,9 @@ def test_fine_tuning_keeps_the_checkpoints_arch_and_estimator_and_its_own_defaul
     [
         ({"epochs": 0}, "--epochs must be at least 1"),
         ({"batch_size": 0}, "--batch-size must be at least 1"),
-        ({"lr": -1.0}, "--lr must be positive"),
+        ({"lr": -1.0}, "--lr must be a positive number"),
+        ({"lr": float("inf")}, "--lr must be a positive number"),
+        ({"lr": float("nan")}, "--lr must be a positive number"),
         ({"binarize_ramp": 2.0}, "--binarize-ramp must be between 0 and 1"),
         ({"real_weight": 1.0}, "real-image weight must be between 0 and 1"),
         ({"arch": "nope"}, "unknown architecture"),

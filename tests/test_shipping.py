@@ -514,6 +514,34 @@ def test_receiver_with_a_missing_store_or_port_in_use_fails_cleanly(tmp_path, de
         assert out.stderr.count("\n") == 1 and "--first-frame must be a positive" in out.stderr
 
 
+def test_edge_options_out_of_range_are_one_line_before_any_work(device, tmp_path):
+    """Numbers each of these took without a word: an accuracy of 2 or NaN (then listened for
+    ever), a first frame of 1e300 s (past what a timer takes), --max-bytes 0 (taken as the
+    default), a ring of NaN MB (a traceback), a bench batch of 1e8 images (memory), negative
+    frame counts (ran, then stopped at once with status 0)."""
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        '[model]\nstore = "%s"\n[source]\nurl = "sim:?size=64&fps=200"\n'
+        '[lanes]\nreject = "reject"\nmap = { F06 = "left" }\n' % device["store"]
+    )
+    listen = ["receive", "--listen", "tcp://127.0.0.1:0", "--store", device["store"], "--once"]
+    cases = [
+        (listen + ["--pranc-min-accuracy", "2"], "between 0 and 1"),
+        (listen + ["--pranc-min-accuracy", "nan"], "between 0 and 1"),
+        (listen + ["--first-frame", "1e300"], "at most 3600"),
+        (["store", "--store", str(tmp_path / "s"), "--init", "--max-bytes", "0"], "at least 1"),
+        (["bench", "--model", device["model"], "--batch", "100000000"], "at most 4096"),
+        (["run", "--config", str(config), "--max-frames", "-1"], "--max-frames"),
+        (["capture", "--config", str(config), "--dir", str(tmp_path / "c"), "--max-mb", "nan"],
+         "max_mb must be positive"),
+    ]  # fmt: skip
+    for args, words in cases:
+        out = subprocess.run(EDGE + args, capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.count("\n") == 1 and words in out.stderr, (args, out.stderr)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+
+
 def test_store_reports_its_state_as_json(device):
     out = subprocess.run(
         EDGE + ["store", "--store", device["store"], "--json"],

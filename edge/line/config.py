@@ -264,9 +264,11 @@ def _check_address(url, section: str, key: str, parse) -> None:
 def check_capture(cap: "dict | None") -> None:
     if cap is None:
         return
-    if cap["max_mb"] <= 0:
-        raise BinsortError("config [capture] max_mb must be positive")
-    if cap["min_free_mb"] < 0:
+    if not 0 < cap["max_mb"] <= MAXIMA[("capture", "max_mb")]:  # also NaN, from --max-mb
+        raise BinsortError(
+            "config [capture] max_mb must be positive, at most %d" % MAXIMA[("capture", "max_mb")]
+        )
+    if not cap["min_free_mb"] >= 0:
         raise BinsortError("config [capture] min_free_mb must not be negative")
     if cap["keep"] not in ("all", "doubtful"):
         raise BinsortError("config [capture] keep must be all or doubtful, not %r" % cap["keep"])
