@@ -126,11 +126,13 @@ def _log(quiet: bool):
 
 
 def _receive(args) -> int:
-    from edge.install.receiver import FIRST_FRAME, serve_link, serve_listener
+    from edge.install.receiver import FIRST_FRAME, FIRST_FRAME_MAX, serve_link, serve_listener
 
     first_frame = FIRST_FRAME if args.first_frame is None else args.first_frame
-    if not 0 < first_frame <= 3600:  # also NaN; past an hour it is a slip (and timers overflow)
-        raise BinsortError("--first-frame must be a positive number of seconds, at most 3600")
+    if not 0 < first_frame <= FIRST_FRAME_MAX:  # also NaN
+        raise BinsortError(
+            "--first-frame must be a positive number of seconds, at most %d" % FIRST_FRAME_MAX
+        )
     accuracy = args.pranc_min_accuracy
     if accuracy is not None and not 0 <= accuracy <= 1:  # also NaN
         raise BinsortError("--pranc-min-accuracy must be between 0 and 1, not %s" % accuracy)

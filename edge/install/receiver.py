@@ -141,6 +141,7 @@ class StoreSink:
 IDLE_TIMEOUT = 60.0  # seconds without a valid frame before a connection is dropped
 SESSION_DEADLINE = 900.0  # seconds one TCP connection may last, however busy
 FIRST_FRAME = 10.0  # seconds a new TCP peer has to send its first valid frame
+FIRST_FRAME_MAX = 3600.0  # past an hour it is a slip (and timers overflow past ~9.2e9 s)
 MAX_SESSIONS = 4  # TCP connections served at once; more are closed at once
 
 

@@ -5,7 +5,7 @@ completely before anything starts. Every mistake is one line naming the key and 
 import math
 import tomllib
 
-from edge.install.receiver import FIRST_FRAME
+from edge.install.receiver import FIRST_FRAME, FIRST_FRAME_MAX
 from protocol.errors import BinsortError
 from protocol.transports import serialport, tcp
 
@@ -141,7 +141,7 @@ MAXIMA = {
     ("actuator", "belt_speed_mps"): 100.0,
     ("actuator", "camera_to_diverter_m"): 1000.0,
     ("actuator", "pulse_ms"): 60000.0,
-    ("receiver", "first_frame_s"): 3600.0,
+    ("receiver", "first_frame_s"): FIRST_FRAME_MAX,
     ("recalibrate", "every_h"): 8760.0,
     ("status", "save_every_s"): 86400.0,
     ("status", "summary_every_s"): 86400.0,

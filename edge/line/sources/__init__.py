@@ -9,6 +9,7 @@ loop); it raises BinsortError when the camera fails, and the daemon retries with
 """
 
 import importlib
+import math
 
 from protocol.errors import BinsortError
 from protocol.transports import split_query
@@ -59,7 +60,7 @@ def number(params: dict, key: str, default, kind=float, low=None, what="source",
         value = kind(params[key])
     except ValueError:
         raise BinsortError("%s: %s=%r is not a number" % (what, key, params[key])) from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise BinsortError("%s: %s=%r is not a finite number" % (what, key, params[key]))
     if low is not None and value < low:
         raise BinsortError("%s: %s must be at least %s" % (what, key, low))
