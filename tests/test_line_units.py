@@ -282,6 +282,8 @@ BASE_CONFIG = {
         ("actuator", "pulse_ms", 1e12, "pulse_ms must be at most"),
         ("status", "save_every_s", 1e300, "save_every_s must be at most"),
         ("recalibrate", "every_h", 1e12, "every_h must be at most"),
+        ("receiver", "pranc_min_accuracy", 2.0, "pranc_min_accuracy must be between 0 and 1"),
+        ("receiver", "pranc_min_accuracy", -0.5, "pranc_min_accuracy must be between 0 and 1"),
     ],
 )
 def test_config_values_that_are_not_finite_or_in_range_are_refused(section, key, value, message):

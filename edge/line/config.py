@@ -193,6 +193,10 @@ def _check_values(cfg) -> None:
         raise BinsortError("config [status] reject_alarm must be between 0 and 1")
     if not 0 <= cfg["decide"]["min_confidence"] <= 1:
         raise BinsortError("config [decide] min_confidence must be between 0 and 1")
+    # the share of a .pranc's self-test a prefix must read, as receive --pranc-min-accuracy
+    accuracy = (cfg["receiver"] or {}).get("pranc_min_accuracy")
+    if accuracy is not None and not 0 <= accuracy <= 1:
+        raise BinsortError("config [receiver] pranc_min_accuracy must be between 0 and 1")
     if cfg["decide"]["timing"] not in ("image", "model"):
         raise BinsortError(
             "config [decide] timing must be image (the centre line's pixels) or model (the "
