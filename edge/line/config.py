@@ -149,6 +149,13 @@ MAXIMA = {
     ("capture", "min_free_mb"): 1 << 30,
 }
 MINIMA = {("actuator", "belt_speed_mps"): 0.001}  # metres a second; a box's delay divides by it
+# shares from 0 to 1; pranc_min_accuracy is receive --pranc-min-accuracy's (a .pranc prefix's
+# self-test accuracy), in an optional section
+SHARES = (
+    ("status", "reject_alarm"),
+    ("decide", "min_confidence"),
+    ("receiver", "pranc_min_accuracy"),
+)
 
 
 def _check_values(cfg) -> None:
@@ -189,14 +196,10 @@ def _check_values(cfg) -> None:
             "config [actuator] lead_ms must be at least 0 and less than pulse_ms (the pulse "
             "must still be on when the box's centre arrives)"
         )
-    if not 0 <= cfg["status"]["reject_alarm"] <= 1:
-        raise BinsortError("config [status] reject_alarm must be between 0 and 1")
-    if not 0 <= cfg["decide"]["min_confidence"] <= 1:
-        raise BinsortError("config [decide] min_confidence must be between 0 and 1")
-    # the share of a .pranc's self-test a prefix must read, as receive --pranc-min-accuracy
-    accuracy = (cfg["receiver"] or {}).get("pranc_min_accuracy")
-    if accuracy is not None and not 0 <= accuracy <= 1:
-        raise BinsortError("config [receiver] pranc_min_accuracy must be between 0 and 1")
+    for section, key in SHARES:
+        value = (cfg[section] or {}).get(key)
+        if value is not None and not 0 <= value <= 1:
+            raise BinsortError("config [%s] %s must be between 0 and 1" % (section, key))
     if cfg["decide"]["timing"] not in ("image", "model"):
         raise BinsortError(
             "config [decide] timing must be image (the centre line's pixels) or model (the "
