@@ -21,8 +21,9 @@ from protocol.prng import mix32, stream_key
 
 MAGIC = b"BSNN"
 VERSION_MAJOR = 1
-# 1.1 adds GSEE (seeded self-test inputs), 1.2 the layers' NORM, 1.3 int16 thresholds; all read
-VERSION_MINOR = 3
+# 1.1 adds GSEE (seeded self-test inputs), 1.2 the layers' NORM, 1.3 int16 thresholds, 1.4
+# max-pools wider than 2x2; all read
+VERSION_MINOR = 4
 
 CONV_U8 = 1  # real-weight (int8) convolution on 8-bit pixels: the first layer
 BCONV = 2  # binary convolution, packed weights, integer thresholds
@@ -37,6 +38,7 @@ _GOLD = "<HHHH"  # count, height, width, classes
 _GSEE = "<IHHHH"  # seed, count, height, width, classes
 FLAG_NORM = 1  # a layer's flags: its BatchNorm ratios follow the flips (format 1.2)
 FLAG_T16 = 2  # a layer's flags: its thresholds are stored as int16, not int32 (format 1.3)
+_POOL_AT = 16  # offset of the pool byte in a layer's header
 _FLAGS_AT = 17  # offset of the flags byte in a layer's header
 _KIND_FLAGS = {DENSE_OUT: (0,), CONV_U8: (0, FLAG_NORM)}  # the flags each kind may have (else
 # a binary layer's: NORM, int16 thresholds, or both)
@@ -278,6 +280,8 @@ def assemble(meta_bytes: bytes, layer_payloads: list, gold_tag: bytes, gold_payl
         minor = 2
     if any(p[_FLAGS_AT] & FLAG_T16 for p in layer_payloads):
         minor = 3
+    if any(p[_POOL_AT] > 2 for p in layer_payloads):
+        minor = 4
     body = struct.pack(_HEADER, MAGIC, VERSION_MAJOR, minor, len(sections) + 1)
     body += b"".join(sections)
     return body + section(b"HASH", hashlib.sha256(body).digest())
@@ -311,7 +315,7 @@ def check_geometry(layer: Layer, index: int) -> None:
     _check(layer.cin > 0 and layer.cout > 0, "layer %d has an empty shape" % index)
     if layer.is_conv:
         _check(
-            layer.k > 0 and layer.stride > 0 and layer.pad < layer.k and layer.pool in (1, 2),
+            layer.k > 0 and layer.stride > 0 and layer.pad < layer.k and layer.pool >= 1,
             "layer %d has bad convolution geometry" % index,
         )
         oh, ow = layer.out_shape()

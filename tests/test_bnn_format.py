@@ -276,3 +276,26 @@ def test_a_net_the_format_cannot_hold_is_refused_in_one_line_before_packing(monk
     ckpt = {"arch": "odd", "labels": LABELS, "model_id": "odd", "created": 0}
     with pytest.raises(BinsortError, match="12 binary inputs, not a multiple of 8"):
         pack_model(ckpt, net)
+
+
+def test_a_pool_wider_than_two_is_format_1_4_and_only_it(monkeypatch, tiny_model):
+    """bcnn144m pools by 3: its file says 1.4, so a binsort that predates 1.4 refuses it by its
+    geometry, while a model whose pools are all 2x2 keeps the lowest minor its contents need
+    (1.3); a pool of 0, or one wider than its map, is a format error, not a division by zero."""
+    import host.archs as ha
+    from host.pack import pack_model
+    from tests.conftest import checkpoint_for, lively_model
+
+    three = {"input": 32, "stem": {"cout": 16, "k": 3, "stride": 2, "pool": 1}}
+    monkeypatch.setitem(ha.ARCHS, "three", dict(three, convs=[(16, 3), (16, 1)], dense=[16]))
+    data = pack_model(checkpoint_for("three"), lively_model("three"))
+    assert struct.unpack_from("<HH", data, 4) == (1, 4)
+    model = bnn.read_bnn(data)
+    assert [layer.pool for layer in model.layers[:3]] == [1, 3, 1]
+    assert model.layers[1].out_shape() == (5, 5) and model.layers[2].in_h == 5  # 16 // 3
+    assert struct.unpack_from("<HH", tiny_model[1], 4) == (1, 3)
+    layer = bnn.read_bnn(tiny_model[1]).layers[1]
+    for pool, words in ((0, "bad convolution geometry"), (layer.in_h + 1, "empty output")):
+        layer.pool = pool
+        with pytest.raises(FormatError, match=words):
+            bnn.check_geometry(layer, 1)

@@ -307,7 +307,7 @@ def test_every_bad_host_argument_is_one_line_before_any_work_and_writes_nothing(
 def test_both_command_lines_tell_their_version_and_formats():
     for module, prog in (("host.cli", "binsort"), ("edge.cli", "binsort-edge")):
         code, out, _ = run("--version", module=module)
-        assert code == 0 and out.startswith(prog + " ") and ".bnn format 1.3" in out
+        assert code == 0 and out.startswith(prog + " ") and ".bnn format 1.4" in out
 
 
 def test_no_progress_bar_into_a_pipe(tmp_path):

@@ -79,11 +79,14 @@ def test_classify_says_which_engine_and_falls_back_to_numpy(tmp_path, tiny_model
     assert rows["best"] == rows["scalar"] == rows["numpy"]
 
 
-@pytest.mark.parametrize("stem_pool", [2, 1])
-def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch, stem_pool):
+@pytest.mark.parametrize(
+    "stem_pool, pools", [(2, (1, 2, 1)), (1, (1, 2, 1)), (1, (3, 1, 1)), (3, (1, 1, 1))]
+)
+def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch, stem_pool, pools):
     """Packed pixels of 1, 2, 3 and 5 bytes (each takes another patch-copy path), maps with odd
-    sides under 2x2 pooling, and a first layer too narrow for the 16-channel SIMD stem; with
-    the input layer pooled, and not (as bcnn96h's)."""
+    sides under 2x2 and 3x3 pooling (11x11 pooled by 3 leaves two rows and columns over), and a
+    first layer too narrow for the 16-channel SIMD stem; with the input layer pooled, and not
+    (as bcnn96h's)."""
     from host.models import ARCHS
     from host.pack import pack_model
     from host.reference import reference_scores
@@ -95,7 +98,7 @@ def test_every_engine_agrees_on_odd_channel_counts_and_map_sizes(monkeypatch, st
         {
             "input": 21,
             "stem": {"cout": 24, "k": 3, "stride": 2, "pool": stem_pool},
-            "convs": [(16, 1), (40, 2), (8, 1)],
+            "convs": list(zip((16, 40, 8), pools, strict=True)),
             "dense": [24],
             "epochs": 1,
             "demo_count": 1,

@@ -278,3 +278,35 @@ def test_pgm_reader_names_what_is_wrong():
     ]:
         with pytest.raises(FormatError, match=message):
             read_pgm(data)
+
+
+def test_micropython_pools_by_three_as_numpy_does(tmp_path, monkeypatch):
+    """A p x p max-pool wider than 2x2 (format 1.4, bcnn144m's stage 2), on the input layer and
+    on a binary conv, over maps whose sides 3 does not divide: the same integers as numpy."""
+    import torch
+
+    import host.archs as ha
+    from host.models import BinaryNet
+    from host.pack import pack_model
+    from tests.conftest import checkpoint_for
+
+    spec = {"input": 40, "stem": {"cout": 16, "k": 3, "stride": 2, "pool": 1}}
+    monkeypatch.setitem(ha.ARCHS, "three", dict(spec, convs=[(16, 3), (24, 1)], dense=[16]))
+    torch.manual_seed(4)
+    data = pack_model(checkpoint_for("three"), BinaryNet("three", 5).eval())
+    model = read_bnn(data)
+    assert [layer.pool for layer in model.layers[:3]] == [1, 3, 1]
+    model_path = tmp_path / "three.bnn"
+    model_path.write_bytes(data)
+    images = box_inputs(10, 40)
+    want = NumpyEngine(model).scores(images)
+    assert len({tuple(r) for r in want.tolist()}) >= 8  # the images really differ here
+    out = subprocess.run(
+        [CLASSIFY, str(model_path), *_write_inputs(tmp_path, images)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert np.array_equal(np.array([r["int_scores"] for r in rows]), want)

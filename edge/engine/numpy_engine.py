@@ -3,9 +3,10 @@
 Activations between layers are bit-packed along the channel axis (bit 1 = -1, least significant
 bit first, so bytes read as little-endian words are the words of docs/format.md). A binary layer
 computes each dot product of two +-1 vectors of length n as n - 2 * popcount(a XOR w), compares
-it with the layer's integer threshold and writes packed bits; 2x2 max-pooling then works on the
-packed words: a -1 survives only where all four inputs are -1 (AND), except in channels whose
-threshold is flipped, where the pooled max of the accumulator is the min of the bits (OR).
+it with the layer's integer threshold and writes packed bits; max-pooling then works on the
+packed words: a -1 survives only where every input of the window is -1 (AND), except in
+channels whose threshold is flipped, where the pooled max of the accumulator is the min of the
+bits (OR).
 Every number is an integer until the output layer's one float scale.
 On numpy >= 2 the popcounts are np.bitwise_count, laid out so that the sum over words adds
 whole (pixels, channels) slabs. numpy 1.24 (Raspberry Pi OS bookworm) has no bitwise_count;
@@ -103,15 +104,20 @@ class _Prepared:
         return pack_signs(_pad_to_bytes((pops >= self.pop_thresholds) ^ self.flips))
 
     def pool_acc(self, acc: np.ndarray, pick=np.maximum) -> np.ndarray:
-        """2x2 stride-2 max-pool of the accumulators (N, H, W, cout), before the threshold.
-        Equal to pooling the thresholded bits: max(acc) < T is AND of the bits, and in flipped
-        channels its negation is OR. Four times fewer thresholds to pack. Popcounts pool with
-        np.minimum (acc falls as the popcount grows)."""
-        if self.layer.pool == 1:
+        """p x p stride-p max-pool (floor) of the accumulators (N, H, W, cout), before the
+        threshold. Equal to pooling the thresholded bits: max(acc) < T is AND of the bits, and
+        in flipped channels its negation is OR. p*p times fewer thresholds to pack. Popcounts
+        pool with np.minimum (acc falls as the popcount grows)."""
+        p = self.layer.pool
+        if p == 1:
             return acc
-        h, w = acc.shape[1] // 2 * 2, acc.shape[2] // 2 * 2
-        top = pick(acc[:, 0:h:2, 0:w:2], acc[:, 0:h:2, 1:w:2])
-        return pick(top, pick(acc[:, 1:h:2, 0:w:2], acc[:, 1:h:2, 1:w:2]))
+        h, w = acc.shape[1] // p * p, acc.shape[2] // p * p
+        out = acc[:, 0:h:p, 0:w:p]
+        for dy in range(p):
+            for dx in range(p):
+                if dy or dx:
+                    out = pick(out, acc[:, dy:h:p, dx:w:p])
+        return out
 
 
 def pad_map(x: np.ndarray, pad: int) -> np.ndarray:

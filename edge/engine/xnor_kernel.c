@@ -7,7 +7,7 @@
  * Layouts are the numpy engine's: a binary map is (n, h, w, bytes) with channel c at bit c%8 of
  * byte c/8 (1 = -1); binary weights are (cout, k*k*cin/8) bytes in (ky, kx, cin) order;
  * thresholds are int32 and flips one bit per channel. An output bit is (acc < T) ^ flip, and
- * a 2x2 max-pool is AND of the four bits, OR in flipped channels.
+ * a p x p max-pool is AND of its bits, OR in flipped channels.
  *
  * Binary convolution: for each output row, the k x k patches of that row are copied into a
  * small buffer of machine words (a row-sized im2col, zero-padded to whole words: zero bits are
@@ -71,18 +71,24 @@ static void threshold_pixel(const int32_t *acc, int cout, const int32_t *thr,
     }
 }
 
-/* 2x2 stride-2 max-pool of packed maps (n, h, w, nb) -> (n, h/2, w/2, nb) */
-static void pool2(const uint8_t *in, int n, int h, int w, int nb, const uint8_t *flips,
-                  uint8_t *out) {
-    int ho = h / 2, wo = w / 2;
+/* p x p stride-p max-pool of packed maps (n, h, w, nb) -> (n, h/p, w/p, nb), floor: AND of the
+ * p*p bits, OR in flipped channels */
+static void pool_bits(const uint8_t *in, int n, int h, int w, int nb, int p, const uint8_t *flips,
+                      uint8_t *out) {
+    int ho = h / p, wo = w / p;
     for (int i = 0; i < n; i++)
         for (int y = 0; y < ho; y++)
             for (int x = 0; x < wo; x++) {
-                const uint8_t *a = in + (((size_t)i * h + 2 * y) * w + 2 * x) * nb;
-                const uint8_t *b = a + nb, *c = a + (size_t)w * nb, *d = c + nb;
+                const uint8_t *a = in + (((size_t)i * h + p * y) * w + p * x) * nb;
                 uint8_t *o = out + (((size_t)i * ho + y) * wo + x) * nb;
                 for (int k = 0; k < nb; k++) {
-                    uint8_t all = a[k] & b[k] & c[k] & d[k], any = a[k] | b[k] | c[k] | d[k];
+                    uint8_t all = 0xff, any = 0;
+                    for (int dy = 0; dy < p; dy++)
+                        for (int dx = 0; dx < p; dx++) {
+                            uint8_t v = a[((size_t)dy * w + dx) * nb + k];
+                            all &= v;
+                            any |= v;
+                        }
                     o[k] = (uint8_t)((all & ~flips[k]) | (any & flips[k]));
                 }
             }
@@ -231,7 +237,7 @@ int bs_conv_u8(const uint8_t *in, int n, int h, int w, const int8_t *weights, in
     }
     free(cen);
     if (pool > 1) {
-        pool2(conv, n, ho, wo, nb, flips, out);
+        pool_bits(conv, n, ho, wo, nb, pool, flips, out);
         free(conv);
     }
     free(acc);
@@ -552,7 +558,8 @@ int bs_bconv(const uint8_t *in, int n, int h, int w, int cin, const word_t *wwor
 #endif
             bconv_rows(&job, 0, ho, patch, acc);
         if (pool > 1)
-            pool2(conv, 1, ho, wo, nb, flips, out + (size_t)i * (ho / 2) * (wo / 2) * nb);
+            pool_bits(conv, 1, ho, wo, nb, pool, flips,
+                      out + (size_t)i * (ho / pool) * (wo / pool) * nb);
         else
             memcpy(out + (size_t)i * ho * wo * nb, conv, (size_t)ho * wo * nb);
     }

@@ -76,15 +76,31 @@ class _Layer:
         return v ^ self.flips
 
     def pool(self, rows: list) -> list:
-        if self.layer.pool == 1:
+        p = self.layer.pool
+        if p == 1:
             return rows
+        if p == 2:  # the common case, unrolled (MicroPython runs this per pixel)
+            out = []
+            for y in range(0, len(rows) // 2 * 2, 2):
+                r0, r1 = rows[y], rows[y + 1]
+                row = []
+                for x in range(0, len(r0) // 2 * 2, 2):
+                    a, b, c, d = r0[x], r0[x + 1], r1[x], r1[x + 1]
+                    row.append(((a & b & c & d) & self.keep) | ((a | b | c | d) & self.flips))
+                out.append(row)
+            return out
         out = []
-        for y in range(0, len(rows) // 2 * 2, 2):
-            r0, r1 = rows[y], rows[y + 1]
+        for y in range(0, len(rows) // p * p, p):
+            window = rows[y : y + p]
             row = []
-            for x in range(0, len(r0) // 2 * 2, 2):
-                a, b, c, d = r0[x], r0[x + 1], r1[x], r1[x + 1]
-                row.append(((a & b & c & d) & self.keep) | ((a | b | c | d) & self.flips))
+            for x in range(0, len(rows[y]) // p * p, p):
+                all_ = self.keep
+                any_ = 0
+                for r in window:
+                    for v in r[x : x + p]:
+                        all_ &= v
+                        any_ |= v
+                row.append(all_ | (any_ & self.flips))
             out.append(row)
         return out
 
