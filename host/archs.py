@@ -90,10 +90,11 @@ ARCHS = {
     # bcnn144 at 72x72 maps through stages 1 and 2, not 48x48: a 5x5 input conv at stride 2,
     # and stage 2 pooled by 3 (format 1.4), so its last convs and dense layers are bcnn144's.
     # For a user with more time than the default's 15 minutes: at 32 epochs on the default's
-    # data, own test 0.974 against 0.966 and codes 8-10% of the frame 0.935 against 0.890, in
-    # 1.7 times the time (three times bcnn144's epochs read 0.975 in 3.3 times); the
-    # renderers' mean 0.993 and 0.992 against 0.990 and 0.987 at the demo's epochs, two seeds.
-    # At equal time it is behind, so not the default (training notes, section 5, 37th round)
+    # data, own test 0.974 and 0.979 against 0.966 and 0.970 (two seeds) and codes 8-10% of
+    # the frame 0.93 against 0.89, in 1.7-1.8 times the time (three times bcnn144's epochs
+    # read 0.975 in 3.3 times); the renderers level on their mean, but pallets 0.976 against
+    # 0.988 at seed 1. At equal time it is behind, so not the default (training notes,
+    # section 5, 37th round)
     "bcnn144m": {
         "input": 144,
         "synth_size": 150,
