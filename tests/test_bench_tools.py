@@ -20,6 +20,24 @@ def tool(name: str, *args, env=None, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
 
 
+def test_bench_engines_float_twins_pool_as_the_net_does():
+    """bcnn144m pools by 3: the numpy float32 twin must pool 3x3 too (it is checked against
+    torch's before anything is timed, and a mismatch is an error)."""
+    out = tool(
+        "bench-engines",
+        "--arch",
+        "bcnn144m",
+        "--runs",
+        "50",
+        "--skip-numpy124",
+        "--skip-onnxruntime",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r["engine"] for r in json.loads(out.stdout)["rows"]}
+    assert any(name.startswith("numpy float32") for name in rows), rows
+
+
 def test_bench_engines_json_has_every_row_and_the_popcount_paths():
     out = tool("bench-engines", *TINY_RUN, "--skip-numpy124", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
