@@ -72,6 +72,8 @@ def _bnn_report(model: bnn.BnnModel, data: bytes) -> dict:
         "layers": layers,
         "sections": sizes,
         "sha256_inside": model.sha256.hex(),
+        # the format version the file was written in: a device's binsort must read it
+        "format": "%d.%d" % struct.unpack_from("<HH", data, 4) if data is not None else None,
     }
 
 
@@ -143,7 +145,14 @@ def _format_bnn(r: dict, pad: str) -> list:
     if r.get("version_time"):
         version += " (%s)" % r["version_time"]
     out = [
-        pad + "model %s version %s, made %s" % (r["model_id"], version, r["created"]),
+        pad
+        + "model %s version %s, made %s%s"
+        % (
+            r["model_id"],
+            version,
+            r["created"],
+            ", .bnn format %s" % r["format"] if r.get("format") else "",
+        ),
         pad
         + "architecture %s, input %s, labels %s" % (r["arch"], r["input"], ", ".join(r["labels"])),
     ]

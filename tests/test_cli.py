@@ -1,6 +1,7 @@
 """The command lines: outputs on good input, one-line errors and status 2 on bad input."""
 
 import json
+import struct
 import subprocess
 import sys
 
@@ -371,12 +372,15 @@ def test_inspect_tells_what_a_model_holds(packed):
     model = bnn.read_bnn_file(str(packed))
     code, out, err = run("inspect", str(packed))
     assert code == 0, err
+    first_out = out
     assert "bnn, %d bytes" % packed.stat().st_size in out
     assert "labels F06, K11, S19, V22, empty" in out and "self-test: " in out
     assert out.count(" weight bytes") == len(model.layers) and "sections: META" in out
     code, out, _ = run("inspect", str(packed), "--json")
     report = json.loads(out)
     assert report["labels"] == model.labels and report["version"] == 1
+    written = "%d.%d" % struct.unpack_from("<HH", packed.read_bytes(), 4)
+    assert report["format"] == written and ", .bnn format %s" % written in first_out
     assert len(report["layers"]) == len(model.layers)
     # the sections and the 12-byte file header are the whole file
     assert sum(report["sections"].values()) + 12 == packed.stat().st_size
