@@ -73,7 +73,9 @@ def _bnn_report(model: bnn.BnnModel, data: bytes) -> dict:
         "sections": sizes,
         "sha256_inside": model.sha256.hex(),
         # the format version the file was written in: a device's binsort must read it
-        "format": "%d.%d" % struct.unpack_from("<HH", data, 4) if data is not None else None,
+        "format": "%d.%d" % struct.unpack_from(bnn._HEADER, data)[1:3]
+        if data is not None
+        else None,
     }
 
 

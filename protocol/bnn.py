@@ -500,13 +500,13 @@ def read_bnn(data: bytes) -> BnnModel:
     tag, hash_at, digest = sections[-1]
     _check(tag == b"HASH" and len(digest) == 32, "the last section is not the SHA-256")
     _check(hashlib.sha256(data[:hash_at]).digest() == digest, "SHA-256 mismatch")
-    if minor <= VERSION_MINOR:
-        return _read_content(sections)
-    # Whole as written (its hash holds) but from a newer writer: whatever this reader cannot
-    # take in it is most likely what the newer minor version added, so say so.
     try:
         return _read_content(sections)
     except FormatError as e:
+        if minor <= VERSION_MINOR:
+            raise
+        # Whole as written (its hash holds) but from a newer writer: whatever this reader
+        # cannot take in it is most likely what the newer minor version added, so say so.
         raise FormatError(
             "%s (the file is .bnn format %d.%d, this binsort reads up to %d.%d: upgrade binsort)"
             % (e, major, minor, VERSION_MAJOR, VERSION_MINOR)

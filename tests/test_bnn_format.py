@@ -188,15 +188,21 @@ def test_random_byte_mutations_give_clean_errors_or_a_valid_model(tiny_model, da
     assert model.layers[-1].kind == bnn.DENSE_OUT  # anything accepted is a whole model
 
 
-def test_meta_nested_past_the_recursion_limit_is_a_format_error(tiny_model):
-    """A file whose sections and hash are whole but whose META nests deeper than the JSON
-    parser's recursion limit (RecursionError, not a ValueError) is refused like any bad META."""
-    data, at, parts = tiny_model[1], struct.calcsize(bnn._HEADER), []
-    while at < len(data):  # each section's tag and payload, as stored
+def _stored_sections(data: bytes) -> list:
+    """[(tag, payload)] of each section of a `.bnn`, as stored."""
+    at, parts = struct.calcsize(bnn._HEADER), []
+    while at < len(data):
         tag, length = struct.unpack_from(bnn._SECTION, data, at)
         start = at + struct.calcsize(bnn._SECTION)
         parts.append((tag, data[start : start + length]))
         at = start + length + 4
+    return parts
+
+
+def test_meta_nested_past_the_recursion_limit_is_a_format_error(tiny_model):
+    """A file whose sections and hash are whole but whose META nests deeper than the JSON
+    parser's recursion limit (RecursionError, not a ValueError) is refused like any bad META."""
+    parts = _stored_sections(tiny_model[1])
     layers = [payload for tag, payload in parts if tag == b"LAYR"]
     forged = bnn.assemble(b"[" * 5000 + b"]" * 5000, layers, *parts[-2])
     with pytest.raises(FormatError, match="META is not UTF-8 JSON"):
@@ -305,12 +311,7 @@ def test_a_pool_wider_than_two_is_format_1_4_and_only_it(monkeypatch, tiny_model
 def _rewritten(data: bytes, minor: int, flags_of_layer_1: int) -> bytes:
     """`data` with its header's minor version and layer 1's flags byte set, CRCs and hash
     made whole again: what a newer, honest writer could produce."""
-    at, parts = struct.calcsize(bnn._HEADER), []
-    while at < len(data):
-        tag, length = struct.unpack_from(bnn._SECTION, data, at)
-        start = at + struct.calcsize(bnn._SECTION)
-        parts.append((tag, data[start : start + length]))
-        at = start + length + 4
+    parts = _stored_sections(data)
     layers = [bytearray(payload) for tag, payload in parts if tag == b"LAYR"]
     layers[1][bnn._FLAGS_AT] = flags_of_layer_1
     whole = bnn.assemble(parts[0][1], [bytes(p) for p in layers], *parts[-2])

@@ -75,6 +75,18 @@ def _write_inputs(tmp_path, images):
     return paths
 
 
+def _micropython_rows(tmp_path, model_path, images) -> list:
+    """tools/micropython-classify on `images` (written as PGM files): its JSON line for each."""
+    out = subprocess.run(
+        [CLASSIFY, str(model_path), *_write_inputs(tmp_path, images)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
 @pytest.fixture(scope="module")
 def lively_tiny():
     """An untrained tiny net with BatchNorm at its defaults: its scores vary from image to
@@ -96,14 +108,7 @@ def test_micropython_engine_gives_the_numpy_scores_on_50_images(tmp_path, lively
     images = box_inputs(50, model.input_shape[0])
     want = NumpyEngine(model).scores(images)
     assert len({tuple(r) for r in want}) == 50  # the images really differ for this model
-    out = subprocess.run(
-        [CLASSIFY, str(model_path), *_write_inputs(tmp_path, images)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr
-    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    rows = _micropython_rows(tmp_path, model_path, images)
     assert len(rows) == 50
     assert np.array_equal(np.array([r["int_scores"] for r in rows]), want)
     # and the same lines as binsort-edge classify, but for the path
@@ -301,12 +306,5 @@ def test_micropython_pools_by_three_as_numpy_does(tmp_path, monkeypatch):
     images = box_inputs(10, 40)
     want = NumpyEngine(model).scores(images)
     assert len({tuple(r) for r in want.tolist()}) >= 8  # the images really differ here
-    out = subprocess.run(
-        [CLASSIFY, str(model_path), *_write_inputs(tmp_path, images)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr
-    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    rows = _micropython_rows(tmp_path, model_path, images)
     assert np.array_equal(np.array([r["int_scores"] for r in rows]), want)

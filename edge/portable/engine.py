@@ -79,16 +79,6 @@ class _Layer:
         p = self.layer.pool
         if p == 1:
             return rows
-        if p == 2:  # the common case, unrolled (MicroPython runs this per pixel)
-            out = []
-            for y in range(0, len(rows) // 2 * 2, 2):
-                r0, r1 = rows[y], rows[y + 1]
-                row = []
-                for x in range(0, len(r0) // 2 * 2, 2):
-                    a, b, c, d = r0[x], r0[x + 1], r1[x], r1[x + 1]
-                    row.append(((a & b & c & d) & self.keep) | ((a | b | c | d) & self.flips))
-                out.append(row)
-            return out
         out = []
         for y in range(0, len(rows) // p * p, p):
             window = rows[y : y + p]
