@@ -48,25 +48,73 @@ def test_demo_trains_packs_and_the_edge_engine_computes_exactly_the_host_referen
     ).exists()
 
 
-@pytest.mark.slow(alone=True)
-def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
-    """The main job on its built-in defaults: bcnn144 on the styled synthetic set, 24 epochs.
+class _Drawn(Exception):
+    pass
 
-    Measured on 2 cores (docs/training-notes.md section 5, eighteenth to twenty-first rounds):
-    0.918 of the styled test images (binsort-synth-13, boxes with print but no code among the
-    empty frames; 0.945 from nine views; synth-12 0.908; synth-11, barcodes beside many codes,
-    0.902, synth-10 0.903, synth-9 0.920, synth-8 0.923; synth-7's codes 10-35% high read
-    0.969), all 300 boxes on the line right and none late; the demo alone 7 min 18 s with
-    synth-12 and table look-ups for its batches (8 min 25-57 s before), this test 476-558 s in
-    fresh-clone CI runs with synth-12 (631 s with synth-11) (the fifteenth round's took 16 min
-    21 s on a machine 1.6 times slower; 1,292 s on a CPU without AVX-512, training in float32,
-    twenty-seventh round, and the demo alone 25 min 46 s there at a slow hour, twenty-eighth). Issue
-    15's target for the default model, 0.995 on its own test set, is not met; the floors here
-    catch a regression, they claim nothing."""
+
+def test_the_demo_on_its_defaults_draws_3000_images_per_label_in_every_style_for_24_epochs(
+    monkeypatch, tmp_path
+):
+    """What `binsort demo` draws and trains on its built-in defaults, read where it is decided,
+    without drawing: the slow test below runs the same demo on fewer images to keep the suite
+    within its 15 minutes, so this is what holds the defaults themselves."""
+    from edge.imaging.code_styles import STYLES
+    from host import demo
+    from host.archs import DEFAULT_ARCH, synth_code_height, synth_size
+
+    seen = {}
+
+    def synthesise(data_dir, **kwargs):
+        seen.update(kwargs)
+
+    def train(data_dir, run_dir, config, **kwargs):
+        seen["config"] = config
+        raise _Drawn
+
+    monkeypatch.setattr(demo, "synthesise", synthesise)
+    monkeypatch.setattr(demo, "train", train)
+    with pytest.raises(_Drawn):
+        demo.run_demo(str(tmp_path), quiet=True)
+    assert seen["count"] == 3000 and seen["seed"] == 0
+    assert seen["styles"] == tuple(STYLES)
+    assert seen["size"] == synth_size(DEFAULT_ARCH) == 150
+    assert seen["code_height"] == synth_code_height(DEFAULT_ARCH)
+    assert seen["config"].arch == DEFAULT_ARCH == "bcnn144" and seen["config"].epochs == 24
+
+
+# The demo's test trains for two thirds of the demo's 24 epochs: on the demo's defaults it
+# took 582-613 s of a suite that went past its 15 minutes (2026-12-04); at 16 epochs the demo
+# took 443 s alone against 554 s at 24 the same hour. At 12 the net is still far from trained
+# (0.701 of the images, 0.71 of the boxes sorted right); the defaults themselves are held by
+# the test above (docs/training-notes.md section 5, thirty-eighth round).
+DEMO_TEST_EPOCHS = 16
+
+
+@pytest.mark.slow(alone=True)
+def test_demo_on_its_default_data_and_net_reads_the_styled_codes_and_sorts_the_line(tmp_path):
+    """The main job on the demo's data and net (bcnn144 on 3,000 styled synthetic images per
+    label), trained for DEMO_TEST_EPOCHS epochs.
+
+    Measured on 2 cores at 16 epochs (docs/training-notes.md section 5, thirty-eighth round):
+    0.886 of the styled test images, 0.917 from nine views, all 300 boxes on the line sorted
+    right and none late, the demo 443 s alone. At the demo's own 24 epochs the same hour: 0.917
+    and 0.949 in 554 s (earlier rounds: 0.908-0.923 on synth-8 to synth-13). Issue 15's target
+    for the default model, 0.995 on its own test set, is not met; the floors here catch a
+    regression, they claim nothing."""
     from host.models import DEFAULT_ARCH
 
     proc = subprocess.run(
-        [sys.executable, "-m", "host.cli", "demo", "--out", str(tmp_path), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "host.cli",
+            "demo",
+            "--epochs",
+            str(DEMO_TEST_EPOCHS),
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=2700,
@@ -74,11 +122,9 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["arch"] == DEFAULT_ARCH and report["n"] == 3000
-    assert report["image_accuracy"] >= 0.87  # 3 points under the measured, as before
-    # nine shifted and turned views of each image: 0.943 and 0.947 on two demo-sized models
-    # (twenty-seventh round; five shifted views read 0.935 of the landed model)
-    assert report["views"] == 9 and report["image_accuracy_views"] >= 0.91
-    # on the simulated line: one decision per box, and per box at least as good as per image
+    assert report["image_accuracy"] >= 0.85  # 3.6 points under the measured
+    # nine shifted and turned views of each image: 0.917 at 16 epochs (0.943-0.949 at 24)
+    assert report["views"] == 9 and report["image_accuracy_views"] >= 0.88
     assert report["boxes"] == 300 and report["missed"] == 0 and report["double"] == 0
     assert report["accuracy"] >= max(0.98, report["image_accuracy"])
     # and physically: every diverter on its box as the box passed it (issue 18)
@@ -101,7 +147,9 @@ def test_default_demo_reads_the_styled_codes_and_sorts_the_line(tmp_path):
     # synth-11: 0.905, 0.798, 0.897 (twentieth round); on synth-12: 0.908, 0.797, 0.885
     # (twenty-first round). Over these eight runs it landed from 0.2 points over to 2.3 under
     # the plain frames, each run one draw of a model; the floor, 3 points under, sits outside
-    # that spread (it was 2.5 until synth-12's 2.3) and still asks for most of the loss back
+    # that spread (it was 2.5 until synth-12's 2.3) and still asks for most of the loss back.
+    # At 16 epochs on synth-13: 0.875, washed out 0.714, recalibrated 0.859 (1.7 under; 24
+    # epochs the same hour: 0.909, 0.763, 0.907; thirty-eighth round)
     plain, washed, recalibrated = washed_out_and_recalibrated(tmp_path)
     assert plain - washed >= 0.05 and recalibrated >= plain - 0.03, (plain, washed, recalibrated)
 

@@ -31,7 +31,9 @@ def collected() -> list:
 
 def test_the_slow_tests_come_first_and_the_one_that_must_run_alone_last():
     ids = collected()
-    assert ids[-1].endswith("::test_default_demo_reads_the_styled_codes_and_sorts_the_line")
+    assert ids[-1].endswith(
+        "::test_demo_on_its_default_data_and_net_reads_the_styled_codes_and_sorts_the_line"
+    )
     first = {i.split("::")[0] for i in ids[:4]}
     assert first == {"tests/test_ansible.py", "tests/test_end_to_end.py", "tests/test_numpy124.py"}
     assert len(ids) == len(set(ids)) > 500
