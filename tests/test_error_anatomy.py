@@ -78,3 +78,54 @@ def test_the_tool_scores_a_model_and_says_a_bad_argument_in_one_line(tiny_model,
     ):
         bad = subprocess.run(run[:2] + args, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and said in bad.stderr
+
+
+def test_the_sheet_shows_each_misread_frame_twice_its_size_under_its_caption(tmp_path):
+    tool = _tool()
+    frames = [np.full((8, 8), v, dtype=np.uint8) for v in (10, 200, 90, 250)]
+    records = [
+        {"label": "F06", "decided": "K11", "right": False, "style": "stamp"},
+        {"label": "K11", "decided": "K11", "right": True, "style": "label"},
+        {"label": "empty", "decided": "S19", "right": False, "style": None, "print": "label"},
+        {"label": "V22", "decided": "F06", "right": False, "style": "carton"},
+    ]
+    for r in records:
+        r.update(height=0.12, sigmas=7.5)
+    probs = np.array([[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.2, 0.2]])
+    path = tmp_path / "errors.png"
+    assert tool.write_sheet(str(path), frames, records, probs, limit=2) == 2
+    from PIL import Image
+
+    sheet = np.asarray(Image.open(path).convert("L"))
+    side, top = 16, tool.CAPTION
+    assert sheet.shape == (side + top, tool.SHEET_COLUMNS * side)
+    # the first two misread frames (not the one read right), in the order drawn
+    assert (sheet[top:, :side] == 10).all() and (sheet[top:, side : 2 * side] == 90).all()
+    assert (sheet[top:, 2 * side :] == 0).all()
+    assert tool.caption(1, records[0], 0.7) == ("1  F06 -> K11  p 0.70", "stamp  h 12%  7.5 sigma")
+    assert tool.caption(2, records[2], 0.4)[1] == "empty, print: label"
+    assert os.listdir(tmp_path) == ["errors.png"]  # nothing half-written beside it
+    assert tool.write_sheet(str(tmp_path / "none.png"), frames[1:2], records[1:2], probs, 9) == 0
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_the_tool_writes_its_sheet_and_refuses_a_sheet_it_cannot_write(tiny_model, tmp_path):
+    path = tmp_path / "tiny.bnn"
+    path.write_bytes(tiny_model[1])
+    sheet = tmp_path / "errors.png"
+    run = [sys.executable, TOOL, str(path), "--count", "2", "--json"]
+    out = subprocess.run(
+        run + ["--sheet", str(sheet), "--sheet-max", "3"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    misread = sum(r["decided"] != r["label"] for r in report["records"])
+    assert report["sheet"] == {"path": str(sheet), "frames": min(3, misread)}
+    assert sheet.exists() == (misread > 0)
+    for args, said in (
+        (["--sheet", str(tmp_path / "no" / "e.png")], "its folder does not exist"),
+        (["--sheet", str(sheet), "--sheet-max", "0"], "--sheet-max"),
+    ):
+        bad = subprocess.run(run + args, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and said in bad.stderr
+    assert not (tmp_path / "no").exists()
