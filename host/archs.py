@@ -122,9 +122,10 @@ ARCHS = {
     },
     # bcnn144m with its last conv pooled too, as bcnn144s is bcnn144's: the dense layer reads
     # 3x3x64, not 6x6x64, so its .bnn is 43.4 KB, not 71.0, and a cascade carries it within
-    # issue 19's 64 KB. One seed at the default's data and epochs: own test 0.978 against
-    # bcnn144m's 0.979 and the default's 0.970, every renderer 0.996 or more (pallets 0.996
-    # against 0.976 and 0.988), in bcnn144m's time (training notes, section 5, 40th round)
+    # issue 19's 64 KB. At two seeds on the default's data and epochs: own test 0.978 and 0.975
+    # against bcnn144m's 0.979 and 0.974 and the default's 0.970 and 0.966, every renderer
+    # 0.994 or more (pallets 0.996 and 0.994 against bcnn144m's 0.976 and 0.986), in
+    # bcnn144m's time (training notes, section 5, 40th round)
     "bcnn144ms": {
         "input": 144,
         "synth_size": 150,
