@@ -56,7 +56,7 @@ def test_the_demo_on_its_defaults_draws_3000_images_per_label_in_every_style_for
     monkeypatch, tmp_path
 ):
     """What `binsort demo` draws and trains on its built-in defaults, read where it is decided,
-    without drawing: the slow test below runs the same demo on fewer images to keep the suite
+    without drawing: the slow test below runs the same demo for fewer epochs to keep the suite
     within its 15 minutes, so this is what holds the defaults themselves."""
     from edge.imaging.code_styles import STYLES
     from host import demo

@@ -9,9 +9,11 @@ import sys
 from importlib.machinery import SourceFileLoader
 
 import numpy as np
+import pytest
 
 from edge.imaging.box_images import PRINTED_STYLES, render
 from edge.imaging.code_styles import STYLES
+from protocol.errors import BinsortError
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TOOL = os.path.join(ROOT, "tools", "error-anatomy")
@@ -107,6 +109,11 @@ def test_the_sheet_shows_each_misread_frame_twice_its_size_under_its_caption(tmp
     assert os.listdir(tmp_path) == ["errors.png"]  # nothing half-written beside it
     assert tool.write_sheet(str(tmp_path / "none.png"), frames[1:2], records[1:2], probs, 9) == 0
     assert not (tmp_path / "none.png").exists()
+    # a sheet that cannot be written under its name is one clear error, with no part left
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(BinsortError, match="--sheet .*taken: cannot write it"):
+        tool.write_sheet(str(tmp_path / "taken"), frames, records, probs, 2)
+    assert sorted(os.listdir(tmp_path)) == ["errors.png", "taken"]
 
 
 def test_the_tool_writes_its_sheet_and_refuses_a_sheet_it_cannot_write(tiny_model, tmp_path):
