@@ -111,3 +111,46 @@ def test_an_oversized_image_is_a_clean_error_not_a_traceback(tmp_path, monkeypat
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 900 pixels: past twice the limit
     with pytest.raises(BinsortError, match="cannot read image .*huge.png.*decompression bomb"):
         load_image(str(tmp_path / "huge.png"))
+
+
+def _grey_png(path, width: int, height: int) -> None:
+    """A real grey PNG of width x height black pixels, written without holding them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (width + 1)  # filter byte and the row
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat))
+        f.write(chunk(b"IEND", b""))
+
+
+def test_an_image_too_large_for_a_pi_is_refused_from_its_header_before_decoding(
+    tmp_path, monkeypatch
+):
+    import edge.imaging.preprocess as pre
+
+    # 72 million pixels, under Pillow's own bound (179 million): refused by binsort's, with
+    # the size and what to do, before a pixel is decoded
+    _grey_png(tmp_path / "wide.png", 9000, 8000)
+    decoded = []
+    from PIL import ImageFile
+
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(1) or real_load(im))
+    with pytest.raises(BinsortError, match=r"wide.png: it is 9000 x 8000 pixels, .*scale it"):
+        load_image(str(tmp_path / "wide.png"))
+    assert not decoded
+    # at the bound an image is read; one row more is refused
+    _grey_png(tmp_path / "edge.png", 40, 30)
+    _grey_png(tmp_path / "past.png", 40, 31)
+    monkeypatch.setattr(pre, "MAX_IMAGE_PIXELS", 1200)
+    assert load_image(str(tmp_path / "edge.png")).shape == (30, 40)
+    with pytest.raises(BinsortError, match="40 x 31 pixels"):
+        load_image(str(tmp_path / "past.png"))

@@ -88,6 +88,12 @@ def preprocess(
     return area_resize(crop, height, width)
 
 
+# the most pixels an image file may have: a 48-megapixel phone photo is read, a file whose header
+# asks for more is refused before it is decoded (a Pi Zero has 512 MB, and an image is held
+# as RGB and grey at once while it is read); Pillow's own bound, 179 million, is past that
+MAX_IMAGE_PIXELS = 64 << 20
+
+
 def load_image(path) -> np.ndarray:
     """Read an image file into a uint8 array as an image viewer shows it: grey stays grey
     (H, W), anything else becomes RGB (H, W, 3). What cameras, phones and other renderers
@@ -95,7 +101,8 @@ def load_image(path) -> np.ndarray:
     is applied (its pixels are stored on their side), 16-bit samples are scaled to 8 bits
     (Pillow's own conversion clips them, which turns a 16-bit frame white), and transparent
     pixels are laid on white (their stored colour is often black). Floating-point images,
-    whose range no file states, are refused. Any file Pillow cannot parse is one BinsortError."""
+    whose range no file states, are refused, and so is a file of more than MAX_IMAGE_PIXELS.
+    Any file Pillow cannot parse is one BinsortError."""
     import struct
 
     from PIL import Image, ImageOps
@@ -111,6 +118,12 @@ def load_image(path) -> np.ndarray:
     )
     try:
         with Image.open(path) as im:
+            w, h = im.size  # from the header: refuse before decoding what would not fit
+            if w * h > MAX_IMAGE_PIXELS:
+                raise BinsortError(
+                    "it is %d x %d pixels, more than the %d million binsort reads: scale it down"
+                    % (w, h, MAX_IMAGE_PIXELS >> 20)
+                )
             im.load()
             return _pixels(ImageOps.exif_transpose(im))
     except (BinsortError, *damaged) as e:
