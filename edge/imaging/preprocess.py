@@ -91,7 +91,7 @@ def preprocess(
 # the most pixels an image file may have: a 48-megapixel phone photo is read, a file whose header
 # asks for more is refused before it is decoded (a Pi Zero has 512 MB, and an image is held
 # as RGB and grey at once while it is read); Pillow's own bound, 179 million, is past that
-MAX_IMAGE_PIXELS = 64 << 20
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 def load_image(path) -> np.ndarray:
@@ -122,7 +122,7 @@ def load_image(path) -> np.ndarray:
             if w * h > MAX_IMAGE_PIXELS:
                 raise BinsortError(
                     "it is %d x %d pixels, more than the %d million binsort reads: scale it down"
-                    % (w, h, MAX_IMAGE_PIXELS >> 20)
+                    % (w, h, MAX_IMAGE_PIXELS // 1_000_000)
                 )
             im.load()
             return _pixels(ImageOps.exif_transpose(im))
